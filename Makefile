@@ -1,0 +1,53 @@
+# Tollgate: every target bootstraps uv and the locked venv on a machine that has only python3 and pip.
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+VENV := .venv
+TG := $(VENV)/bin/tollgate
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap demo test test-unit test-integration test-e2e lint format bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+bootstrap: $(VENV)/.synced  ## install uv if missing and sync the locked venv
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+	@touch $@
+
+demo: bootstrap  ## run the whole lifecycle on the bundled dataset
+	$(TG) demo
+
+test: bootstrap  ## run every test tier (unit, integration, e2e)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap  ## unit tests only (seconds)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: bootstrap  ## flows against real servers on free ports
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: bootstrap  ## the lifecycle as a user runs it
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: bootstrap  ## ruff lint + format check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: bootstrap  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: bootstrap  ## benchmarks; each prints a ratio against its named baseline
+	$(VENV)/bin/python -m bench
+
+clean:  ## remove the venv and local state (.tollgate/)
+	-$(TG) down 2>/dev/null
+	rm -rf $(VENV) .tollgate

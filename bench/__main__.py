@@ -1,0 +1,25 @@
+"""Run every benchmark module in bench/ (or the ones named on the command line) in one process run."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    """Run the named benchmarks (default: all); returns the exit code."""
+    here = Path(__file__).parent
+    names = argv or sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    if not names:
+        print("no benchmarks in bench/ yet")
+        return 0
+    for name in names:
+        print(f"== {name}", flush=True)
+        importlib.import_module(f"bench.{name}").main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""Session-wide isolation: a temp state folder and free ports, set before anything imports Prefect.
+
+Prefect reads its settings from the environment at import, so this runs at conftest import time. Nothing
+here touches a developer's .tollgate/ or running stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_HOME = Path(tempfile.mkdtemp(prefix="tollgate-test-"))
+_PORTS = {name: _free_port() for name in ("PREFECT_PORT", "MLFLOW_PORT", "GATEWAY_PORT", "WORKER_HEALTH_PORT")}
+os.environ["TOLLGATE_HOME"] = str(_HOME)
+for _name, _port in _PORTS.items():
+    os.environ[f"TOLLGATE__SERVERS__{_name}"] = str(_port)
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORTS['PREFECT_PORT']}/api"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{_PORTS['MLFLOW_PORT']}"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tollgate.config import load_config
+    from tollgate.paths import StatePaths
+    from tollgate.stack import Stack
+
+    if (_HOME / "pids").exists() and any((_HOME / "pids").iterdir()):
+        Stack(
+            load_config(ROOT / "configs" / "pipeline.yaml").config.servers, StatePaths(_HOME), say=lambda _m: None
+        ).down()
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def state_home() -> Path:
+    """The session's temp state folder ($TOLLGATE_HOME)."""
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture()
+def config_dir(tmp_path: Path) -> Path:
+    """A writable copy of configs/ for tests that edit the config."""
+    dst = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def live_stack(state_home: Path) -> Iterator[dict[str, str]]:
+    """The real stack (Prefect server, MLflow server, worker) on free ports, started once per session."""
+    from tollgate.config import load_config
+    from tollgate.paths import StatePaths
+    from tollgate.stack import Stack
+
+    servers = load_config(ROOT / "configs" / "pipeline.yaml").config.servers
+    stack = Stack(servers, StatePaths(state_home), say=lambda _m: None)
+    stack.up()
+    yield {"prefect": servers.prefect_url, "mlflow": servers.mlflow_url, "home": str(state_home)}
+    stack.down()

@@ -1,0 +1,108 @@
+"""The local stack starts real servers, reports health, refuses conflicts and stops what it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tollgate.config import load_config
+from tollgate.paths import StatePaths
+from tollgate.stack import Stack, StackError, group_pids, port_in_use
+
+ROOT = Path(__file__).resolve().parents[2]
+TG = [sys.executable, "-m", "tollgate.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _isolated_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ, TOLLGATE_HOME=str(home))
+    for key in ("PREFECT_PORT", "MLFLOW_PORT", "WORKER_HEALTH_PORT", "GATEWAY_PORT"):
+        env[f"TOLLGATE__SERVERS__{key}"] = str(_free_port())
+    return env
+
+
+def _servers(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    return load_config(ROOT / "configs" / "pipeline.yaml", "dev", environ=env).config.servers
+
+
+def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
+    env = _isolated_env(tmp_path / "home")
+    servers = _servers(env)
+    up = subprocess.run([*TG, "up"], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = subprocess.run([*TG, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        rows = {r["service"]: r for r in json.loads(status.stdout)}
+        assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker"}
+        assert all(r["healthy"] and r["rss_mb"] > 0 for r in rows.values())
+        for url in (servers.prefect_ui_url, servers.mlflow_url):  # the UIs answer, not only /health
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert resp.status == 200
+        pids = {name: r["pid"] for name, r in rows.items()}
+        again = subprocess.run([*TG, "up"], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and again.stdout.count("already running") == 3
+        rows2 = {
+            r["service"]: r["pid"]
+            for r in json.loads(
+                subprocess.run([*TG, "status", "--json"], env=env, capture_output=True, text=True).stdout
+            )
+        }
+        assert rows2 == pids  # `up` twice starts nothing twice
+    finally:
+        down = subprocess.run([*TG, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    for port in (servers.prefect_port, servers.mlflow_port, servers.worker_health_port):
+        assert not port_in_use("127.0.0.1", port)
+    for pid in pids.values():
+        assert not group_pids(pid)
+    assert not any((tmp_path / "home" / "pids").iterdir())
+    status = subprocess.run([*TG, "status"], env=env, capture_output=True, text=True)
+    assert status.returncode == 1  # nothing healthy any more
+
+
+def test_busy_port_is_refused_naming_service_and_setting(tmp_path: Path) -> None:
+    env = _isolated_env(tmp_path / "home")
+    servers = _servers(env)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", servers.prefect_port))
+        blocker.listen()
+        with pytest.raises(StackError, match=r"prefect-server: port \d+ .* already in use.*servers.prefect_port"):
+            Stack(servers, StatePaths(tmp_path / "home"), say=lambda _m: None).up()
+    assert not port_in_use("127.0.0.1", servers.mlflow_port)  # nothing was left started
+
+
+def test_stale_pid_file_is_reported_and_removed(tmp_path: Path) -> None:
+    env = _isolated_env(tmp_path / "home")
+    paths = StatePaths(tmp_path / "home").ensure()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    paths.pid_file("mlflow-server").write_text(json.dumps({"pid": dead.pid}))
+    said: list[str] = []
+    rows = Stack(_servers(env), paths, say=said.append).status()
+    assert any("stale pid file" in m and "mlflow-server" in m for m in said)
+    assert not paths.pid_file("mlflow-server").exists()
+    assert all(not r["healthy"] for r in rows)
+
+
+def test_a_service_that_dies_on_start_names_its_log_and_nothing_is_left(tmp_path: Path) -> None:
+    env = _isolated_env(tmp_path / "home")
+    env["TOLLGATE__SERVERS__MLFLOW_BACKEND_STORE_URI"] = "nosuchdb://nowhere"
+    servers = _servers(env)
+    paths = StatePaths(tmp_path / "home")
+    with pytest.raises(StackError, match=r"mlflow-server: exited during start-up. See its log: .*mlflow-server.log"):
+        Stack(servers, paths, say=lambda _m: None).up()
+    assert not any(paths.pids.iterdir())
+    assert not port_in_use("127.0.0.1", servers.prefect_port)

@@ -1,0 +1,118 @@
+"""Config errors name the file, the key path and the reason; a good config resolves with overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tollgate.cli import main
+from tollgate.config import ConfigError, load_config
+
+
+def _edit(config_dir: Path, fn) -> Path:  # type: ignore[no-untyped-def]
+    path = config_dir / "pipeline.yaml"
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bundled_config_is_valid_in_every_environment(project_root: Path) -> None:
+    for env in ("dev", "staging", "prod"):
+        loaded = load_config(project_root / "configs" / "pipeline.yaml", env, environ={})
+        assert loaded.config.dataset.target == "churned"
+    staging = load_config(project_root / "configs" / "pipeline.yaml", "staging", environ={})
+    assert staging.config.gates.min_auc == 0.72  # overlay wins over pipeline.yaml
+    prod = load_config(project_root / "configs" / "pipeline.yaml", "prod", environ={})
+    assert prod.config.servers.mlflow_url == "http://mlflow.internal:5000"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "reason"),
+    [
+        (lambda d: d["model"].update(learning_rate_typo=1), "model.learning_rate_typo", "unknown key"),
+        (lambda d: d["gates"].update(min_auc="high"), "gates.min_auc", "valid number"),
+        (lambda d: d["gates"].pop("min_auc"), "gates.min_auc", "required key is missing"),
+        (lambda d: d["gates"].update(min_auc=1.7), "gates.min_auc", "less than or equal to 1"),
+        (lambda d: d["rollout"].update(canary_share=0), "rollout.canary_share", "greater than 0"),
+        (lambda d: d["dataset"]["columns"]["tenure_months"].update(min=10, max=1), "tenure_months", "greater than max"),
+        (lambda d: d["features"]["numeric"].append("nope"), "features.numeric", "'nope' is not in dataset.columns"),
+        (lambda d: d["dataset"].update(segments=["tenure_months"]), "segment column", "must be a category column"),
+        (lambda d: d["monitoring"].update(severe_live_auc=0.9), "severe_live_auc", "must not exceed"),
+    ],
+)
+def test_each_error_names_file_key_and_reason(config_dir: Path, edit, key: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+    path = _edit(config_dir, edit)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, "dev", environ={})
+    text = str(err.value)
+    assert key in text and reason in text
+    assert str(path) in text
+
+
+def test_every_error_is_reported_not_just_the_first(config_dir: Path) -> None:
+    def two(d: dict) -> None:  # type: ignore[type-arg]
+        d["gates"]["min_auc"] = 3
+        d["rollout"]["bogus"] = True
+
+    with pytest.raises(ConfigError) as err:
+        load_config(_edit(config_dir, two), "dev", environ={})
+    assert len(err.value.problems) == 2
+
+
+def test_overlay_error_names_the_overlay_file(config_dir: Path) -> None:
+    overlay = config_dir / "environments" / "staging.yaml"
+    overlay.write_text(overlay.read_text() + "\nrollout:\n  canary_share: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config_dir / "pipeline.yaml", "staging", environ={})
+    assert f"{overlay}: rollout.canary_share" in str(err.value)
+
+
+def test_environment_variable_override_and_its_errors(project_root: Path) -> None:
+    cfg = load_config(
+        project_root / "configs" / "pipeline.yaml", "dev", environ={"TOLLGATE__SERVERS__MLFLOW_PORT": "5999"}
+    )
+    assert cfg.config.servers.mlflow_url == "http://127.0.0.1:5999"
+    with pytest.raises(ConfigError, match=r"environment variable TOLLGATE__SERVERS__MLFLOW_PORT: servers\.mlflow_port"):
+        load_config(project_root / "configs" / "pipeline.yaml", "dev", environ={"TOLLGATE__SERVERS__MLFLOW_PORT": "x"})
+
+
+@pytest.mark.parametrize("content", ["a: [1, 2", "- just\n- a list\n"])
+def test_unreadable_yaml_is_a_config_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=str(path)):
+        load_config(path, "dev", environ={})
+
+
+def test_missing_file_and_unknown_env(tmp_path: Path, project_root: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="unknown environment 'qa'"):
+        load_config(project_root / "configs" / "pipeline.yaml", "qa")
+
+
+def test_cli_config_check_exits_2_and_prints_every_problem(
+    config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _edit(config_dir, lambda d: d["gates"].update(min_auc=9, nonsense=1))
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err
+    assert "gates.min_auc" in err and "gates.nonsense: unknown key" in err
+
+
+def test_cli_config_show_json_is_the_resolved_config(project_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["--env", "staging", "config", "show", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["gates"]["min_auc"] == 0.72 and body["dataset"]["id"] == "customer_id"
+
+
+def test_digest_changes_with_a_threshold_not_with_servers(project_root: Path) -> None:
+    path = project_root / "configs" / "pipeline.yaml"
+    base = load_config(path, environ={}).config.digest()
+    assert load_config(path, environ={"TOLLGATE__SERVERS__MLFLOW_PORT": "5001"}).config.digest() == base
+    assert load_config(path, environ={"TOLLGATE__GATES__MIN_AUC": "0.71"}).config.digest() != base

@@ -1,0 +1,158 @@
+"""`tollgate` command line: parses arguments and calls flows. Exit codes: 0 ok, 1 a gate or check said no,
+2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from tollgate.config import ConfigError, load_config
+from tollgate.paths import PROJECT_ROOT
+from tollgate.runtime import Runtime, make_runtime
+from tollgate.stack import Stack, StackError
+
+EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A user mistake (bad path, bad argument): printed without a traceback, exit 2."""
+
+
+class CheckFailed(Exception):
+    """A gate or check said no: printed, exit 1."""
+
+
+def _table(rows: list[dict[str, object]], cols: Sequence[str]) -> str:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_up(rt: Runtime, args: argparse.Namespace) -> int:
+    stack = Stack(rt.config.servers, rt.paths)
+    stack.up()
+    print(_table(stack.status(), ("service", "url", "pid", "healthy", "rss_mb")))
+    return EXIT_OK
+
+
+def cmd_down(rt: Runtime, args: argparse.Namespace) -> int:
+    Stack(rt.config.servers, rt.paths).down()
+    return EXIT_OK
+
+
+def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
+    rows = Stack(rt.config.servers, rt.paths).status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, ("service", "url", "pid", "healthy", "rss_mb")))
+        print(f"state folder: {rt.paths.home}")
+    return EXIT_OK if all(r["healthy"] for r in rows) else EXIT_NO
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config, args.env)
+    print(f"ok: {loaded.path} (env {loaded.env}) is valid; digest {loaded.config.digest()[:12]}")
+    return EXIT_OK
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config, args.env)
+    body = loaded.config.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(body, sort_keys=False), end="")
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every subcommand accepts the global options too."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="pipeline config (default configs/pipeline.yaml)")
+    common.add_argument(
+        "--env", default=argparse.SUPPRESS, choices=("dev", "staging", "prod"), help="environment overlay (default dev)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="tollgate",
+        description="Tollgate: validated, gated, monitored tabular models on Prefect + MLflow.",
+        epilog="State lives in $TOLLGATE_HOME (default .tollgate/ in the project root). "
+        "Exit codes: 0 ok, 1 a gate or check said no, 2 usage or config error.",
+    )
+    parser.add_argument(
+        "--config",
+        default=str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+        help="pipeline config (default configs/pipeline.yaml)",
+    )
+    parser.add_argument(
+        "--env",
+        default="dev",
+        choices=("dev", "staging", "prod"),
+        help="environment overlay from configs/environments/ (default dev)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, fn: Callable[..., int], needs_runtime: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(fn=fn, needs_runtime=needs_runtime)
+        return p
+
+    add("up", "start the local stack (Prefect server, MLflow server, Prefect worker) and wait until healthy", cmd_up)
+    add("down", "stop every service `up` started (by pid) and free their ports", cmd_down)
+    p = add("status", "print each service, its URL, pid, health and memory; exit 1 if any is unhealthy", cmd_status)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    cfg = sub.add_parser("config", help="validate or print the resolved config", parents=[common])
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    p = cfg_sub.add_parser(
+        "check", help="validate the config; every error names file, key path and reason", parents=[common]
+    )
+    p.set_defaults(fn=cmd_config_check, needs_runtime=False)
+    p = cfg_sub.add_parser(
+        "show", help="print the resolved config (pipeline.yaml + overlay + TOLLGATE__* vars)", parents=[common]
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.set_defaults(fn=cmd_config_show, needs_runtime=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not args.needs_runtime:
+            return int(args.fn(args))
+        rt = make_runtime(args.config, args.env)
+        rt.activate()
+        return int(args.fn(rt, args))
+    except ConfigError as exc:
+        print("config error:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckFailed as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return EXIT_NO
+    except StackError as exc:
+        print(f"stack error: {exc}", file=sys.stderr)
+        return EXIT_NO
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

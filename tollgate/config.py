@@ -1,0 +1,361 @@
+"""Typed configuration: configs/pipeline.yaml + an environment overlay + TOLLGATE__* variables.
+
+Loaded once at the start of a command or flow and passed down as typed values. Every error names the
+file (or environment variable) that supplied the value, the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "TOLLGATE__"
+ENVIRONMENTS = ("dev", "staging", "prod")
+Fraction = Field(ge=0.0, le=1.0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(_Strict):
+    name: str
+    registered_model: str = Field(min_length=1)
+    owner: str
+    intended_use: str = ""
+    limitations: str = ""
+
+
+class ColumnSpec(_Strict):
+    type: Literal["string", "int", "float", "bool", "category", "timestamp", "label"]
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    values: list[int] | None = None
+    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    unique: bool = False
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ColumnSpec:
+        if self.type == "category" and not self.categories:
+            raise ValueError("a category column needs a non-empty 'categories' list")
+        if self.type != "category" and self.categories is not None:
+            raise ValueError(f"'categories' is only for category columns, not {self.type}")
+        if self.type == "label" and sorted(self.values or []) != [0, 1]:
+            raise ValueError("a label column needs 'values: [0, 1]' (binary classification)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"'min'/'max' are only for int and float columns, not {self.type}")
+        return self
+
+
+class RowCount(_Strict):
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=10**9, ge=1)
+
+
+class DatasetConfig(_Strict):
+    path: str
+    id: str
+    timestamp: str
+    target: str
+    label_delay_days: float = Field(default=0, ge=0)
+    segments: list[str] = Field(min_length=1)
+    extra_columns: Literal["forbid", "allow"] = "forbid"
+    row_count: RowCount = RowCount()
+    columns: dict[str, ColumnSpec] = Field(min_length=3)
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> DatasetConfig:
+        expected = {"id": ("string", "int"), "timestamp": ("timestamp",), "target": ("label",)}
+        for role, types in expected.items():
+            col = getattr(self, role)
+            if col not in self.columns:
+                raise ValueError(f"{role} column '{col}' is not in dataset.columns")
+            if self.columns[col].type not in types:
+                raise ValueError(f"{role} column '{col}' must have type {' or '.join(types)}")
+        for seg in self.segments:
+            if seg not in self.columns:
+                raise ValueError(f"segment column '{seg}' is not in dataset.columns")
+            if self.columns[seg].type != "category":
+                raise ValueError(f"segment column '{seg}' must be a category column")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    numeric: list[str] = []
+    categorical: list[str] = []
+    boolean: list[str] = []
+    numeric_imputation: Literal["median", "mean", "zero"] = "median"
+    scale_numeric: bool = False
+
+    @property
+    def all(self) -> list[str]:
+        """Every model input column, in a fixed order."""
+        return [*self.numeric, *self.categorical, *self.boolean]
+
+
+class ModelConfig(_Strict):
+    kind: Literal["hist_gradient_boosting", "logistic_regression"] = "hist_gradient_boosting"
+    seed: int
+    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    hyperparameters: dict[str, float | int | str | bool | None] = {}
+
+
+class SplitConfig(_Strict):
+    method: Literal["time", "random"] = "time"
+    holdout_fraction: float = Field(default=0.25, gt=0.0, lt=1.0)
+
+
+class GatesConfig(_Strict):
+    min_auc: float = Fraction
+    max_log_loss: float = Field(gt=0.0)
+    non_inferiority_margin: float = Field(ge=0.0, le=0.5)
+    confidence: float = Field(gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(ge=50, le=100_000)
+    min_segment_size: int = Field(ge=1)
+
+
+class MonitoringConfig(_Strict):
+    drift_window_hours: float = Field(gt=0)
+    numeric_method: Literal["psi", "ks"] = "psi"
+    psi_threshold: float = Field(gt=0.0)
+    ks_pvalue: float = Field(gt=0.0, lt=1.0)
+    categorical_threshold: float = Field(gt=0.0, le=1.0)
+    drift_share_threshold: float = Field(gt=0.0, le=1.0)
+    reference_bins: int = Field(ge=2, le=100)
+    report_sample_rows: int = Field(ge=100)
+    min_live_auc: float = Fraction
+    severe_live_auc: float = Fraction
+    min_labelled_rows: int = Field(ge=1)
+    retrain_cooldown_hours: float = Field(ge=0)
+    max_retrains_per_week: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitoringConfig:
+        if self.severe_live_auc > self.min_live_auc:
+            raise ValueError(
+                f"severe_live_auc ({self.severe_live_auc}) must not exceed min_live_auc ({self.min_live_auc})"
+            )
+        return self
+
+
+class RolloutConfig(_Strict):
+    shadow_requests: int = Field(ge=1)
+    canary_share: float = Field(gt=0.0, lt=1.0)
+    canary_requests: int = Field(ge=1)
+    min_agreement: float = Fraction
+    max_score_psi: float = Field(gt=0.0)
+    max_error_rate: float = Fraction
+    max_p99_latency_ms: float = Field(gt=0)
+    approvers: list[str] = Field(min_length=1)
+    approval_timeout_s: float = Field(gt=0)
+    auto_approve: bool = False
+
+
+class AlertsConfig(_Strict):
+    webhook_url: str | None = None
+
+
+class GenerationConfig(_Strict):
+    seed: int
+    rows: int = Field(ge=100)
+    period_rows: int = Field(ge=100)
+    start: str
+    days: int = Field(ge=1)
+
+
+class ServersConfig(_Strict):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(default=4200, ge=1, le=65535)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    worker_health_port: int = Field(default=8090, ge=1, le=65535)
+    work_pool: str = "tollgate-process"
+    startup_timeout_s: float = Field(default=120, gt=0)
+    # Remote servers (prod): when set, clients use these instead of the local stack's URLs.
+    prefect_api_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    prefect_database_url: str | None = None
+    mlflow_backend_store_uri: str | None = None
+    mlflow_artifacts_destination: str | None = None
+
+    @property
+    def prefect_url(self) -> str:
+        """The Prefect API URL clients use."""
+        return self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        """The Prefect UI URL."""
+        return self.prefect_url.removesuffix("/api")
+
+    @property
+    def mlflow_url(self) -> str:
+        """The MLflow tracking URI clients use."""
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        """The prediction gateway's base URL."""
+        return f"http://{self.host}:{self.gateway_port}"
+
+
+class TollgateConfig(_Strict):
+    project: ProjectConfig
+    dataset: DatasetConfig
+    features: FeaturesConfig
+    model: ModelConfig
+    split: SplitConfig = SplitConfig()
+    gates: GatesConfig
+    monitoring: MonitoringConfig
+    rollout: RolloutConfig
+    alerts: AlertsConfig = AlertsConfig()
+    generation: GenerationConfig | None = None
+    servers: ServersConfig = ServersConfig()
+
+    @model_validator(mode="after")
+    def _features_in_schema(self) -> TollgateConfig:
+        cols = self.dataset.columns
+        wanted = {"numeric": ("int", "float"), "categorical": ("category",), "boolean": ("bool",)}
+        seen: set[str] = set()
+        for group, types in wanted.items():
+            for name in getattr(self.features, group):
+                if name not in cols:
+                    raise ValueError(f"features.{group}: '{name}' is not in dataset.columns")
+                if cols[name].type not in types:
+                    raise ValueError(
+                        f"features.{group}: '{name}' has type {cols[name].type}, expected {' or '.join(types)}"
+                    )
+                if name in seen:
+                    raise ValueError(f"features: '{name}' is listed twice")
+                seen.add(name)
+        if not seen:
+            raise ValueError("features: no feature columns listed")
+        roles = {self.dataset.id, self.dataset.target, self.dataset.timestamp}
+        if roles & seen:
+            raise ValueError(f"features: {sorted(roles & seen)} are id/target/timestamp columns, not features")
+        return self
+
+    def digest(self) -> str:
+        """A stable sha256 of the resolved config (servers excluded: they do not change a model)."""
+        body = self.model_dump(mode="json", exclude={"servers"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` lists one 'source: key.path: reason' line per error."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The typed config plus where it came from."""
+
+    config: TollgateConfig
+    path: Path
+    env: str
+    sources: dict[str, str]
+
+    @property
+    def root(self) -> Path:
+        """The project root: the folder holding configs/ (paths in the config are relative to it)."""
+        return self.path.resolve().parent.parent if self.path.parent.name == "configs" else self.path.parent
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError([f"{path}: file not found"])
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a directory, expected a YAML file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any], source: str, sources: dict[str, str], prefix: str) -> None:
+    """Deep-merge `top` into `base` in place, recording which source set each leaf."""
+    for key, value in top.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, source, sources, path + ".")
+        else:
+            base[key] = value
+            sources[path] = source
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """TOLLGATE__GATES__MIN_AUC=0.8 -> {"gates.min_auc": ("TOLLGATE__GATES__MIN_AUC", 0.8)} as nested dicts."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
+        if not keys:
+            continue
+        tree: dict[str, Any] = {}
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+        out[name] = tree
+    return out
+
+
+def _source_of(loc: tuple[int | str, ...], sources: dict[str, str], default: str) -> str:
+    parts = [str(p) for p in loc]
+    for n in range(len(parts), 0, -1):
+        hit = sources.get(".".join(parts[:n]))
+        if hit:
+            return hit
+    return default
+
+
+def load_config(
+    path: str | Path = "configs/pipeline.yaml", env: str = "dev", environ: dict[str, str] | None = None
+) -> LoadedConfig:
+    """Load, merge and validate the config; raise ConfigError listing every problem."""
+    path = Path(path)
+    if env not in ENVIRONMENTS:
+        raise ConfigError([f"--env: unknown environment '{env}', expected one of {', '.join(ENVIRONMENTS)}"])
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    _merge(merged, _read_yaml(path), str(path), sources, "")
+    overlay = path.parent / "environments" / f"{env}.yaml"
+    if overlay.exists():
+        _merge(merged, _read_yaml(overlay), str(overlay), sources, "")
+    for var, tree in _env_overrides(dict(os.environ if environ is None else environ)).items():
+        _merge(merged, tree, f"environment variable {var}", sources, "")
+    try:
+        cfg = TollgateConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            source = _source_of(loc, sources, str(path))
+            reason = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                reason = "unknown key"
+            elif err["type"] == "missing":
+                reason = "required key is missing"
+            problems.append(f"{source}: {key}: {reason}")
+        raise ConfigError(problems) from None
+    return LoadedConfig(config=cfg, path=path, env=env, sources=sources)

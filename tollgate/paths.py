@@ -1,0 +1,87 @@
+"""The one place that resolves on-disk locations under the state folder ($TOLLGATE_HOME, default .tollgate/)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Every location Tollgate writes to. Creating folders is explicit (`ensure`), never at import."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls, root: Path = PROJECT_ROOT) -> StatePaths:
+        """The state folder named by $TOLLGATE_HOME, else `.tollgate/` in the project root."""
+        raw = os.environ.get("TOLLGATE_HOME")
+        return cls(Path(raw).resolve() if raw else (root / ".tollgate").resolve())
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.home / "pids"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow" / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def gx_root(self) -> Path:
+        return self.home / "gx"
+
+    @property
+    def ledger(self) -> Path:
+        return self.home / "ledger.jsonl"
+
+    @property
+    def prediction_log(self) -> Path:
+        return self.home / "predictions"
+
+    @property
+    def labels(self) -> Path:
+        return self.home / "labels"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def work(self) -> Path:
+        """Scratch space for flows (checkouts, temporary snapshots)."""
+        return self.home / "work"
+
+    def log_file(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    def pid_file(self, service: str) -> Path:
+        return self.pids / f"{service}.pid"
+
+    def ensure(self) -> StatePaths:
+        """Create the folders; returns self."""
+        for d in (
+            self.logs,
+            self.pids,
+            self.prefect_home,
+            self.mlflow_db.parent,
+            self.mlflow_artifacts,
+            self.reports,
+            self.work,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+        return self

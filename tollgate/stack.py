@@ -1,0 +1,385 @@
+"""The local stack: a real Prefect server, MLflow server and Prefect process worker (and later the gateway).
+
+Each service runs in its own process group with a pid file and a log under the state folder, so `down`
+stops exactly what `up` started. Every URL and port comes from ServersConfig.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tollgate.config import ServersConfig
+from tollgate.paths import StatePaths
+
+BIN = Path(sys.executable).parent
+
+
+class StackError(Exception):
+    """A service could not be started, checked or stopped; the message names the service and its log."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One long-running process of the local stack."""
+
+    name: str
+    cmd: list[str]
+    port: int
+    port_key: str
+    health_url: str
+    ui_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    marker: str = ""  # a string that must be in the process command line (guards against pid reuse)
+
+
+def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
+    """Environment variables a Prefect/MLflow client process needs to talk to this stack."""
+    return {
+        "PREFECT_API_URL": servers.prefect_url,
+        "PREFECT_HOME": str(paths.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_URL": servers.prefect_ui_url,
+        "MLFLOW_TRACKING_URI": servers.mlflow_url,
+        "TOLLGATE_HOME": str(paths.home),
+    }
+
+
+def services(servers: ServersConfig, paths: StatePaths) -> list[Service]:
+    """The services `up` manages, in start order. Remote servers (URL overrides) are not managed."""
+    host = servers.host
+    out: list[Service] = []
+    if servers.prefect_api_url is None:
+        env = {
+            "PREFECT_HOME": str(paths.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_API_URL": servers.prefect_url,
+        }
+        if servers.prefect_database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = servers.prefect_database_url
+        out.append(
+            Service(
+                name="prefect-server",
+                cmd=[str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(servers.prefect_port)],
+                port=servers.prefect_port,
+                port_key="servers.prefect_port",
+                health_url=f"{servers.prefect_url}/health",
+                ui_url=servers.prefect_ui_url,
+                env=env,
+                marker="server",
+            )
+        )
+    if servers.mlflow_tracking_uri is None:
+        backend = servers.mlflow_backend_store_uri or f"sqlite:///{paths.mlflow_db}"
+        artifacts = servers.mlflow_artifacts_destination or str(paths.mlflow_artifacts)
+        out.append(
+            Service(
+                name="mlflow-server",
+                cmd=[
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    backend,
+                    "--artifacts-destination",
+                    artifacts,
+                    "--host",
+                    host,
+                    "--port",
+                    str(servers.mlflow_port),
+                    "--workers",
+                    "1",
+                ],
+                port=servers.mlflow_port,
+                port_key="servers.mlflow_port",
+                health_url=f"{servers.mlflow_url}/health",
+                ui_url=servers.mlflow_url,
+                # One process pair (~500 MB) instead of nine (~1.3 GB): no job runner needed.
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                marker="mlflow",
+            )
+        )
+    out.append(
+        Service(
+            name="prefect-worker",
+            cmd=[
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                servers.work_pool,
+                "--type",
+                "process",
+                "--with-healthcheck",
+            ],
+            port=servers.worker_health_port,
+            port_key="servers.worker_health_port",
+            health_url=f"http://{host}:{servers.worker_health_port}/health",
+            ui_url=f"{servers.prefect_ui_url}/work-pools/work-pool/{servers.work_pool}",
+            env={
+                **client_env(servers, paths),
+                "PREFECT_WORKER_WEBSERVER_HOST": host,
+                "PREFECT_WORKER_WEBSERVER_PORT": str(servers.worker_health_port),
+                "PREFECT_WORKER_QUERY_SECONDS": "2",
+            },
+            marker="worker",
+        )
+    )
+    return out
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when GET url answers 2xx within `timeout` seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process in process group `pgid` (the service and its children)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of a whole process group, in MiB."""
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class Stack:
+    """Start, check and stop the local services under one state folder."""
+
+    def __init__(self, servers: ServersConfig, paths: StatePaths, say: Callable[[str], None] = print):
+        self.servers = servers
+        self.paths = paths
+        self.say = say
+        self.services = services(servers, paths)
+
+    # -- pid files -------------------------------------------------------------------------------
+    def _read_pid(self, svc: Service) -> int | None:
+        """The live pid recorded for svc, or None; a stale pid file is removed with a message."""
+        pid_file = self.paths.pid_file(svc.name)
+        if not pid_file.exists():
+            return None
+        try:
+            pid = int(json.loads(pid_file.read_text())["pid"])
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            self.say(f"{svc.name}: removed unreadable pid file {pid_file}")
+            pid_file.unlink()
+            return None
+        if _alive(pid) and svc.marker in _cmdline(pid):
+            return pid
+        if group_pids(pid):
+            return pid  # leader gone but children still hold the group: still ours to stop
+        self.say(f"{svc.name}: removed stale pid file {pid_file} (process {pid} is gone)")
+        pid_file.unlink()
+        return None
+
+    # -- up --------------------------------------------------------------------------------------
+    def up(self) -> None:
+        """Start every service not already running and wait until all are healthy."""
+        self.paths.ensure()
+        started: list[Service] = []
+        try:
+            waited: set[str] = set()
+            for svc in self.services:
+                if svc.name == "prefect-worker":
+                    # The worker needs a healthy API before it can register with its pool.
+                    for prior in started:
+                        if prior.name == "prefect-server":
+                            self._wait_healthy(prior)
+                            waited.add(prior.name)
+                    self._wait_remote_prefect()
+                if self._start(svc):
+                    started.append(svc)
+            for svc in started:
+                if svc.name not in waited:
+                    self._wait_healthy(svc)
+        except StackError:
+            for svc in reversed(started):
+                self._stop(svc, quiet=True)
+            raise
+
+    def _wait_remote_prefect(self) -> None:
+        if self.servers.prefect_api_url is not None and not healthy(f"{self.servers.prefect_url}/health", 5):
+            raise StackError(f"prefect API at {self.servers.prefect_url} (servers.prefect_api_url) is not healthy")
+
+    def _start(self, svc: Service) -> bool:
+        """Launch svc unless it already runs; returns True when a process was started."""
+        pid = self._read_pid(svc)
+        if pid is not None:
+            self.say(f"{svc.name}: already running (pid {pid})")
+            return False
+        if port_in_use(self.servers.host, svc.port):
+            raise StackError(
+                f"{svc.name}: port {svc.port} on {self.servers.host} is already in use by a process Tollgate did "
+                f"not start. Stop it, or choose another port with {svc.port_key} in configs/environments/*.yaml "
+                f"or TOLLGATE__{svc.port_key.upper().replace('.', '__')}=<port>."
+            )
+        log = self.paths.log_file(svc.name)
+        env = {**os.environ, **svc.env}
+        with open(log, "ab") as fh:
+            fh.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(svc.cmd)}\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(
+                svc.cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.paths.home,
+                start_new_session=True,
+            )
+        self.paths.pid_file(svc.name).write_text(
+            json.dumps({"pid": proc.pid, "port": svc.port, "cmd": svc.cmd, "started": time.time()})
+        )
+        self.say(f"{svc.name}: starting (pid {proc.pid}, log {log})")
+        return True
+
+    def _wait_healthy(self, svc: Service) -> None:
+        deadline = time.monotonic() + self.servers.startup_timeout_s
+        pid = self._read_pid(svc)
+        while time.monotonic() < deadline:
+            if healthy(svc.health_url):
+                self.say(f"{svc.name}: healthy at {svc.ui_url}")
+                return
+            if pid is None or not _alive(pid):
+                raise StackError(
+                    f"{svc.name}: exited during start-up. See its log: {self.paths.log_file(svc.name)}\n"
+                    + self._tail(svc)
+                )
+            time.sleep(0.5)
+        raise StackError(
+            f"{svc.name}: not healthy at {svc.health_url} after {self.servers.startup_timeout_s:.0f} s "
+            f"(servers.startup_timeout_s). See its log: {self.paths.log_file(svc.name)}\n" + self._tail(svc)
+        )
+
+    def _tail(self, svc: Service, lines: int = 15) -> str:
+        log = self.paths.log_file(svc.name)
+        if not log.exists():
+            return ""
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join("  | " + line for line in text)
+
+    # -- down ------------------------------------------------------------------------------------
+    def down(self) -> None:
+        """Stop every service this state folder started (by pid), and check its port is free."""
+        for svc in reversed(self.services):
+            self._stop(svc)
+
+    def _stop(self, svc: Service, quiet: bool = False) -> None:
+        pid = self._read_pid(svc)
+        if pid is None:
+            if not quiet:
+                self.say(f"{svc.name}: not running")
+            return
+        # A Prefect worker ignores the first SIGTERM, so escalate: TERM, TERM, then KILL.
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while group_pids(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not group_pids(pid):
+                break
+        left = group_pids(pid)
+        if left:
+            raise StackError(f"{svc.name}: processes {left} survived SIGKILL")
+        deadline = time.monotonic() + 5
+        while port_in_use(self.servers.host, svc.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.paths.pid_file(svc.name).unlink(missing_ok=True)
+        if not quiet:
+            self.say(f"{svc.name}: stopped (pid {pid})")
+
+    # -- status ----------------------------------------------------------------------------------
+    def status(self) -> list[dict[str, object]]:
+        """One row per service: name, url, pid, healthy, rss_mb."""
+        rows: list[dict[str, object]] = []
+        if self.servers.prefect_api_url is not None:
+            rows.append(
+                {
+                    "service": "prefect-server (remote)",
+                    "url": self.servers.prefect_ui_url,
+                    "pid": None,
+                    "healthy": healthy(f"{self.servers.prefect_url}/health"),
+                    "rss_mb": None,
+                }
+            )
+        if self.servers.mlflow_tracking_uri is not None:
+            rows.append(
+                {
+                    "service": "mlflow-server (remote)",
+                    "url": self.servers.mlflow_url,
+                    "pid": None,
+                    "healthy": healthy(f"{self.servers.mlflow_url}/health"),
+                    "rss_mb": None,
+                }
+            )
+        for svc in self.services:
+            pid = self._read_pid(svc)
+            rows.append(
+                {
+                    "service": svc.name,
+                    "url": svc.ui_url,
+                    "pid": pid,
+                    "healthy": pid is not None and healthy(svc.health_url),
+                    "rss_mb": round(group_rss_mb(pid), 1) if pid is not None else None,
+                }
+            )
+        return rows
