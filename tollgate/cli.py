@@ -12,6 +12,7 @@ from tollgate.config import ConfigError, load_config
 from tollgate.paths import PROJECT_ROOT
 from tollgate.runtime import Runtime, make_runtime
 from tollgate.stack import Stack, StackError
+from tollgate.synthetic import SCENARIOS
 
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 
@@ -73,6 +74,60 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data_generate(rt: Runtime, args: argparse.Namespace) -> int:
+    from tasks.data import track_snapshot
+    from tollgate.synthetic import generate, write_parquet
+
+    gen = rt.config.generation
+    if gen is None:
+        raise UserError(
+            f"{rt.loaded.path} has no 'generation' section: it describes your own data. "
+            "Track your table with `dvc add` instead (see README: Bring your own data)."
+        )
+    production = args.scenario is not None
+    frame = generate(gen, args.scenario or "none", production=production)
+    if production:
+        out = rt.resolve(args.out) if args.out else rt.root / "data" / "periods" / f"{args.scenario}.parquet"
+    else:
+        out = rt.resolve(args.out or rt.config.dataset.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(frame, str(out))
+    span = f"{frame[rt.config.dataset.timestamp].min()} .. {frame[rt.config.dataset.timestamp].max()}"
+    print(f"wrote {out} ({len(frame)} rows, {frame.shape[1]} columns, {span})")
+    if production:
+        print(f"scenario {args.scenario}: a production period after the training snapshot (labels included)")
+        return EXIT_OK
+    if args.out:
+        return EXIT_OK
+    from tasks.data import file_md5, recorded_md5
+
+    before = recorded_md5(rt.root, rt.config.dataset.path)
+    md5 = file_md5(out)
+    if before is not None and before != md5:
+        print(
+            f"warning: the regenerated snapshot (md5 {md5}) differs from the version data.dvc records ({before}); "
+            "data.dvc will record the new version: commit it if that is intended.",
+            file=sys.stderr,
+        )
+    print("tracking with DVC (dvc add + push to the project's local remote) ...", flush=True)
+    md5 = track_snapshot(rt.root, rt.config.dataset.path)
+    state = "matches the version data.dvc records" if before == md5 else "recorded in data.dvc"
+    print(f"data version md5 {md5}: {state}")
+    return EXIT_OK
+
+
+def cmd_validate(rt: Runtime, args: argparse.Namespace) -> int:
+    from tasks.validation import DataReadError, validate_file
+
+    try:
+        _, report = validate_file(args.path, rt.config.dataset, rt.paths.gx_root)
+    except DataReadError as exc:
+        raise UserError(str(exc)) from None
+    print(report.summary())
+    print(f"Data Docs: {report.data_docs}")
+    return EXIT_OK if report.passed else EXIT_NO
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every subcommand accepts the global options too."""
@@ -110,6 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("down", "stop every service `up` started (by pid) and free their ports", cmd_down)
     p = add("status", "print each service, its URL, pid, health and memory; exit 1 if any is unhealthy", cmd_status)
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    data = sub.add_parser("data", help="the bundled dataset", parents=[common])
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser(
+        "generate",
+        parents=[common],
+        help="(re)build the bundled training snapshot (tracked by DVC as data.dvc) or, with --scenario, a "
+        "later production period in data/periods/",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default=None,
+        help="a production period: none, covariate_drift, concept_drift, segment_shift, faults",
+    )
+    p.add_argument("--out", default=None, help="write here instead (not DVC-tracked)")
+    p.set_defaults(fn=cmd_data_generate, needs_runtime=True)
+    p = add(
+        "validate",
+        "Great Expectations gate on a .csv/.parquet file; per-column failures on stdout; exit 1 on failure",
+        cmd_validate,
+    )
+    p.add_argument("path", help="the file to validate")
 
     cfg = sub.add_parser("config", help="validate or print the resolved config", parents=[common])
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -1,0 +1,97 @@
+"""Training stage: the sklearn Pipeline (feature transforms + estimator) built from config, split and fit.
+
+The transforms live inside the Pipeline, so the artifact that is served runs exactly the training code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from tollgate.config import DatasetConfig, FeaturesConfig, ModelConfig, SplitConfig
+
+
+def _as_float(x: pd.DataFrame) -> np.ndarray:
+    return np.asarray(x, dtype="float64")
+
+
+def build_pipeline(features: FeaturesConfig, model: ModelConfig) -> Pipeline:
+    """An unfitted Pipeline: imputation/encoding of the configured columns, then the configured estimator."""
+    strategy = "constant" if features.numeric_imputation == "zero" else features.numeric_imputation
+    numeric_steps: list[tuple[str, object]] = [
+        ("impute", SimpleImputer(strategy=strategy, fill_value=0.0, add_indicator=True))
+    ]
+    if features.scale_numeric:
+        numeric_steps.append(("scale", StandardScaler()))
+    transformers: list[tuple[str, object, list[str]]] = []
+    if features.numeric:
+        transformers.append(("numeric", Pipeline(numeric_steps), features.numeric))
+    if features.categorical:
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        transformers.append(
+            (
+                "categorical",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="constant", fill_value="__missing__")), ("onehot", encoder)]
+                ),
+                features.categorical,
+            )
+        )
+    if features.boolean:
+        transformers.append(
+            ("boolean", FunctionTransformer(_as_float, feature_names_out="one-to-one"), features.boolean)
+        )
+    prep = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    hp = dict(model.hyperparameters)
+    estimator: object
+    if model.kind == "hist_gradient_boosting":
+        estimator = HistGradientBoostingClassifier(random_state=model.seed, early_stopping=False, **hp)
+    else:
+        estimator = LogisticRegression(random_state=model.seed, max_iter=int(hp.pop("max_iter", 1000)), **hp)  # type: ignore[arg-type]
+    return Pipeline([("features", prep), ("model", estimator)])
+
+
+def split_frame(
+    frame: pd.DataFrame, ds: DatasetConfig, split: SplitConfig, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout): the latest `holdout_fraction` of rows by timestamp, or a seeded stratified sample."""
+    if split.method == "time":
+        ordered = (
+            frame.assign(_ts=pd.to_datetime(frame[ds.timestamp]))
+            .sort_values(["_ts", ds.id], kind="stable")
+            .drop(columns="_ts")
+        )
+        cut = round(len(ordered) * (1 - split.holdout_fraction))
+        return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
+    from sklearn.model_selection import train_test_split
+
+    train, holdout = train_test_split(
+        frame, test_size=split.holdout_fraction, random_state=seed, stratify=frame[ds.target]
+    )
+    return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def fit_pipeline(pipeline: Pipeline, train: pd.DataFrame, features: FeaturesConfig, target: str) -> Pipeline:
+    """Fit on the training frame; returns the fitted pipeline."""
+    return pipeline.fit(train[features.all], train[target].astype("int64"))
+
+
+@task(name="train_model")
+def train_model(train: pd.DataFrame, features: FeaturesConfig, model: ModelConfig, target: str) -> Pipeline:
+    """Build and fit the configured Pipeline."""
+    return fit_pipeline(build_pipeline(features, model), train, features, target)
+
+
+@task(name="split_dataset")
+def split_dataset(
+    frame: pd.DataFrame, ds: DatasetConfig, split: SplitConfig, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split into (train, holdout) per config."""
+    return split_frame(frame, ds, split, seed)

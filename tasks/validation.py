@@ -1,0 +1,280 @@
+"""Validation stage: read a table safely and run a Great Expectations suite generated from the config's schema.
+
+Fails closed: `validate_dataset` raises ValidationFailed, so a flow stops before training and registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from tollgate.config import ColumnSpec, DatasetConfig
+
+log = logging.getLogger(__name__)
+
+INT_TYPES = ["int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "Int64", "Int32"]
+FLOAT_TYPES = ["float64", "float32", "Float64", *INT_TYPES]
+TYPE_LISTS: dict[str, list[str]] = {
+    "int": INT_TYPES,
+    "float": FLOAT_TYPES,
+    "bool": ["bool", "boolean"],
+    "category": ["object", "str", "string", "category"],
+    "string": ["object", "str", "string"],
+    "label": [*INT_TYPES, "bool"],
+}
+SUITE_NAME = "tollgate-dataset"
+
+
+class DataReadError(Exception):
+    """The file could not be read as a table; the message names the path and the cause."""
+
+
+class ValidationFailed(Exception):
+    """The data failed its expectations; carries the report."""
+
+    def __init__(self, report: ValidationReport):
+        super().__init__(report.summary())
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation, with what was observed."""
+
+    column: str | None
+    expectation: str
+    observed: str
+    unexpected_count: int | None = None
+    examples: list[Any] = field(default_factory=list)
+
+    def line(self) -> str:
+        """A one-line, human-readable description."""
+        where = f"column '{self.column}'" if self.column else "table"
+        count = f"; {self.unexpected_count} unexpected rows" if self.unexpected_count is not None else ""
+        ex = f"; e.g. {self.examples[:5]}" if self.examples else ""
+        return f"{where}: {self.expectation} failed: {self.observed}{count}{ex}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The verdict on one table: passed, the failures, and where the suite and Data Docs are."""
+
+    source: str
+    rows: int
+    expectations: int
+    failures: list[Failure]
+    suite_path: str
+    data_docs: str
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        """Multi-line text naming every failing column, expectation, observed value and count."""
+        head = f"validation of {self.source}: {self.rows} rows, {self.expectations} expectations, "
+        if self.passed:
+            return head + "all passed"
+        return head + f"{len(self.failures)} failed\n" + "\n".join("  - " + f.line() for f in self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+# -- reading -----------------------------------------------------------------------------------
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a .csv or .parquet file; raise DataReadError naming the path and cause for anything unreadable."""
+    p = Path(path)
+    if not p.exists():
+        raise DataReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataReadError(f"{p}: is a directory, expected a .csv or .parquet file")
+    if p.stat().st_size == 0:
+        raise DataReadError(f"{p}: file is empty (0 bytes)")
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            return pd.read_parquet(p)
+        except Exception as exc:  # pyarrow raises several types for truncated/corrupt files
+            raise DataReadError(f"{p}: not a readable Parquet file (truncated or corrupt?): {exc}") from None
+    if suffix == ".csv":
+        try:
+            frame = pd.read_csv(p)
+        except pd.errors.EmptyDataError:
+            raise DataReadError(f"{p}: file has no header and no rows") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise DataReadError(f"{p}: not a readable CSV file: {exc}") from None
+        if frame.shape[1] == 1:
+            header = str(frame.columns[0])
+            for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+                if sep in header:
+                    raise DataReadError(
+                        f"{p}: looks {name}-delimited (header '{header[:60]}'); Tollgate reads comma-separated CSV"
+                    )
+        return frame
+    raise DataReadError(f"{p}: unsupported file type '{suffix or '(none)'}', expected .csv or .parquet")
+
+
+# -- the suite ---------------------------------------------------------------------------------
+def build_suite(ds: DatasetConfig) -> Any:
+    """A GX ExpectationSuite generated from the dataset schema."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    add = suite.add_expectation
+    add(gxe.ExpectTableColumnsToMatchSet(column_set=list(ds.columns), exact_match=ds.extra_columns == "forbid"))
+    add(gxe.ExpectTableRowCountToBeBetween(min_value=ds.row_count.min, max_value=ds.row_count.max))
+    for name, spec in ds.columns.items():
+        for exp in _column_expectations(name, spec, gxe):
+            add(exp)
+    return suite
+
+
+def _column_expectations(name: str, spec: ColumnSpec, gxe: Any) -> list[Any]:
+    out: list[Any] = []
+    if spec.type == "timestamp":
+        out.append(gxe.ExpectColumnValuesToBeDateutilParseable(column=name))
+    else:
+        out.append(gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=TYPE_LISTS[spec.type]))
+    null_ok = spec.max_null_fraction if spec.type not in ("label", "timestamp") else 0.0
+    if null_ok < 1.0:
+        out.append(gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=round(1.0 - null_ok, 6)))
+    if spec.min is not None or spec.max is not None:
+        out.append(gxe.ExpectColumnValuesToBeBetween(column=name, min_value=spec.min, max_value=spec.max))
+    if spec.categories:
+        out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.categories))
+    if spec.type == "label":
+        out.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=spec.values))
+    if spec.unique:
+        out.append(gxe.ExpectColumnValuesToBeUnique(column=name))
+    return out
+
+
+def save_suite(ds: DatasetConfig, path: Path) -> Path:
+    """Write the generated suite as JSON (the artifact that travels with a model version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(build_suite(ds).to_json_dict(), indent=2, default=str))
+    return path
+
+
+# -- running -----------------------------------------------------------------------------------
+def _prepared(frame: pd.DataFrame, ds: DatasetConfig) -> pd.DataFrame:
+    """The frame GX sees: timestamps as text so one parseability check covers CSV and Parquet alike."""
+    ts = ds.timestamp
+    if ts in frame.columns and pd.api.types.is_datetime64_any_dtype(frame[ts]):
+        frame = frame.copy()
+        frame[ts] = frame[ts].dt.strftime("%Y-%m-%dT%H:%M:%S").where(frame[ts].notna(), None)
+    return frame
+
+
+def _describe(r: Any, frame: pd.DataFrame, ds: DatasetConfig) -> Failure | None:
+    """Turn one GX result into a Failure, or None when another failure already explains it."""
+    cfg = r.expectation_config
+    kind: str = cfg.type
+    col = cfg.kwargs.get("column")
+    res = r.result or {}
+    if col is not None and col not in frame.columns:
+        return None  # reported once by the table-columns expectation
+    if not res:
+        # GX could not evaluate it (e.g. a range check on text): the type check names the real cause.
+        dtype = str(frame[col].dtype) if col in frame.columns else "?"
+        return Failure(col, kind, f"could not be evaluated on dtype {dtype}")
+    count = res.get("unexpected_count")
+    examples = list(dict.fromkeys(str(v) for v in res.get("partial_unexpected_list") or []))
+    if kind == "expect_table_columns_to_match_set":
+        mism = (res.get("details") or {}).get("mismatched") or {}
+        parts = []
+        if mism.get("missing"):
+            parts.append(f"missing columns {sorted(mism['missing'])}")
+        if mism.get("unexpected"):
+            parts.append(f"unexpected extra columns {sorted(mism['unexpected'])} (dataset.extra_columns: forbid)")
+        return Failure(None, kind, "; ".join(parts) or f"observed {res.get('observed_value')}")
+    if kind == "expect_table_row_count_to_be_between":
+        return Failure(None, kind, f"{res.get('observed_value')} rows, expected {ds.row_count.min}..{ds.row_count.max}")
+    spec = ds.columns[col]
+    if kind == "expect_column_values_to_be_in_type_list":
+        return Failure(col, kind, f"dtype {frame[col].dtype}, expected {spec.type}", count, examples)
+    if kind == "expect_column_values_to_not_be_null":
+        frac = frame[col].isna().mean()
+        return Failure(col, kind, f"null fraction {frac:.3f} exceeds max_null_fraction {spec.max_null_fraction}", count)
+    if kind == "expect_column_values_to_be_between":
+        values = pd.to_numeric(frame[col], errors="coerce")
+        return Failure(
+            col, kind, f"observed range {values.min()}..{values.max()}, allowed {spec.min}..{spec.max}", count, examples
+        )
+    if kind == "expect_column_values_to_be_in_set":
+        allowed = spec.categories if spec.categories else spec.values
+        return Failure(col, kind, f"values outside {allowed}", count, examples)
+    if kind == "expect_column_values_to_be_unique":
+        return Failure(col, kind, f"{int(frame[col].duplicated(keep=False).sum())} rows share an id", count, examples)
+    if kind == "expect_column_values_to_be_dateutil_parseable":
+        return Failure(col, kind, "values that are not parseable timestamps", count, examples)
+    return Failure(col, kind, f"observed {res.get('observed_value')}", count, examples)
+
+
+def validate_frame(
+    frame: pd.DataFrame, ds: DatasetConfig, gx_root: Path, source: str = "dataframe"
+) -> ValidationReport:
+    """Run the schema's suite on `frame` in a file data context under gx_root; build Data Docs."""
+    import great_expectations as gx
+
+    gx_root.mkdir(parents=True, exist_ok=True)
+    ctx = gx.get_context(mode="file", project_root_dir=str(gx_root))
+    ctx.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+    source_ = ctx.data_sources.add_or_update_pandas("tollgate")
+    names = [a.name for a in source_.assets]
+    asset = source_.get_asset("table") if "table" in names else source_.add_dataframe_asset("table")
+    batch = (
+        asset.batch_definitions[0] if asset.batch_definitions else asset.add_batch_definition_whole_dataframe("whole")
+    )
+    suite = ctx.suites.add_or_update(build_suite(ds))
+    vd = ctx.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name="tollgate-validation", data=batch, suite=suite)
+    )
+    checkpoint = ctx.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name="tollgate-checkpoint",
+            validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs")],
+            result_format={"result_format": "SUMMARY"},
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": _prepared(frame, ds)})
+    failures: list[Failure] = []
+    n = 0
+    for run in result.run_results.values():
+        for r in run.results:
+            n += 1
+            if not r.success and (f := _describe(r, frame, ds)) is not None:
+                failures.append(f)
+    failures.sort(key=lambda f: (f.column is not None, f.column or "", f.expectation))
+    return ValidationReport(
+        source=source,
+        rows=len(frame),
+        expectations=n,
+        failures=failures,
+        suite_path=str(gx_root / "gx" / "expectations" / f"{SUITE_NAME}.json"),
+        data_docs=str(gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"),
+    )
+
+
+def validate_file(path: str | Path, ds: DatasetConfig, gx_root: Path) -> tuple[pd.DataFrame, ValidationReport]:
+    """Read and validate a file (DataReadError for unreadable files)."""
+    frame = read_table(path)
+    return frame, validate_frame(frame, ds, gx_root, source=str(path))
+
+
+@task(name="validate_dataset", retries=0)
+def validate_dataset(path: str, ds: DatasetConfig, gx_root: str) -> pd.DataFrame:
+    """Read and validate the dataset; raise ValidationFailed (failing the flow run) unless every expectation passes."""
+    frame, report = validate_file(path, ds, Path(gx_root))
+    if not report.passed:
+        raise ValidationFailed(report)
+    return frame
