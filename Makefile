@@ -9,7 +9,7 @@ VENV := .venv
 TG := $(VENV)/bin/tollgate
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap demo test test-unit test-integration test-e2e lint format bench clean
+.PHONY: help bootstrap repro demo test test-unit test-integration test-e2e lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,9 @@ format: bootstrap  ## apply ruff fixes and formatting
 
 bench: bootstrap  ## benchmarks; each prints a ratio against its named baseline
 	$(VENV)/bin/python -m bench
+
+repro: bootstrap  ## rebuild the DVC stages (validate -> train -> evaluate) from data.dvc and configs/
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 clean:  ## remove the venv and local state (.tollgate/)
 	-$(TG) down 2>/dev/null

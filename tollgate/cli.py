@@ -116,6 +116,17 @@ def cmd_data_generate(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data_track(rt: Runtime, args: argparse.Namespace) -> int:
+    from tasks.data import track_snapshot
+
+    path = rt.resolve(rt.config.dataset.path)
+    if not path.is_file():
+        raise UserError(f"dataset.path {rt.config.dataset.path} ({path}) is not a file")
+    print(f"tracking {rt.config.dataset.path} with DVC (dvc add, data.dvc, push to the default remote) ...", flush=True)
+    print(f"data version md5 {track_snapshot(rt.root, rt.config.dataset.path)} recorded in data.dvc: commit it")
+    return EXIT_OK
+
+
 def cmd_validate(rt: Runtime, args: argparse.Namespace) -> int:
     from tasks.validation import DataReadError, validate_file
 
@@ -182,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="write here instead (not DVC-tracked)")
     p.set_defaults(fn=cmd_data_generate, needs_runtime=True)
+    p = data_sub.add_parser(
+        "track",
+        parents=[common],
+        help="record the table at dataset.path as the training snapshot (dvc add -> data.dvc, dvc push)",
+    )
+    p.set_defaults(fn=cmd_data_track, needs_runtime=True)
     p = add(
         "validate",
         "Great Expectations gate on a .csv/.parquet file; per-column failures on stdout; exit 1 on failure",

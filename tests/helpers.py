@@ -1,0 +1,34 @@
+"""Small synthetic frames and configs shared by the test tiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tollgate.config import DatasetConfig, TollgateConfig, load_config
+from tollgate.synthetic import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bundled_config(environ: dict[str, str] | None = None) -> TollgateConfig:
+    """The bundled config (dev), ignoring the session's TOLLGATE__ overrides unless given."""
+    return load_config(ROOT / "configs" / "pipeline.yaml", "dev", environ=environ or {}).config
+
+
+def small_dataset_config(min_rows: int = 10) -> DatasetConfig:
+    """The bundled dataset schema with a row-count floor small enough for unit-test frames."""
+    ds = bundled_config().dataset
+    return ds.model_copy(update={"row_count": ds.row_count.model_copy(update={"min": min_rows})})
+
+
+def small_frame(rows: int = 40, scenario: str = "none") -> pd.DataFrame:
+    """`rows` valid rows of the bundled schema."""
+    gen = bundled_config().generation
+    assert gen is not None
+    return (
+        generate(gen.model_copy(update={"rows": max(rows, 100), "period_rows": max(rows, 100)}), scenario)
+        .head(rows)
+        .copy()
+    )

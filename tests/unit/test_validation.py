@@ -1,0 +1,155 @@
+"""The validation gate names every cause (column, expectation, observed value) and never crashes on bad files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.validation import DataReadError, read_table, validate_frame
+from tests.helpers import small_dataset_config, small_frame
+from tollgate.cli import main
+
+
+def _set(col: str, values: Callable[[pd.DataFrame], object]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def fn(df: pd.DataFrame) -> pd.DataFrame:
+        df[col] = values(df)
+        return df
+
+    return fn
+
+
+def _nan_every(n: int, col: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def fn(df: pd.DataFrame) -> pd.DataFrame:
+        df.loc[df.index[::n], col] = np.nan
+        return df
+
+    return fn
+
+
+FAULTS = [
+    ("missing column", lambda df: df.drop(columns=["usage_gb"]), "table", "missing columns ['usage_gb']"),
+    ("extra column", _set("notes", lambda df: "x"), "table", "unexpected extra columns ['notes']"),
+    (
+        "wrong dtype",
+        _set("tenure_months", lambda df: df["tenure_months"].astype(str)),
+        "'tenure_months'",
+        "dtype object, expected int",
+    ),
+    (
+        "nulls over limit",
+        _nan_every(4, "monthly_charges"),
+        "'monthly_charges'",
+        "null fraction 0.250 exceeds max_null_fraction 0.02",
+    ),
+    (
+        "out of range",
+        _set("support_calls_90d", lambda df: np.where(df.index < 3, 99, df["support_calls_90d"])),
+        "'support_calls_90d'",
+        "observed range 0..99",
+    ),
+    (
+        "unseen category",
+        _set("payment_method", lambda df: np.where(df.index < 2, "crypto", df["payment_method"])),
+        "'payment_method'",
+        "['crypto']",
+    ),
+    (
+        "duplicate ids",
+        _set("customer_id", lambda df: np.where(df.index < 4, "C1", df["customer_id"])),
+        "'customer_id'",
+        "4 rows share an id",
+    ),
+    (
+        "unparsable timestamp",
+        _set("event_time", lambda df: np.where(df.index == 0, "31/31/2026 25:00", df["event_time"].astype(str))),
+        "'event_time'",
+        "not parseable timestamps",
+    ),
+    (
+        "non-binary label",
+        _set("churned", lambda df: np.where(df.index == 1, 2, df["churned"])),
+        "'churned'",
+        "values outside [0, 1]",
+    ),
+    ("too few rows", lambda df: df.head(5), "table", "5 rows, expected 10.."),
+]
+
+
+@pytest.mark.parametrize(("name", "fault", "where", "phrase"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_each_fault_is_named(tmp_path: Path, name: str, fault, where: str, phrase: str) -> None:  # type: ignore[no-untyped-def]
+    report = validate_frame(fault(small_frame()), small_dataset_config(), tmp_path / "gx")
+    assert not report.passed
+    lines = [f.line() for f in report.failures]
+    assert any(where in line and phrase in line for line in lines), lines
+
+
+def test_a_clean_frame_passes_and_builds_data_docs(tmp_path: Path) -> None:
+    report = validate_frame(small_frame(), small_dataset_config(), tmp_path / "gx")
+    assert report.passed, report.summary()
+    assert Path(report.data_docs).exists() and Path(report.suite_path).exists()
+
+
+def test_extra_columns_pass_when_policy_allows(tmp_path: Path) -> None:
+    ds = small_dataset_config().model_copy(update={"extra_columns": "allow"})
+    assert validate_frame(small_frame().assign(notes="x"), ds, tmp_path / "gx").passed
+
+
+def test_csv_round_trip_validates(tmp_path: Path) -> None:
+    path = tmp_path / "good.csv"
+    small_frame().to_csv(path, index=False)
+    assert validate_frame(read_table(path), small_dataset_config(), tmp_path / "gx").passed
+
+
+def _write(tmp_path: Path, name: str, content: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def _truncated_parquet(tmp_path: Path) -> Path:
+    good = tmp_path / "good.parquet"
+    small_frame().to_parquet(good)
+    return _write(tmp_path, "cut.parquet", good.read_bytes()[: good.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("make", "phrase"),
+    [
+        (lambda t: t / "absent.parquet", "no such file"),
+        (lambda t: t, "is a directory"),
+        (lambda t: _write(t, "empty.csv", b""), "file is empty"),
+        (lambda t: _write(t, "noise.parquet", b"PAR1 this is not parquet at all"), "not a readable Parquet file"),
+        (_truncated_parquet, "not a readable Parquet file"),
+        (
+            lambda t: _write(t, "semi.csv", b"customer_id;event_time;churned\nC1;2026-01-01;0\n"),
+            "looks semicolon-delimited",
+        ),
+        (lambda t: _write(t, "data.json", b"{}"), "unsupported file type '.json'"),
+    ],
+    ids=["missing path", "directory", "empty file", "corrupt parquet", "truncated parquet", "wrong delimiter", "json"],
+)
+def test_unreadable_files_get_a_named_cause(tmp_path: Path, make, phrase: str) -> None:  # type: ignore[no-untyped-def]
+    path = make(tmp_path)
+    with pytest.raises(DataReadError, match=phrase) as err:
+        read_table(path)
+    assert str(path) in str(err.value)
+
+
+def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.parquet"
+    df = small_frame(600)
+    df.loc[df.index[:3], "tenure_months"] = -1
+    df.to_parquet(bad)
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "column 'tenure_months'" in out and "observed range -1" in out
+    assert main(["validate", str(tmp_path / "nope.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+    good = tmp_path / "good.parquet"
+    small_frame(600).to_parquet(good)
+    assert main(["validate", str(good)]) == 0
