@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import brier_score_loss, log_loss, precision_score, recall_score, roc_auc_score
 
 from tollgate.config import DatasetConfig
@@ -59,9 +62,23 @@ def evaluate_frame(frame: pd.DataFrame, scores: np.ndarray, ds: DatasetConfig, t
     return report
 
 
-@task(name="evaluate_model")
-def evaluate_model(
-    model: Any, holdout: pd.DataFrame, features: list[str], ds: DatasetConfig, threshold: float
-) -> dict[str, Any]:
-    """Score the holdout and compute metrics overall and per segment."""
-    return evaluate_frame(holdout, predict_scores(model, holdout, features), ds, threshold)
+@dataclass(frozen=True)
+class Scored:
+    """Scores for a frame and how long predict took."""
+
+    scores: np.ndarray
+    predict_s: float
+
+
+@task(name="score_holdout", cache_policy=NO_CACHE)
+def score_holdout(model: Any, holdout: pd.DataFrame, features: list[str]) -> Scored:
+    """Positive-class scores for the holdout."""
+    start = time.perf_counter()
+    scores = predict_scores(model, holdout, features)
+    return Scored(scores, time.perf_counter() - start)
+
+
+@task(name="evaluate_model", cache_policy=NO_CACHE)
+def evaluate_model(holdout: pd.DataFrame, scores: np.ndarray, ds: DatasetConfig, threshold: float) -> dict[str, Any]:
+    """Metrics overall and per segment for scored holdout rows."""
+    return evaluate_frame(holdout, scores, ds, threshold)

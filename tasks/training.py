@@ -5,21 +5,21 @@ The transforms live inside the Pipeline, so the artifact that is served runs exa
 
 from __future__ import annotations
 
-import numpy as np
+import time
+from dataclasses import dataclass
+from typing import Any
+
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tollgate.config import DatasetConfig, FeaturesConfig, ModelConfig, SplitConfig
-
-
-def _as_float(x: pd.DataFrame) -> np.ndarray:
-    return np.asarray(x, dtype="float64")
 
 
 def build_pipeline(features: FeaturesConfig, model: ModelConfig) -> Pipeline:
@@ -45,8 +45,9 @@ def build_pipeline(features: FeaturesConfig, model: ModelConfig) -> Pipeline:
             )
         )
     if features.boolean:
+        # Stock transformers only: a model artifact must load without this project's code (rollbacks).
         transformers.append(
-            ("boolean", FunctionTransformer(_as_float, feature_names_out="one-to-one"), features.boolean)
+            ("boolean", OneHotEncoder(drop="if_binary", handle_unknown="ignore", sparse_output=False), features.boolean)
         )
     prep = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
     hp = dict(model.hyperparameters)
@@ -83,13 +84,23 @@ def fit_pipeline(pipeline: Pipeline, train: pd.DataFrame, features: FeaturesConf
     return pipeline.fit(train[features.all], train[target].astype("int64"))
 
 
-@task(name="train_model")
-def train_model(train: pd.DataFrame, features: FeaturesConfig, model: ModelConfig, target: str) -> Pipeline:
+@dataclass(frozen=True)
+class Trained:
+    """A fitted pipeline and how long the fit took."""
+
+    model: Any
+    fit_s: float
+
+
+@task(name="train_model", cache_policy=NO_CACHE)
+def train_model(train: pd.DataFrame, features: FeaturesConfig, model: ModelConfig, target: str) -> Trained:
     """Build and fit the configured Pipeline."""
-    return fit_pipeline(build_pipeline(features, model), train, features, target)
+    start = time.perf_counter()
+    fitted = fit_pipeline(build_pipeline(features, model), train, features, target)
+    return Trained(fitted, time.perf_counter() - start)
 
 
-@task(name="split_dataset")
+@task(name="split_dataset", cache_policy=NO_CACHE)
 def split_dataset(
     frame: pd.DataFrame, ds: DatasetConfig, split: SplitConfig, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tollgate.config import ConfigError, load_config
 from tollgate.paths import PROJECT_ROOT
 from tollgate.runtime import Runtime, make_runtime
 from tollgate.stack import Stack, StackError
 from tollgate.synthetic import SCENARIOS
+
+if TYPE_CHECKING:
+    from tasks.gates import GateVerdict
 
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 
@@ -25,7 +29,7 @@ class CheckFailed(Exception):
     """A gate or check said no: printed, exit 1."""
 
 
-def _table(rows: list[dict[str, object]], cols: Sequence[str]) -> str:
+def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
     cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
@@ -139,6 +143,113 @@ def cmd_validate(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_NO
 
 
+def _require_stack(rt: Runtime) -> None:
+    from tollgate.stack import healthy
+
+    servers = rt.config.servers
+    for name, url in (
+        ("Prefect API", f"{servers.prefect_url}/health"),
+        ("MLflow server", f"{servers.mlflow_url}/health"),
+    ):
+        if not healthy(url, timeout=5):
+            raise UserError(
+                f"{name} at {url.removesuffix('/health')} is not reachable: start the stack with `tollgate up`"
+            )
+
+
+def _print_verdict(verdict: GateVerdict) -> None:
+    print(verdict.summary())
+    rows = [
+        {
+            "scope": c.scope,
+            "check": c.check,
+            "status": c.status,
+            "n": c.n,
+            "challenger": _fmt(c.challenger),
+            "baseline": _fmt(c.champion),
+            "ci": "" if c.ci_low is None else f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+        }
+        for c in verdict.checks
+    ]
+    print(_table(rows, ("scope", "check", "status", "n", "challenger", "baseline", "ci")))
+
+
+def _fmt(x: float | None) -> str | None:
+    return None if x is None or x != x else f"{x:.4f}"
+
+
+def cmd_train(rt: Runtime, args: argparse.Namespace) -> int:
+    import time
+
+    _require_stack(rt)
+    from flows.training import training_pipeline
+    from tasks.data import DataVersionError
+    from tasks.gates import GateRejected
+    from tasks.validation import DataReadError, ValidationFailed
+
+    data = str(rt.resolve(args.data)) if args.data else None
+    start = time.perf_counter()
+    try:
+        result = training_pipeline(
+            config=str(rt.loaded.path.resolve()), env=rt.loaded.env, data=data, allow_dirty=args.allow_dirty
+        )
+    except ValidationFailed as exc:
+        raise CheckFailed(
+            f"data failed validation; no model was trained or registered.\n{exc.report.summary()}"
+        ) from None
+    except (DataReadError, DataVersionError) as exc:
+        raise UserError(str(exc)) from None
+    except GateRejected as exc:
+        _print_verdict(exc.verdict)
+        raise CheckFailed(
+            f"{rt.config.project.registered_model} v{exc.version} was registered but REJECTED by the gate; "
+            "it stays in stage None and production is unchanged"
+        ) from None
+    wall = time.perf_counter() - start
+    _print_verdict(result.verdict)
+    d = result.data
+    print(
+        f"data: {d.path} md5 {d.md5} ({'matches data.dvc' if d.matches_dvc else 'NOT the version data.dvc records'}), "
+        f"git {d.git_sha}{' (dirty)' if d.git_dirty else ''}"
+    )
+    inner = result.timings["fit"] + result.timings["predict"]
+    print(
+        f"time: {wall:.1f} s wall, fit {result.timings['fit']:.2f} s + predict {result.timings['predict']:.2f} s "
+        f"({inner / wall:.0%} of wall)"
+    )
+    print(f"{rt.config.project.registered_model} v{result.version} -> {result.stage} (run {result.run_id})")
+    if args.json:
+        print(json.dumps(result.to_dict(), default=str))
+    return EXIT_OK
+
+
+def cmd_history(rt: Runtime, args: argparse.Namespace) -> int:
+    from tollgate import ledger
+
+    entries = ledger.read(rt.paths.ledger)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return EXIT_OK
+    if not entries:
+        print(f"no promotion history yet ({rt.paths.ledger})")
+        return EXIT_OK
+    rows = [
+        {
+            "at": e.at,
+            "model": e.model,
+            "version": e.version,
+            "from": e.from_stage,
+            "to": e.to_stage,
+            "who": e.who,
+            "reason": e.reason[:90],
+            "evidence_run": (e.evidence_run_id or "")[:12],
+        }
+        for e in entries
+    ]
+    print(_table(rows, ("at", "model", "version", "from", "to", "who", "reason", "evidence_run")))
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every subcommand accepts the global options too."""
@@ -205,6 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_validate,
     )
     p.add_argument("path", help="the file to validate")
+
+    p = add(
+        "train",
+        "run training_pipeline: validate, train, evaluate, register, gate; prints version, verdict, "
+        "stage; exit 1 if validation or the gate says no",
+        cmd_train,
+    )
+    p.add_argument(
+        "--data", default=None, help="train on this .csv/.parquet instead of dataset.path (the DVC snapshot)"
+    )
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="train even if tracked files have uncommitted changes (the version is tagged git_dirty=true)",
+    )
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    p = add("history", "the promotion ledger: every stage transition, who, when, why, evidence run", cmd_history)
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     cfg = sub.add_parser("config", help="validate or print the resolved config", parents=[common])
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)

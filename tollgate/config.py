@@ -122,6 +122,9 @@ class GatesConfig(_Strict):
     confidence: float = Field(gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(ge=50, le=100_000)
     min_segment_size: int = Field(ge=1)
+    # Per segment: "harm" fails when the whole CI of (challenger - baseline) AUC lies below -margin (confidently
+    # worse); "non_inferiority" applies the overall rule (CI lower bound >= -margin) to every segment.
+    segment_test: Literal["harm", "non_inferiority"] = "harm"
 
 
 class MonitoringConfig(_Strict):

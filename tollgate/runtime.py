@@ -38,6 +38,7 @@ class Runtime:
         Must run before `prefect` is imported: Prefect reads its settings from the environment at import.
         """
         os.environ.update(client_env(self.config.servers, self.paths))
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.paths.prefect_home.mkdir(parents=True, exist_ok=True)
 
 

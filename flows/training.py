@@ -1,0 +1,79 @@
+"""training_pipeline: validate -> pin data version -> split -> train -> evaluate -> log + register -> gate -> Staging."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.data import pin_data_version
+from tasks.evaluation import evaluate_model, score_holdout
+from tasks.gates import enforce_verdict, gate_challenger
+from tasks.monitoring import profile_reference
+from tasks.registry import promote_version
+from tasks.tracking import log_training_run, publish_model_card, record_verdict, register_version, score_baseline
+from tasks.training import split_dataset, train_model
+from tasks.validation import describe_suite, validate_dataset
+from tollgate.paths import PROJECT_ROOT
+from tollgate.runtime import make_runtime
+from tollgate.summaries import TrainingResult
+
+
+@flow(name="training_pipeline")
+def training_pipeline(
+    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    env: str = "dev",
+    data: str | None = None,
+    allow_dirty: bool = False,
+) -> TrainingResult:
+    """Train, register and gate one model version; it reaches Staging only when the gate passes."""
+    rt = make_runtime(config, env)
+    cfg, uri, ledger, run_id = rt.config, rt.config.servers.mlflow_url, str(rt.paths.ledger), str(flow_run.id)
+    path = str(rt.resolve(data or cfg.dataset.path))
+    # validate
+    frame = validate_dataset(path, cfg.dataset, str(rt.paths.gx_root))
+    version = pin_data_version(str(rt.root), path, len(frame), allow_dirty)  # type: ignore[arg-type]  # Prefect overloads
+    # train
+    train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
+    trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target)
+    # evaluate
+    scored = score_holdout(trained.model, holdout, cfg.features.all)
+    evaluation = evaluate_model(holdout, scored.scores, cfg.dataset, cfg.model.decision_threshold)
+    profile = profile_reference(frame, cfg.features, scored.scores, cfg.monitoring.reference_bins)
+    # log + register
+    timings = {"fit": trained.fit_s, "predict": scored.predict_s}
+    run = log_training_run(
+        uri,
+        cfg,
+        version,
+        frame,
+        holdout,
+        trained.model,
+        evaluation,
+        profile,
+        describe_suite(cfg.dataset),
+        timings,
+        run_id,
+    )
+    registered = register_version(uri, cfg, run, ledger, run_id)
+    publish_model_card(uri, cfg, registered)
+    # gate
+    baseline = score_baseline(uri, cfg, ledger, holdout, registered.version)
+    verdict = gate_challenger(
+        holdout, scored.scores, evaluation["overall"], cfg.dataset, cfg.gates, cfg.model.seed, baseline
+    )
+    record_verdict(uri, cfg, registered, verdict, ledger, run_id)
+    enforce_verdict(verdict, registered.version)
+    # promote
+    promote_version(
+        uri,
+        cfg.project.registered_model,
+        ledger,
+        registered.version,
+        "Staging",
+        f"gate passed against {verdict.baseline}",
+        registered.run_id,
+        run_id,
+    )
+    return TrainingResult(
+        registered.version, "Staging", verdict, registered.run_id, version, evaluation["overall"], timings
+    )

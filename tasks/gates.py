@@ -1,0 +1,243 @@
+"""Gates: typed verdicts with their evidence, and tasks that raise when a gate says no.
+
+The promotion gate checks absolute minimums, then non-inferiority against a baseline (the Production version,
+or the Staging version it would displace) on the same holdout, overall and per segment, with a paired
+bootstrap confidence interval on the AUC difference rather than a raw difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from scipy.stats import rankdata
+
+from tollgate.config import DatasetConfig, GatesConfig
+
+Status = Literal["pass", "fail", "not_gated"]
+
+
+class GateRejected(Exception):
+    """A gate said no; carries the verdict so callers can show every failing comparison."""
+
+    def __init__(self, verdict: GateVerdict, version: str | None = None):
+        super().__init__((f"version {version}: " if version else "") + verdict.summary())
+        self.verdict = verdict
+        self.version = version
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison with its evidence."""
+
+    scope: str  # "overall" or "column=value"
+    check: str  # "min_auc", "max_log_loss", "auc_non_inferiority", "auc_segment_harm"
+    status: Status
+    n: int
+    challenger: float
+    threshold: float
+    champion: float | None = None
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The gate's decision and every comparison behind it."""
+
+    passed: bool
+    baseline: str  # e.g. "Production v3", "Staging v1 (no Production yet)", "none: first model"
+    baseline_version: str | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    @property
+    def not_gated(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "not_gated"]
+
+    def summary(self) -> str:
+        """Readable multi-line verdict naming every failing scope and the reason."""
+        head = f"gate {'PASSED' if self.passed else 'REJECTED'} against {self.baseline}"
+        lines = [head]
+        for c in self.failures:
+            lines.append(f"  - FAIL {c.scope}: {c.reason}")
+        for c in self.not_gated:
+            lines.append(f"  - not gated {c.scope}: {c.reason}")
+        return "\n".join(lines)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per check, for tables."""
+        return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(c).items()} for c in self.checks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "baseline": self.baseline,
+            "baseline_version": self.baseline_version,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> GateVerdict:
+        return cls(
+            passed=body["passed"],
+            baseline=body["baseline"],
+            baseline_version=body.get("baseline_version"),
+            checks=[Check(**c) for c in body["checks"]],
+        )
+
+
+def auc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """AUC of each row of (y, p) matrices via the Mann-Whitney rank formula; NaN where a row has one class."""
+    ranks = rankdata(p, axis=1)
+    pos = y.sum(axis=1)
+    neg = y.shape[1] - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(axis=1) - pos * (pos + 1) / 2) / (pos * neg)
+    return np.where((pos > 0) & (neg > 0), auc, np.nan)
+
+
+def paired_bootstrap_auc(
+    y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, samples: int, confidence: float, seed: int
+) -> tuple[float, float, float]:
+    """(observed AUC difference, lower, upper) of a two-sided `confidence` interval, resampling rows jointly."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(samples, len(y)))
+    yb = y[idx]
+    diffs = auc_rows(yb, challenger[idx]) - auc_rows(yb, champion[idx])
+    diffs = diffs[~np.isnan(diffs)]
+    observed = float(auc_rows(y[None, :], challenger[None, :])[0] - auc_rows(y[None, :], champion[None, :])[0])
+    alpha = (1 - confidence) / 2
+    return observed, float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))
+
+
+def _absolute(overall: dict[str, float], gates: GatesConfig) -> list[Check]:
+    auc, ll, n = overall["auc"], overall["log_loss"], int(overall["n"])
+    return [
+        Check(
+            "overall",
+            "min_auc",
+            "pass" if auc >= gates.min_auc else "fail",
+            n,
+            auc,
+            gates.min_auc,
+            reason=f"AUC {auc:.4f} {'>=' if auc >= gates.min_auc else '<'} min_auc {gates.min_auc}",
+        ),
+        Check(
+            "overall",
+            "max_log_loss",
+            "pass" if ll <= gates.max_log_loss else "fail",
+            n,
+            ll,
+            gates.max_log_loss,
+            reason=f"log loss {ll:.4f} {'<=' if ll <= gates.max_log_loss else '>'} max_log_loss {gates.max_log_loss}",
+        ),
+    ]
+
+
+def _compare(
+    scope: str, y: np.ndarray, chal: np.ndarray, champ: np.ndarray, gates: GatesConfig, seed: int, rule: str
+) -> Check:
+    """AUC comparison with a paired bootstrap CI. rule "non_inferiority": pass iff CI low >= -margin;
+    rule "harm": fail iff CI high < -margin (the challenger is confidently worse by more than the margin)."""
+    n = len(y)
+    positives = int(y.sum())
+    check = "auc_non_inferiority" if rule == "non_inferiority" else "auc_segment_harm"
+    margin = gates.non_inferiority_margin
+    if n < gates.min_segment_size or positives < 5 or n - positives < 5:
+        return Check(
+            scope,
+            check,
+            "not_gated",
+            n,
+            float("nan"),
+            -margin,
+            reason=f"{n} rows ({positives} positive) is below min_segment_size {gates.min_segment_size} "
+            "or has under 5 of a class: too small to compare, not gated",
+        )
+    diff, lo, hi = paired_bootstrap_auc(y, chal, champ, gates.bootstrap_samples, gates.confidence, seed)
+    chal_auc = float(auc_rows(y[None, :], chal[None, :])[0])
+    ok = lo >= -margin if rule == "non_inferiority" else hi >= -margin
+    ci = f"{gates.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}]"
+    if rule == "non_inferiority":
+        verdict = f"lower bound {'>=' if ok else '<'} -{margin}: {'non-inferior' if ok else 'not shown non-inferior'}"
+    else:
+        verdict = f"upper bound {'>=' if ok else '<'} -{margin}: {'no clear harm' if ok else 'confidently worse'}"
+    reason = f"AUC {chal_auc:.4f} vs baseline {chal_auc - diff:.4f}: diff {diff:+.4f}, {ci}, {verdict}"
+    return Check(
+        scope,
+        check,
+        "pass" if ok else "fail",
+        n,
+        chal_auc,
+        -margin,
+        champion=chal_auc - diff,
+        diff=diff,
+        ci_low=lo,
+        ci_high=hi,
+        reason=reason,
+    )
+
+
+def decide(
+    holdout: pd.DataFrame,
+    challenger_scores: np.ndarray,
+    overall: dict[str, float],
+    ds: DatasetConfig,
+    gates: GatesConfig,
+    seed: int,
+    baseline_scores: np.ndarray | None = None,
+    baseline: str = "none: first model, gated on absolute minimums only",
+    baseline_version: str | None = None,
+) -> GateVerdict:
+    """The promotion verdict: absolute minimums, then (with a baseline) non-inferiority overall and the
+    configured segment test for every segment with enough rows."""
+    checks = _absolute(overall, gates)
+    if baseline_scores is not None:
+        y = holdout[ds.target].to_numpy().astype("int64")
+        checks.append(_compare("overall", y, challenger_scores, baseline_scores, gates, seed, "non_inferiority"))
+        for col in ds.segments:
+            for value, idx in sorted(holdout.groupby(col, observed=True).indices.items(), key=lambda kv: str(kv[0])):
+                scope = f"{col}={value}"
+                chal, base = challenger_scores[idx], baseline_scores[idx]
+                checks.append(_compare(scope, y[idx], chal, base, gates, seed, gates.segment_test))
+    return GateVerdict(
+        passed=all(c.status != "fail" for c in checks),
+        baseline=baseline,
+        baseline_version=baseline_version,
+        checks=checks,
+    )
+
+
+@task(name="gate_challenger", cache_policy=NO_CACHE)
+def gate_challenger(
+    holdout: pd.DataFrame,
+    challenger_scores: np.ndarray,
+    overall: dict[str, float],
+    ds: DatasetConfig,
+    gates: GatesConfig,
+    seed: int,
+    baseline: tuple[str, str, np.ndarray] | None,
+) -> GateVerdict:
+    """Compute the verdict against the baseline (label, version, scores) or the absolute minimums only."""
+    if baseline is None:
+        return decide(holdout, challenger_scores, overall, ds, gates, seed)
+    label, version, scores = baseline
+    return decide(holdout, challenger_scores, overall, ds, gates, seed, scores, label, version)
+
+
+@task(name="enforce_verdict", cache_policy=NO_CACHE)
+def enforce_verdict(verdict: GateVerdict, version: str | None = None) -> GateVerdict:
+    """Raise GateRejected (failing the flow run visibly) unless the verdict passed."""
+    if not verdict.passed:
+        raise GateRejected(verdict, version)
+    return verdict

@@ -1,0 +1,324 @@
+"""Tracking stage: log a training run with its full release context to MLflow, register it, and read it back.
+
+The release context (resolved config, expectation suite, drift reference profile, evaluation report, data
+version, model card, gate verdict) is stored as artifacts of the version's run under `release/`, so serving,
+monitoring and rollback read what the version was trained with, never the working tree's config.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.data import DataVersion
+from tasks.gates import GateVerdict
+from tasks.registry import Registry
+from tollgate.config import TollgateConfig
+
+RELEASE_DIR = "release"
+REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A training run and the URI of the model logged in it."""
+
+    run_id: str
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    """A logged training run and the model version registered from it."""
+
+    run_id: str
+    version: str
+    model_uri: str
+    experiment_id: str
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in REQUIREMENT_PACKAGES]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a model's behaviour depends on (lineage tags)."""
+    from importlib.metadata import version
+
+    return {
+        p: version(p) for p in ("scikit-learn", "pandas", "numpy", "mlflow", "prefect", "great-expectations", "dvc")
+    }
+
+
+def _flat(prefix: str, body: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(body, dict):
+        for key, value in body.items():
+            _flat(f"{prefix}.{key}" if prefix else str(key), value, out)
+    else:
+        out[prefix] = body
+    return out
+
+
+def segment_metrics(evaluation: dict[str, Any], metric: str) -> dict[str, float]:
+    """{'seg.tier.gold.auc': 0.83, ...} for one metric across every segment."""
+    return {
+        f"seg.{col}.{value}.{metric}": m[metric]
+        for col, per in evaluation["segments"].items()
+        for value, m in per.items()
+    }
+
+
+def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any], version: str | None = None) -> str:
+    """The Markdown model card: intended use and limits, data version, metrics by segment, owner, obligations."""
+    o = evaluation["overall"]
+    lines = [
+        f"# Model card: {cfg.project.registered_model}" + (f" v{version}" if version else ""),
+        "",
+        f"**Owner:** {cfg.project.owner}  ",
+        f"**Model:** {cfg.model.kind} (seed {cfg.model.seed}), decision threshold {cfg.model.decision_threshold}",
+        "",
+        "## Intended use",
+        cfg.project.intended_use or "(not stated in config)",
+        "",
+        "## Limitations",
+        cfg.project.limitations or "(not stated in config)",
+        "",
+        "## Data",
+        f"- snapshot `{data.path}`, md5 `{data.md5}`"
+        + ("" if data.matches_dvc else " (**not** the version data.dvc records)"),
+        f"- git sha `{data.git_sha}`" + (" (**dirty tree**)" if data.git_dirty else ""),
+        f"- {data.rows} rows; target `{cfg.dataset.target}`; label delay {cfg.dataset.label_delay_days} days",
+        "",
+        "## Holdout metrics",
+        f"AUC {o['auc']:.4f} · log loss {o['log_loss']:.4f} · precision {o['precision']:.3f} · recall {o['recall']:.3f}"
+        f" · calibration error {o['calibration_error']:.4f} · n {int(o['n'])}",
+        "",
+        "| segment | n | positives | AUC | log loss | recall |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for col, per in evaluation["segments"].items():
+        for value, m in per.items():
+            lines.append(
+                f"| {col}={value} | {int(m['n'])} | {int(m['positives'])} | {m['auc']:.4f} | {m['log_loss']:.4f} | {m['recall']:.3f} |"
+            )
+    mon, gates = cfg.monitoring, cfg.gates
+    lines += [
+        "",
+        "## Monitoring obligations",
+        f"- input drift: {mon.numeric_method} > {mon.psi_threshold if mon.numeric_method == 'psi' else mon.ks_pvalue} on numeric features,"
+        f" Jensen-Shannon > {mon.categorical_threshold} on categorical; alert when over {mon.drift_share_threshold:.0%} of features drift",
+        f"- live AUC >= {mon.min_live_auc} over at least {mon.min_labelled_rows} matured labels; below {mon.severe_live_auc} rolls back",
+        f"- promotion gate: AUC >= {gates.min_auc}, log loss <= {gates.max_log_loss}, non-inferior within {gates.non_inferiority_margin}"
+        f" AUC at {gates.confidence:.0%} confidence overall and per segment with >= {gates.min_segment_size} rows",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(folder: Path, name: str, body: Any) -> None:
+    (folder / name).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
+
+
+@task(name="log_training_run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_training_run(
+    tracking_uri: str,
+    cfg: TollgateConfig,
+    data: DataVersion,
+    frame: pd.DataFrame,
+    holdout: pd.DataFrame,
+    model: Any,
+    evaluation: dict[str, Any],
+    profile: dict[str, Any],
+    suite: dict[str, Any],
+    timings: dict[str, float],
+    flow_run_id: str | None,
+) -> LoggedRun:
+    """Log params, metrics, the dataset input, lineage tags, the model and the release context; returns the run id."""
+    import mlflow.sklearn
+    import skops.io as sio
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.set_experiment(cfg.project.name)
+    features = cfg.features.all
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"train-{data.md5[:8]}") as run:
+        mlflow.log_params(
+            {
+                k: v
+                for k, v in _flat(
+                    "",
+                    {"model": cfg.model.model_dump(), "split": cfg.split.model_dump(), "gates": cfg.gates.model_dump()},
+                    {},
+                ).items()
+            }
+        )
+        mlflow.log_param("features", ",".join(features))
+        overall = {f"holdout_{k}": v for k, v in evaluation["overall"].items()}
+        mlflow.log_metrics(
+            {**overall, **segment_metrics(evaluation, "auc"), **{f"time_{k}_s": v for k, v in timings.items()}}
+        )
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+            frame, source=data.path, name=f"{Path(data.path).name}@{data.md5[:8]}", targets=cfg.dataset.target
+        )
+        mlflow.log_input(dataset, context="training")
+        mlflow.set_tags(
+            {
+                "tollgate.git_sha": str(data.git_sha),
+                "tollgate.git_dirty": str(data.git_dirty).lower(),
+                "tollgate.data_md5": data.md5,
+                "tollgate.data_path": data.path,
+                "tollgate.data_dvc_tracked": str(data.matches_dvc).lower(),
+                "tollgate.config_digest": cfg.digest(),
+                "tollgate.flow_run_id": str(flow_run_id),
+                **{f"tollgate.pkg.{k}": v for k, v in package_versions().items()},
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            _write_json(folder, "config.json", cfg.model_dump(mode="json", exclude={"servers"}))
+            _write_json(folder, "expectation_suite.json", suite)
+            _write_json(folder, "reference_profile.json", profile)
+            _write_json(folder, "evaluation.json", evaluation)
+            _write_json(folder, "data_version.json", data.to_dict())
+            (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
+            mlflow.log_artifacts(tmp, RELEASE_DIR)
+        sample = holdout[features].head(50)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(sample, np.asarray(model.predict_proba(sample))[:, 1]),
+            pip_requirements=_requirements(),
+            skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
+        )
+        return LoggedRun(str(run.info.run_id), str(info.model_uri))
+
+
+@task(name="register_version", cache_policy=NO_CACHE)
+def register_version(
+    tracking_uri: str, cfg: TollgateConfig, logged: LoggedRun, ledger_path: str, flow_run_id: str | None
+) -> RegisteredRun:
+    """Register the run's model as a new version (stage None) and record it in the ledger. Not retried: a retry
+    after a lost response would register a second version."""
+    mlflow.set_tracking_uri(tracking_uri)
+    name = cfg.project.registered_model
+    run_id = logged.run_id
+    mv = mlflow.register_model(logged.model_uri, name, tags={"tollgate.run_id": run_id})
+    version = str(mv.version)
+    Registry(tracking_uri, name, Path(ledger_path)).record(
+        version, "-", "None", "registered from training run", run_id, flow_run_id=flow_run_id
+    )
+    run = mlflow.get_run(run_id)
+    return RegisteredRun(
+        run_id=run_id, version=version, model_uri=f"models:/{name}/{version}", experiment_id=run.info.experiment_id
+    )
+
+
+def load_release_file(tracking_uri: str, run_id: str, name: str) -> Any:
+    """One release-context artifact of a version's run (JSON parsed, Markdown as text)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{RELEASE_DIR}/{name}", dst_path=tmp)
+        text = Path(local).read_text()
+    return json.loads(text) if name.endswith(".json") else text
+
+
+def load_model(tracking_uri: str, model_name: str, version: str) -> Any:
+    """The sklearn Pipeline of a registered version."""
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+
+
+@task(name="score_baseline", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def score_baseline(
+    tracking_uri: str, cfg: TollgateConfig, ledger_path: str, holdout: pd.DataFrame, exclude_version: str
+) -> tuple[str, str, np.ndarray] | None:
+    """The baseline to gate against, scored on this holdout with its own feature list: the Production version,
+    else the Staging version the challenger would displace, else None (first model)."""
+    registry = Registry(tracking_uri, cfg.project.registered_model, Path(ledger_path))
+    prod = registry.one("Production")
+    staging = registry.one("Staging")
+    if prod is not None:
+        base, label = prod, f"Production v{prod.version}"
+    elif staging is not None and staging.version != exclude_version:
+        base, label = staging, f"Staging v{staging.version} (no Production yet)"
+    else:
+        return None
+    base_cfg = load_release_file(tracking_uri, base.run_id, "config.json")
+    base_features = [
+        *base_cfg["features"]["numeric"],
+        *base_cfg["features"]["categorical"],
+        *base_cfg["features"]["boolean"],
+    ]
+    missing = [c for c in base_features if c not in holdout.columns]
+    if missing:
+        raise ValueError(f"baseline {label} needs columns {missing} that this dataset lacks: it cannot be compared")
+    model = load_model(tracking_uri, cfg.project.registered_model, base.version)
+    return label, base.version, np.asarray(model.predict_proba(holdout[base_features])[:, 1], dtype="float64")
+
+
+@task(name="record_verdict", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_verdict(
+    tracking_uri: str,
+    cfg: TollgateConfig,
+    registered: RegisteredRun,
+    verdict: GateVerdict,
+    ledger_path: str,
+    flow_run_id: str | None,
+) -> None:
+    """Store the verdict as a run artifact, version tags and a Prefect table; a rejection lands in the ledger."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_json(Path(tmp), "gate_verdict.json", verdict.to_dict())
+        client.log_artifact(registered.run_id, str(Path(tmp) / "gate_verdict.json"), RELEASE_DIR)
+    registry = Registry(tracking_uri, cfg.project.registered_model, Path(ledger_path))
+    failing = "; ".join(f"{c.scope} {c.check}" for c in verdict.failures)
+    registry.set_tags(
+        registered.version,
+        {
+            "tollgate.gate.passed": str(verdict.passed).lower(),
+            "tollgate.gate.baseline": verdict.baseline,
+            "tollgate.gate.failures": failing or "none",
+            "tollgate.gate.not_gated": "; ".join(c.scope for c in verdict.not_gated) or "none",
+        },
+    )
+    create_table_artifact(
+        key=f"gate-{cfg.project.registered_model}".lower().replace("_", "-"),
+        table=verdict.rows(),
+        description=f"Gate verdict for {cfg.project.registered_model} v{registered.version}: "
+        f"{'PASSED' if verdict.passed else 'REJECTED'} against {verdict.baseline}",
+    )
+    if not verdict.passed:
+        registry.record(
+            registered.version, "None", "None", f"gate rejected: {failing}", registered.run_id, flow_run_id=flow_run_id
+        )
+
+
+@task(name="publish_model_card", cache_policy=NO_CACHE)
+def publish_model_card(tracking_uri: str, cfg: TollgateConfig, registered: RegisteredRun) -> str:
+    """Publish the version's model card (from its run) as a Prefect Markdown artifact; returns the Markdown."""
+    card = str(load_release_file(tracking_uri, registered.run_id, "model_card.md"))
+    card = card.replace(
+        f"# Model card: {cfg.project.registered_model}",
+        f"# Model card: {cfg.project.registered_model} v{registered.version}",
+        1,
+    )
+    create_markdown_artifact(
+        key=f"model-card-{cfg.project.registered_model}".lower().replace("_", "-"),
+        markdown=card,
+        description=f"{cfg.project.registered_model} v{registered.version}",
+    )
+    return card
