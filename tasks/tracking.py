@@ -126,6 +126,11 @@ def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any
     return "\n".join(lines) + "\n"
 
 
+def artifact_key(kind: str, model: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for one kind of artifact of a model."""
+    return "".join(ch if ch.isalnum() else "-" for ch in f"{kind}-{model}".lower())
+
+
 def _write_json(folder: Path, name: str, body: Any) -> None:
     (folder / name).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
 
@@ -296,7 +301,7 @@ def record_verdict(
         },
     )
     create_table_artifact(
-        key=f"gate-{cfg.project.registered_model}".lower().replace("_", "-"),
+        key=artifact_key("gate", cfg.project.registered_model),
         table=verdict.rows(),
         description=f"Gate verdict for {cfg.project.registered_model} v{registered.version}: "
         f"{'PASSED' if verdict.passed else 'REJECTED'} against {verdict.baseline}",
@@ -317,7 +322,7 @@ def publish_model_card(tracking_uri: str, cfg: TollgateConfig, registered: Regis
         1,
     )
     create_markdown_artifact(
-        key=f"model-card-{cfg.project.registered_model}".lower().replace("_", "-"),
+        key=artifact_key("model-card", cfg.project.registered_model),
         markdown=card,
         description=f"{cfg.project.registered_model} v{registered.version}",
     )

@@ -1,0 +1,251 @@
+"""training_pipeline against the real Prefect and MLflow servers: lineage, release context, gates, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.training import training_pipeline
+from tasks.gates import GateRejected
+from tasks.registry import Registry
+from tasks.tracking import artifact_key, load_release_file
+from tasks.validation import ValidationFailed
+from tests.helpers import ROOT, bundled_config
+from tollgate import ledger
+from tollgate.synthetic import generate, write_parquet
+
+CONFIG = str(ROOT / "configs" / "pipeline.yaml")
+RELEASE_FILES = (
+    "config.json",
+    "expectation_suite.json",
+    "reference_profile.json",
+    "evaluation.json",
+    "data_version.json",
+    "model_card.md",
+    "gate_verdict.json",
+)
+
+
+@pytest.fixture()
+def model_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A registered-model name of this test's own, so tests never see each other's versions."""
+    name = f"t-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+    monkeypatch.setenv("TOLLGATE__PROJECT__REGISTERED_MODEL", name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def periods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    gen = bundled_config().generation
+    assert gen is not None
+    folder = tmp_path_factory.mktemp("periods")
+    out = {}
+    for scenario in ("concept_drift", "none"):
+        out[scenario] = folder / f"{scenario}.parquet"
+        write_parquet(generate(gen, scenario, production=True), str(out[scenario]))
+    return out
+
+
+def _registry(live_stack: dict[str, str], name: str) -> Registry:
+    return Registry(live_stack["mlflow"], name, Path(live_stack["home"]) / "ledger.jsonl")
+
+
+def _train(**kw: object):  # type: ignore[no-untyped-def]
+    return training_pipeline(config=CONFIG, env="dev", allow_dirty=True, **kw)
+
+
+def test_first_model_reaches_staging_with_its_whole_release_context(
+    live_stack: dict[str, str], model_name: str
+) -> None:
+    result = _train()
+    assert result.stage == "Staging" and result.verdict.passed
+    assert result.verdict.baseline.startswith("none: first model")  # visible: absolute minimums only
+    assert {c.check for c in result.verdict.checks} == {"min_auc", "max_log_loss"}
+    reg = _registry(live_stack, model_name)
+    staging = reg.one("Staging")
+    assert staging is not None and staging.version == result.version
+    client = MlflowClient(live_stack["mlflow"])
+    run = client.get_run(result.run_id)
+    tags = run.data.tags
+    assert tags["tollgate.data_md5"] == result.data.md5 and tags["tollgate.data_dvc_tracked"] == "true"
+    assert len(tags["tollgate.git_sha"]) == 40 and len(tags["tollgate.config_digest"]) == 64
+    assert tags["tollgate.pkg.scikit-learn"]
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name.startswith("snapshot.parquet@")
+    assert run.data.metrics["holdout_auc"] == pytest.approx(result.overall["auc"])
+    assert "seg.tier.gold.auc" in run.data.metrics
+    for name in RELEASE_FILES:
+        assert load_release_file(live_stack["mlflow"], result.run_id, name)
+    cfg = load_release_file(live_stack["mlflow"], result.run_id, "config.json")
+    assert cfg["gates"]["min_auc"] == bundled_config().gates.min_auc and cfg["rollout"]["approvers"]
+    profile = load_release_file(live_stack["mlflow"], result.run_id, "reference_profile.json")
+    assert set(profile["features"]) == set(bundled_config().features.all) and profile["prediction"]["edges"]
+    card = load_release_file(live_stack["mlflow"], result.run_id, "model_card.md")
+    assert "Intended use" in card and "tier=gold" in card and result.data.md5 in card
+    version_tags = reg.get(result.version).tags
+    assert version_tags["tollgate.gate.passed"] == "true"
+    entries = [e for e in ledger.read(Path(live_stack["home"]) / "ledger.jsonl", model_name)]
+    assert [(e.from_stage, e.to_stage) for e in entries] == [("-", "None"), ("None", "Staging")]
+    assert entries[-1].evidence_run_id == result.run_id and entries[-1].flow_run_id
+    _assert_prefect_artifacts(model_name)
+
+
+def _assert_prefect_artifacts(model_name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def keys() -> set[str]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=artifact_key("", model_name)))
+            )
+            return {a.key for a in found if a.key}
+
+    got = asyncio.run(keys())
+    assert artifact_key("gate", model_name) in got and artifact_key("model-card", model_name) in got
+
+
+def test_concept_drift_model_is_rejected_by_the_gold_segment_and_changes_nothing(
+    live_stack: dict[str, str], model_name: str, periods: dict[str, Path]
+) -> None:
+    first = _train()
+    reg = _registry(live_stack, model_name)
+    reg.transition(first.version, "Production", "test: make v1 the champion", first.run_id)
+    before = {s: [v.version for v in reg.in_stage(s)] for s in ("Production", "Staging")}
+    with pytest.raises(GateRejected) as err:
+        _train(data=str(periods["concept_drift"]))
+    verdict = err.value.verdict
+    assert [c.scope for c in verdict.failures] == ["tier=gold"]  # better overall, clearly worse on gold
+    overall = next(c for c in verdict.checks if c.scope == "overall" and c.check == "auc_non_inferiority")
+    assert overall.status == "pass" and overall.diff is not None and overall.diff > 0
+    assert verdict.baseline == f"Production v{first.version}"
+    assert {s: [v.version for v in reg.in_stage(s)] for s in ("Production", "Staging")} == before
+    rejected = reg.get(err.value.version or "")
+    assert rejected.stage == "None" and rejected.tags["tollgate.gate.failures"] == "tier=gold auc_segment_harm"
+    last = ledger.read(Path(live_stack["home"]) / "ledger.jsonl", model_name)[-1]
+    assert last.version == err.value.version and "gate rejected: tier=gold" in last.reason
+    stored = load_release_file(live_stack["mlflow"], rejected.run_id, "gate_verdict.json")
+    assert stored["passed"] is False
+
+
+def test_a_better_model_passes_and_archives_the_staging_it_replaces(
+    live_stack: dict[str, str], model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER", "3")  # a deliberately weak first model
+    weak = _train()
+    monkeypatch.delenv("TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER")
+    strong = _train()
+    assert strong.stage == "Staging" and strong.verdict.baseline == f"Staging v{weak.version} (no Production yet)"
+    overall = next(c for c in strong.verdict.checks if c.check == "auc_non_inferiority")
+    assert overall.ci_low is not None and overall.ci_low > 0  # clearly better, not just non-inferior
+    reg = _registry(live_stack, model_name)
+    assert reg.get(weak.version).stage == "Archived" and reg.get(strong.version).stage == "Staging"
+    entries = ledger.read(Path(live_stack["home"]) / "ledger.jsonl", model_name)
+    assert (weak.version, "Staging", "Archived") in [(e.version, e.from_stage, e.to_stage) for e in entries]
+
+
+def _bad(tmp_path: Path, name: str, mutate) -> Path:  # type: ignore[no-untyped-def]
+    gen = bundled_config().generation
+    assert gen is not None
+    frame = generate(gen.model_copy(update={"rows": 800}))
+    path = tmp_path / name
+    mutate(frame).to_parquet(path, index=False)
+    return path
+
+
+BAD = [
+    ("missing column", lambda f: f.drop(columns=["tenure_months"]), "missing columns ['tenure_months']"),
+    (
+        "nulls over limit",
+        lambda f: f.assign(monthly_charges=np.where(f.index % 3 == 0, np.nan, f["monthly_charges"])),
+        "'monthly_charges'",
+    ),
+    ("unseen category", lambda f: f.assign(region=np.where(f.index < 5, "atlantis", f["region"])), "['atlantis']"),
+    ("duplicate ids", lambda f: f.assign(customer_id=np.where(f.index < 6, "C0", f["customer_id"])), "'customer_id'"),
+    ("non-binary label", lambda f: f.assign(churned=np.where(f.index == 0, 3, f["churned"])), "'churned'"),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "phrase"), BAD, ids=[b[0] for b in BAD])
+def test_invalid_data_stops_the_flow_before_training_and_registers_nothing(
+    live_stack: dict[str, str],
+    model_name: str,
+    tmp_path: Path,
+    case: str,
+    mutate,
+    phrase: str,  # type: ignore[no-untyped-def]
+) -> None:
+    reg = _registry(live_stack, model_name)
+    ledger_before = len(ledger.read(Path(live_stack["home"]) / "ledger.jsonl"))
+    with pytest.raises(ValidationFailed) as err:
+        _train(data=str(_bad(tmp_path, f"{case.replace(' ', '_')}.parquet", mutate)))
+    assert phrase in str(err.value)
+    assert reg.all_versions() == []
+    assert len(ledger.read(Path(live_stack["home"]) / "ledger.jsonl")) == ledger_before
+    runs = MlflowClient(live_stack["mlflow"]).search_runs(
+        experiment_ids=[e.experiment_id for e in MlflowClient(live_stack["mlflow"]).search_experiments()],
+        filter_string=f"tags.`tollgate.data_path` LIKE '%{case.replace(' ', '_')}%'",
+    )
+    assert runs == []  # not even a training run was logged
+
+
+def test_cli_train_reports_a_rejection_with_exit_1(
+    live_stack: dict[str, str], model_name: str, periods: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tollgate.cli import main
+
+    assert main(["train", "--allow-dirty"]) == 0
+    out = capsys.readouterr().out
+    assert "-> Staging" in out and "first model" in out and "% of wall" in out
+    assert main(["train", "--allow-dirty", "--data", str(periods["concept_drift"])]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL tier=gold" in captured.out and "REJECTED by the gate" in captured.err
+    assert main(["history", "--json"]) == 0
+    assert f'"model": "{model_name}"' in capsys.readouterr().out
+
+
+def test_dvc_stages_rebuild_the_metrics_the_flow_logged(
+    live_stack: dict[str, str], model_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc repro` runs `python -m tollgate.stages ...`; here the same entry points, in a scratch project dir."""
+    import json
+
+    from tollgate import stages
+
+    result = _train()
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "snapshot.parquet").symlink_to(ROOT / "data" / "snapshot.parquet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOLLGATE__PROJECT__REGISTERED_MODEL")
+    assert stages.main(["train"]) == 0 and stages.main(["evaluate"]) == 0
+    rebuilt = json.loads((tmp_path / "data" / "build" / "metrics.json").read_text())
+    assert rebuilt["overall"]["auc"] == result.overall["auc"]
+    assert rebuilt["overall"]["log_loss"] == result.overall["log_loss"]
+
+
+def test_training_twice_gives_identical_metrics() -> None:
+    from tasks.evaluation import evaluate_frame, predict_scores
+    from tasks.training import build_pipeline, fit_pipeline, split_frame
+
+    cfg = bundled_config()
+    frame = pd.read_parquet(ROOT / "data" / "snapshot.parquet")
+    runs = []
+    for _ in range(2):
+        train, holdout = split_frame(frame, cfg.dataset, cfg.split, cfg.model.seed)
+        model = fit_pipeline(build_pipeline(cfg.features, cfg.model), train, cfg.features, cfg.dataset.target)
+        runs.append(
+            evaluate_frame(
+                holdout, predict_scores(model, holdout, cfg.features.all), cfg.dataset, cfg.model.decision_threshold
+            )
+        )
+    assert runs[0] == runs[1]
+
+
+def test_env_isolation() -> None:
+    assert os.environ["TOLLGATE_HOME"] != str(ROOT / ".tollgate")

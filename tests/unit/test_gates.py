@@ -1,0 +1,105 @@
+"""Gate decisions on synthetic scores: absolute minimums, paired bootstrap, segment rules, small segments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tasks.data import DataVersionError, pin_data_version
+from tasks.gates import GateRejected, auc_rows, decide, enforce_verdict
+from tests.helpers import bundled_config
+
+
+def _holdout(n_per: dict[str, int], seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Rows with a tier column and labels; a baseline scorer, and a challenger that is better everywhere
+    except on 'gold', where it is noise."""
+    rng = np.random.default_rng(seed)
+    tiers = np.concatenate([[t] * n for t, n in n_per.items()])
+    y = (rng.random(len(tiers)) < 0.3).astype("int64")
+    good = np.clip(y * 0.4 + rng.random(len(y)) * 0.6, 0, 1)
+    better = np.clip(y * 0.7 + rng.random(len(y)) * 0.3, 0, 1)
+    bad_on_gold = np.where(tiers == "gold", np.clip(y * 0.1 + rng.random(len(y)) * 0.9, 0, 1), better)
+    frame = pd.DataFrame({"tier": tiers, "region": "north", "plan": "basic", "churned": y})
+    return frame, good, bad_on_gold
+
+
+def _ds():  # type: ignore[no-untyped-def]
+    return bundled_config().dataset.model_copy(update={"segments": ["tier"]})
+
+
+def test_auc_rows_matches_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random((3, 200)) < 0.4).astype("int64")
+    p = rng.random((3, 200)).round(2)  # ties included
+    for i in range(3):
+        assert auc_rows(y, p)[i] == pytest.approx(roc_auc_score(y[i], p[i]))
+
+
+def test_first_model_is_gated_on_minimums_only() -> None:
+    frame, good, _ = _holdout({"gold": 300, "silver": 300})
+    gates = bundled_config().gates
+    verdict = decide(frame, good, {"auc": 0.9, "log_loss": 0.3, "n": 600}, _ds(), gates, seed=1)
+    assert verdict.passed and verdict.baseline.startswith("none: first model")
+    low = decide(frame, good, {"auc": 0.6, "log_loss": 0.3, "n": 600}, _ds(), gates, seed=1)
+    assert not low.passed and low.failures[0].check == "min_auc"
+
+
+def test_segment_that_is_clearly_worse_is_named() -> None:
+    frame, good, bad_on_gold = _holdout({"gold": 300, "silver": 2000})
+    gates = bundled_config().gates
+    verdict = decide(
+        frame, bad_on_gold, {"auc": 0.9, "log_loss": 0.3, "n": 2300}, _ds(), gates, 1, good, "Production v1", "1"
+    )
+    assert not verdict.passed
+    assert [c.scope for c in verdict.failures] == ["tier=gold"]  # better overall, worse on gold
+    gold = verdict.failures[0]
+    assert gold.ci_high is not None and gold.ci_high < -gates.non_inferiority_margin
+    assert "tier=gold" in verdict.summary() and "confidently worse" in verdict.summary()
+    with pytest.raises(GateRejected, match="tier=gold"):
+        enforce_verdict.fn(verdict, "2")
+
+
+def test_small_segment_is_reported_not_gated_rather_than_passed() -> None:
+    frame, good, bad_on_gold = _holdout({"gold": 60, "silver": 1200})
+    gates = bundled_config().gates
+    verdict = decide(
+        frame, bad_on_gold, {"auc": 0.9, "log_loss": 0.3, "n": 1260}, _ds(), gates, 1, good, "Production v1", "1"
+    )
+    gold = next(c for c in verdict.checks if c.scope == "tier=gold")
+    assert gold.status == "not_gated" and "below min_segment_size" in gold.reason
+    assert verdict.passed and "not gated tier=gold" in verdict.summary()
+
+
+def test_strict_rule_rejects_what_it_cannot_show_non_inferior() -> None:
+    frame, good, _ = _holdout({"gold": 200, "silver": 200})
+    rng = np.random.default_rng(5)
+    noisy = np.clip(good + rng.normal(0, 0.15, len(good)), 0, 1)  # a bit worse, wide CI at n=200
+    strict = bundled_config().gates.model_copy(update={"segment_test": "non_inferiority"})
+    verdict = decide(
+        frame, noisy, {"auc": 0.9, "log_loss": 0.3, "n": 400}, _ds(), strict, 1, good, "Production v1", "1"
+    )
+    assert any(
+        c.check == "auc_non_inferiority" and c.scope.startswith("tier=") and c.status == "fail" for c in verdict.checks
+    )
+
+
+def test_dirty_tree_is_refused_unless_allowed(tmp_path: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / "data.csv").write_text("x\n1\n")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    with pytest.raises(DataVersionError, match="uncommitted changes"):
+        pin_data_version.fn(str(tmp_path), str(tmp_path / "data.csv"), 1, allow_dirty=False)
+    version = pin_data_version.fn(str(tmp_path), str(tmp_path / "data.csv"), 1, allow_dirty=True)
+    assert version.git_dirty and len(version.git_sha or "") == 40 and not version.matches_dvc
