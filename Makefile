@@ -9,7 +9,7 @@ VENV := .venv
 TG := $(VENV)/bin/tollgate
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap repro demo test test-unit test-integration test-e2e lint format bench clean
+.PHONY: help bootstrap data repro demo test test-unit test-integration test-e2e lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,19 +21,26 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-demo: bootstrap  ## run the whole lifecycle on the bundled dataset
+# The bundled snapshot is DVC-tracked, not in git: regenerate it deterministically (the command checks the
+# md5 against data.dvc and pushes it to the project's local DVC remote).
+data/snapshot.parquet: data.dvc | $(VENV)/.synced
+	$(TG) data generate
+
+data: data/snapshot.parquet  ## (re)build the bundled training snapshot recorded in data.dvc
+
+demo: bootstrap data  ## run the whole lifecycle on the bundled dataset
 	$(TG) demo
 
-test: bootstrap  ## run every test tier (unit, integration, e2e)
+test: bootstrap data  ## run every test tier (unit, integration, e2e)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-unit: bootstrap  ## unit tests only (seconds)
+test-unit: bootstrap data  ## unit tests only (seconds)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: bootstrap  ## flows against real servers on free ports
+test-integration: bootstrap data  ## flows against real servers on free ports
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: bootstrap  ## the lifecycle as a user runs it
+test-e2e: bootstrap data  ## the lifecycle as a user runs it
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
 lint: bootstrap  ## ruff lint + format check, mypy
@@ -48,7 +55,7 @@ format: bootstrap  ## apply ruff fixes and formatting
 bench: bootstrap  ## benchmarks; each prints a ratio against its named baseline
 	$(VENV)/bin/python -m bench
 
-repro: bootstrap  ## rebuild the DVC stages (validate -> train -> evaluate) from data.dvc and configs/
+repro: bootstrap data  ## rebuild the DVC stages (validate -> train -> evaluate) from data.dvc and configs/
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 clean:  ## remove the venv and local state (.tollgate/)
