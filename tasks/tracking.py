@@ -126,6 +126,13 @@ def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any
     return "\n".join(lines) + "\n"
 
 
+def request_records(frame: pd.DataFrame, cfg: TollgateConfig, n: int) -> list[dict[str, Any]]:
+    """The first `n` rows as gateway request records (entity id + features, NaN as null, plain Python types)."""
+    cols = [cfg.dataset.id, *cfg.features.all]
+    rows = frame[cols].head(n).astype(object).where(frame[cols].head(n).notna(), None)
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows.to_dict("records")]
+
+
 def artifact_key(kind: str, model: str) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) for one kind of artifact of a model."""
     return "".join(ch if ch.isalnum() else "-" for ch in f"{kind}-{model}".lower())
@@ -197,6 +204,7 @@ def log_training_run(
             _write_json(folder, "evaluation.json", evaluation)
             _write_json(folder, "data_version.json", data.to_dict())
             (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
+            _write_json(folder, "smoke_records.json", request_records(holdout, cfg, cfg.serving.smoke_requests))
             mlflow.log_artifacts(tmp, RELEASE_DIR)
         sample = holdout[features].head(50)
         info = mlflow.sklearn.log_model(

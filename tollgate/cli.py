@@ -9,11 +9,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tollgate.config import ConfigError, load_config
+from tollgate.config import SCENARIOS, ConfigError, load_config
 from tollgate.paths import PROJECT_ROOT
 from tollgate.runtime import Runtime, make_runtime
 from tollgate.stack import Stack, StackError
-from tollgate.synthetic import SCENARIOS
 
 if TYPE_CHECKING:
     from tasks.gates import GateVerdict
@@ -38,20 +37,24 @@ def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
 
 
 # -- commands ------------------------------------------------------------------------------------
+def _stack(rt: Runtime) -> Stack:
+    return Stack(rt.config.servers, rt.paths, config_path=rt.loaded.path, env=rt.loaded.env)
+
+
 def cmd_up(rt: Runtime, args: argparse.Namespace) -> int:
-    stack = Stack(rt.config.servers, rt.paths)
+    stack = _stack(rt)
     stack.up()
     print(_table(stack.status(), ("service", "url", "pid", "healthy", "rss_mb")))
     return EXIT_OK
 
 
 def cmd_down(rt: Runtime, args: argparse.Namespace) -> int:
-    Stack(rt.config.servers, rt.paths).down()
+    _stack(rt).down()
     return EXIT_OK
 
 
 def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
-    rows = Stack(rt.config.servers, rt.paths).status()
+    rows = _stack(rt).status()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -250,6 +253,100 @@ def cmd_history(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
+    from tollgate.demo import run_demo
+
+    try:
+        run_demo(rt)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return EXIT_OK
+
+
+def cmd_serve(rt: Runtime, args: argparse.Namespace) -> int:
+    from serving.app import serve
+
+    serve(rt.config, rt.paths)
+    return EXIT_OK
+
+
+def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
+    _require_stack(rt)
+    from flows.deploy import deploy_model
+    from tasks.deployment import RolloutFailed
+    from tasks.registry import RegistryError
+
+    print(
+        f"deploying {rt.config.project.registered_model} v{args.version}: shadow -> canary -> approval -> "
+        f"production (Prefect UI: {rt.config.servers.prefect_ui_url})",
+        flush=True,
+    )
+    try:
+        result = deploy_model(version=args.version, config=str(rt.loaded.path.resolve()), env=rt.loaded.env)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    except RolloutFailed as exc:
+        raise CheckFailed(f"rollout of v{args.version} stopped: {exc}. Production is as it was before.") from None
+    print(
+        f"v{result['version']} is Production (replaced v{result['replaced'] or 'none'}; approved by {result['approved_by']})"
+    )
+    return EXIT_OK
+
+
+def cmd_approve(rt: Runtime, args: argparse.Namespace) -> int:
+    _require_stack(rt)
+    from tasks.approvals import ApprovalError, answer_approval
+
+    try:
+        outcome = answer_approval(args.version, args.by, not args.reject, args.comment)
+    except ApprovalError as exc:
+        raise CheckFailed(str(exc)) from None
+    print(outcome)
+    return EXIT_OK
+
+
+def cmd_rollback(rt: Runtime, args: argparse.Namespace) -> int:
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tollgate.ledger import current_actor
+    from tollgate.stack import admin_token
+
+    start = time.perf_counter()
+    body = json.dumps({"to": args.to, "reason": args.reason, "who": current_actor()}).encode()
+    request = urllib.request.Request(
+        f"{rt.config.servers.gateway_url}/admin/rollback",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {admin_token(rt.config, rt.paths)}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=rt.config.serving.reload_timeout_s) as resp:
+            result = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        if exc.code == 409:
+            raise UserError(json.loads(detail).get("error", detail)) from None
+        raise CheckFailed(f"gateway refused the rollback ({exc.code}): {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        print(
+            f"gateway at {rt.config.servers.gateway_url} is not reachable ({exc}); rolling back through the "
+            "rollback flow instead (the gateway will serve it when it starts)",
+            file=sys.stderr,
+        )
+        _require_stack(rt)
+        from flows.rollback import rollback
+
+        result = rollback(
+            to_version=args.to, reason=args.reason, config=str(rt.loaded.path.resolve()), env=rt.loaded.env
+        )
+    took = time.perf_counter() - start
+    served = "and the gateway serves it" if result.get("served") else "(gateway not updated)"
+    print(f"rolled back: v{result['from']} -> v{result['to']} is Production {served}; {took:.2f} s")
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every subcommand accepts the global options too."""
@@ -283,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn, needs_runtime=needs_runtime)
         return p
 
-    add("up", "start the local stack (Prefect server, MLflow server, Prefect worker) and wait until healthy", cmd_up)
+    add(
+        "up",
+        "start the local stack (Prefect server, MLflow server, Prefect worker, gateway) and wait until healthy",
+        cmd_up,
+    )
     add("down", "stop every service `up` started (by pid) and free their ports", cmd_down)
     p = add("status", "print each service, its URL, pid, health and memory; exit 1 if any is unhealthy", cmd_status)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -334,6 +435,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p = add("history", "the promotion ledger: every stage transition, who, when, why, evidence run", cmd_history)
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "deploy",
+        "run deploy_model: shadow -> canary -> approval -> production, automatic rollback on a failed "
+        "smoke test; exit 1 if any phase says no",
+        cmd_deploy,
+    )
+    p.add_argument("version", help="the Staging version to roll out")
+    p = add(
+        "approve", "answer the paused approval of a deploy_model run (the same form as in the Prefect UI)", cmd_approve
+    )
+    p.add_argument("version", help="the version awaiting approval")
+    p.add_argument("--by", required=True, help="approver name (must be on rollout.approvers)")
+    p.add_argument("--reject", action="store_true", help="reject instead of approve")
+    p.add_argument("--comment", default="", help="why")
+    p = add(
+        "rollback",
+        "restore the previous (or the named) Production release whole; the gateway serves it when the command returns",
+        cmd_rollback,
+    )
+    p.add_argument("--to", default=None, help="the version to restore (default: the previous Production)")
+    p.add_argument("--reason", default="manual rollback", help="recorded in the ledger")
+    add(
+        "serve",
+        "the prediction gateway in the foreground on servers.gateway_port (tollgate up also starts it)",
+        cmd_serve,
+    )
+    add(
+        "demo",
+        "the lifecycle on the bundled dataset as far as it is built: stack, v1 -> Staging, a "
+        "concept-drift challenger rejected by the segment gate, the ledger",
+        cmd_demo,
+    )
 
     cfg = sub.add_parser("config", help="validate or print the resolved config", parents=[common])
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "TOLLGATE__"
+SCENARIOS: tuple[str, ...] = ("none", "covariate_drift", "concept_drift", "segment_shift", "faults")
 ENVIRONMENTS = ("dev", "staging", "prod")
 Fraction = Field(ge=0.0, le=1.0)
 
@@ -164,6 +165,17 @@ class RolloutConfig(_Strict):
     auto_approve: bool = False
 
 
+class ServingConfig(_Strict):
+    max_batch_size: int = Field(default=512, ge=1, le=100_000)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    log_fsync: bool = True  # fsync each batch before answering (group commit)
+    log_rotate_rows: int = Field(default=50_000, ge=100)
+    admin_token_env: str = "TOLLGATE_ADMIN_TOKEN"
+    smoke_requests: int = Field(default=20, ge=1)
+    reload_timeout_s: float = Field(default=60, gt=0)
+    rollout_max_wait_s: float = Field(default=600, gt=0)
+
+
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
 
@@ -221,6 +233,7 @@ class TollgateConfig(_Strict):
     gates: GatesConfig
     monitoring: MonitoringConfig
     rollout: RolloutConfig
+    serving: ServingConfig = ServingConfig()
     alerts: AlertsConfig = AlertsConfig()
     generation: GenerationConfig | None = None
     servers: ServersConfig = ServersConfig()

@@ -54,6 +54,14 @@ class StatePaths:
         return self.home / "predictions"
 
     @property
+    def admin_token(self) -> Path:
+        return self.home / "admin-token"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.home / "model-cache"
+
+    @property
     def labels(self) -> Path:
         return self.home / "labels"
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tollgate.config import ServersConfig
+from tollgate.config import ServersConfig, TollgateConfig
 from tollgate.paths import StatePaths
 
 BIN = Path(sys.executable).parent
@@ -55,8 +55,11 @@ def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
     }
 
 
-def services(servers: ServersConfig, paths: StatePaths) -> list[Service]:
-    """The services `up` manages, in start order. Remote servers (URL overrides) are not managed."""
+def services(
+    servers: ServersConfig, paths: StatePaths, config_path: Path | None = None, env_name: str = "dev"
+) -> list[Service]:
+    """The services `up` manages, in start order. Remote servers (URL overrides) are not managed; the gateway
+    is managed when the config it serves is named."""
     host = servers.host
     out: list[Service] = []
     if servers.prefect_api_url is None:
@@ -134,7 +137,39 @@ def services(servers: ServersConfig, paths: StatePaths) -> list[Service]:
             marker="worker",
         )
     )
+    if config_path is not None:
+        out.append(
+            Service(
+                name="gateway",
+                cmd=[str(BIN / "tollgate"), "--config", str(config_path.resolve()), "--env", env_name, "serve"],
+                port=servers.gateway_port,
+                port_key="servers.gateway_port",
+                health_url=f"{servers.gateway_url}/health",
+                ui_url=servers.gateway_url,
+                env=client_env(servers, paths),
+                marker="serve",
+            )
+        )
     return out
+
+
+def admin_token(cfg: TollgateConfig, paths: StatePaths) -> str | None:
+    """The gateway admin token: the variable named by serving.admin_token_env, else the state-folder file."""
+    token = os.environ.get(cfg.serving.admin_token_env)
+    if token:
+        return token
+    return paths.admin_token.read_text().strip() if paths.admin_token.exists() else None
+
+
+def ensure_admin_token(paths: StatePaths) -> None:
+    """Create the gateway admin token file (mode 600) unless it exists."""
+    import secrets
+
+    if not paths.admin_token.exists():
+        paths.admin_token.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(paths.admin_token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -202,11 +237,18 @@ def group_rss_mb(pgid: int) -> float:
 class Stack:
     """Start, check and stop the local services under one state folder."""
 
-    def __init__(self, servers: ServersConfig, paths: StatePaths, say: Callable[[str], None] = print):
+    def __init__(
+        self,
+        servers: ServersConfig,
+        paths: StatePaths,
+        say: Callable[[str], None] = print,
+        config_path: Path | None = None,
+        env: str = "dev",
+    ):
         self.servers = servers
         self.paths = paths
         self.say = say
-        self.services = services(servers, paths)
+        self.services = services(servers, paths, config_path, env)
 
     # -- pid files -------------------------------------------------------------------------------
     def _read_pid(self, svc: Service) -> int | None:
@@ -234,14 +276,16 @@ class Stack:
         self.paths.ensure()
         started: list[Service] = []
         try:
+            ensure_admin_token(self.paths)
             waited: set[str] = set()
             for svc in self.services:
+                # The worker needs a healthy API; the gateway reads the registry when it starts.
+                needs = {"prefect-worker": "prefect-server", "gateway": "mlflow-server"}.get(svc.name)
+                for prior in started:
+                    if prior.name == needs and prior.name not in waited:
+                        self._wait_healthy(prior)
+                        waited.add(prior.name)
                 if svc.name == "prefect-worker":
-                    # The worker needs a healthy API before it can register with its pool.
-                    for prior in started:
-                        if prior.name == "prefect-server":
-                            self._wait_healthy(prior)
-                            waited.add(prior.name)
                     self._wait_remote_prefect()
                 if self._start(svc):
                     started.append(svc)

@@ -11,10 +11,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from tollgate.config import GenerationConfig
+from tollgate.config import SCENARIOS, GenerationConfig
 
 Scenario = Literal["none", "covariate_drift", "concept_drift", "segment_shift", "faults"]
-SCENARIOS: tuple[str, ...] = ("none", "covariate_drift", "concept_drift", "segment_shift", "faults")
+__all__ = ["SCENARIOS", "generate", "write_parquet"]
 
 REGIONS = ["north", "south", "east", "west", "central"]
 PLANS = ["basic", "standard", "premium"]

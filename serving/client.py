@@ -1,0 +1,60 @@
+"""A small client for the gateway (used by flows, the CLI and tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tollgate.config import TollgateConfig
+from tollgate.paths import StatePaths
+from tollgate.stack import admin_token
+
+
+class GatewayError(Exception):
+    """The gateway answered with an error or could not be reached."""
+
+
+class GatewayClient:
+    """predict / reload / state against one gateway."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = 30.0):
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else {}
+        )
+
+    @classmethod
+    def from_config(cls, cfg: TollgateConfig, paths: StatePaths) -> GatewayClient:
+        return cls(cfg.servers.gateway_url, admin_token(cfg, paths))
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise GatewayError(f"gateway at {self.base_url} is not reachable: {exc}") from exc
+        if resp.status_code >= 400:
+            raise GatewayError(f"{method} {path} -> {resp.status_code}: {resp.text[:500]}")
+        return resp.json()
+
+    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(self._call("POST", "/predict", json={"records": records})["predictions"])
+
+    def reload(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/admin/reload"))
+
+    def rollback(
+        self, to_version: str | None, reason: str, flow_run_id: str | None = None, who: str | None = None
+    ) -> dict[str, Any]:
+        """Ask the gateway to roll back (registry + ledger + swap); returns {from, to, served, ...}."""
+        body = {"to": to_version, "reason": reason, "flow_run_id": flow_run_id, "who": who}
+        return dict(self._call("POST", "/admin/rollback", json=body))
+
+    def state(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/admin/state"))
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/health"))
+
+    def close(self) -> None:
+        self.http.close()

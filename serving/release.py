@@ -1,0 +1,95 @@
+"""What the gateway serves: releases (model + its release context) read from the MLflow registry by stage."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.schema import RequestSchema
+from tasks.registry import Registry
+from tasks.tracking import load_model, load_release_file
+from tollgate.config import TollgateConfig
+
+ROLLOUT_MODE_TAG = "tollgate.rollout.mode"  # on the Staging version: shadow | canary | off
+ROLLOUT_SHARE_TAG = "tollgate.rollout.share"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One model version with the context it was trained with."""
+
+    version: str
+    run_id: str
+    model: Any
+    config: TollgateConfig
+    schema: RequestSchema
+
+    @property
+    def threshold(self) -> float:
+        return self.config.model.decision_threshold
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Who answers: the champion, plus an optional challenger in shadow or canary mode."""
+
+    champion: Release | None
+    challenger: Release | None = None
+    mode: str = "off"  # off | shadow | canary
+    share: float = 0.0
+
+    def is_canary(self, entity_id: str) -> bool:
+        """Sticky canary assignment by a hash of the entity id."""
+        if self.mode != "canary" or self.challenger is None:
+            return False
+        return zlib.crc32(f"{self.challenger.version}:{entity_id}".encode()) % 10_000 < self.share * 10_000
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion.version if self.champion else None,
+            "challenger": self.challenger.version if self.challenger else None,
+            "mode": self.mode,
+            "share": self.share,
+        }
+
+
+class ReleaseStore:
+    """Loads releases from MLflow and keeps them in memory, so a rollback to a recent version is instant."""
+
+    def __init__(self, tracking_uri: str, model_name: str, ledger_path: Path, keep: int = 4):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.registry = Registry(tracking_uri, model_name, ledger_path)
+        self.keep = keep
+        self._cache: dict[str, Release] = {}
+        self._lock = threading.Lock()
+
+    def release(self, version: str, run_id: str) -> Release:
+        """The release for `version`, from memory or loaded from the registry."""
+        with self._lock:
+            if version in self._cache:
+                return self._cache[version]
+        cfg = TollgateConfig.model_validate(load_release_file(self.tracking_uri, run_id, "config.json"))
+        rel = Release(version, run_id, load_model(self.tracking_uri, self.model_name, version), cfg, RequestSchema(cfg))
+        with self._lock:
+            self._cache[version] = rel
+            while len(self._cache) > self.keep:
+                self._cache.pop(next(iter(self._cache)))
+        return rel
+
+    def routing(self) -> Routing:
+        """Current routing from the registry: Production is the champion; a Staging version whose rollout tag
+        says shadow or canary is the challenger."""
+        prod = self.registry.one("Production")
+        staging = self.registry.one("Staging")
+        champion = self.release(prod.version, prod.run_id) if prod else None
+        if staging is None:
+            return Routing(champion)
+        mode = staging.tags.get(ROLLOUT_MODE_TAG, "off")
+        if mode not in ("shadow", "canary"):
+            return Routing(champion)
+        share = float(staging.tags.get(ROLLOUT_SHARE_TAG, "0") or 0)
+        return Routing(champion, self.release(staging.version, staging.run_id), mode, share)
