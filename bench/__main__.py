@@ -15,9 +15,13 @@ def main(argv: list[str]) -> int:
     if not names:
         print("no benchmarks in bench/ yet")
         return 0
-    for name in names:
-        print(f"== {name}", flush=True)
-        importlib.import_module(f"bench.{name}").main()
+    from bench.common import bench_stack
+
+    # One throw-away stack for every benchmark: Prefect reads its settings (ports) once per process.
+    with bench_stack() as stack:
+        for name in names:
+            print(f"== {name}", flush=True)
+            importlib.import_module(f"bench.{name}").main(stack)
     return 0
 
 

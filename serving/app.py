@@ -8,7 +8,8 @@ GET  /admin/state    routing and counters (Bearer token)
 
 Requests are queued; one batch at a time is scored in a worker thread while the event loop keeps accepting,
 so batches grow with load (a 1,000-row predict costs about what a 2-row one does). A batch's log records are
-written (and fsynced, if configured) before any of its requests is answered.
+written (and fsynced, if configured) before any of its requests is answered. A shadow challenger answers
+nobody, so it is scored off the answer path in its own batches (256 rows or 0.25 s) on a second thread.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2500, 5000)
 MAX_BODY = 20 * 1024 * 1024
+SHADOW_BATCH = 256  # shadow rows scored together
+SHADOW_MAX_AGE_S = 0.25  # ...or after this long
+SHADOW_MAX_PENDING = 20_000
+ShadowItem = tuple[
+    Release, str, str, dict[str, Any], dict[str, Any], int
+]  # challenger, pid, entity, record, features, champion decision
 
 
 @dataclass
@@ -60,7 +67,7 @@ class Metrics:
     predictions: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     shadow_compared: int = 0
-    shadow_disagreed: int = 0
+    shadow_disagreed: int = 0  # counted when the deferred shadow batch is scored
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     latency_sum_ms: float = 0.0
     batches: int = 0
@@ -124,11 +131,12 @@ def _single_thread_blas() -> None:
 
 
 def _frame(release: Release, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Column lists -> DataFrame: ~15x cheaper than DataFrame.from_records at batch sizes of a few dozen."""
     features = release.config.features
-    frame = pd.DataFrame.from_records(records, columns=features.all)
-    if features.numeric:
-        frame[features.numeric] = frame[features.numeric].astype("float64")
-    return frame
+    columns: dict[str, Any] = {c: [r.get(c) for r in records] for c in features.all}
+    for c in features.numeric:
+        columns[c] = np.array([np.nan if v is None else v for v in columns[c]], dtype="float64")
+    return pd.DataFrame(columns, copy=False)
 
 
 def _score(release: Release, records: list[dict[str, Any]]) -> np.ndarray:
@@ -152,7 +160,14 @@ class Gateway:
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="tollgate-batch", initializer=_single_thread_blas
         )
+        self.shadow_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tollgate-shadow", initializer=_single_thread_blas
+        )
+        self._shadow_pending: list[ShadowItem] = []
+        self._shadow_since = 0.0
+        self._shadow_busy = False
         self._batcher: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self.max_batch = cfg.serving.max_batch_size
         self.wait_s = cfg.serving.max_batch_wait_ms / 1000.0
 
@@ -163,6 +178,7 @@ class Gateway:
         )
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batch_loop())
+        self._flusher = asyncio.create_task(self._shadow_flusher())
         try:
             await self.reload()
         except Exception as exc:  # serve 503 until a reload succeeds rather than refusing to start
@@ -170,8 +186,12 @@ class Gateway:
             self.metrics.errors["reload"] += 1
 
     async def shutdown(self) -> None:
-        if self._batcher:
-            self._batcher.cancel()
+        for background in (self._batcher, self._flusher):
+            if background:
+                background.cancel()
+        if self._shadow_pending:
+            self._score_shadow(self._shadow_pending)
+        self.shadow_executor.shutdown(wait=True)
         if self.plog:
             self.plog.close()
         self.executor.shutdown(wait=True)
@@ -205,7 +225,7 @@ class Gateway:
                 jobs.append(job)
                 rows += len(job.records)
             try:
-                results, counts = await loop.run_in_executor(self.executor, self._process, jobs)
+                results, counts, shadow_work = await loop.run_in_executor(self.executor, self._process, jobs)
             except Exception as exc:
                 log.exception("batch failed")
                 self.metrics.errors["batch"] += 1
@@ -218,21 +238,19 @@ class Gateway:
             m.batch_rows += rows
             m.predictions.update(counts["predictions"])
             m.errors.update(counts["errors"])
-            m.shadow_compared += counts["shadow_compared"]
-            m.shadow_disagreed += counts["shadow_disagreed"]
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():
                     job.future.set_result(result)
+            self._queue_shadow(shadow_work)
 
-    def _process(self, jobs: list[Job]) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+    def _process(self, jobs: list[Job]) -> tuple[list[list[dict[str, Any]]], dict[str, Any], list[ShadowItem]]:
         """Score a batch (runs in the batch thread); log it durably before returning."""
         counts: dict[str, Any] = {
             "predictions": Counter(),
             "errors": Counter(),
-            "shadow_compared": 0,
-            "shadow_disagreed": 0,
         }
         now = time.time()
+        shadow_work: list[ShadowItem] = []
         results: list[list[dict[str, Any]]] = [[] for _ in jobs]
         log_records: list[dict[str, Any]] = []
         by_routing: dict[int, list[int]] = {}
@@ -265,13 +283,7 @@ class Gateway:
                     continue
                 scores = canary_scores if role == "canary" else _score(rel, [rec for _, _, rec in items])
                 assert scores is not None
-                shadow = None
-                if role == "champion" and routing.mode == "shadow" and challenger is not None:
-                    try:
-                        shadow = _score(challenger, [rec for _, _, rec in items])
-                    except Exception:
-                        log.exception("shadow model failed")
-                        counts["errors"]["shadow"] += len(items)
+                shadowing = role == "champion" and routing.mode == "shadow" and challenger is not None
                 for n, (i, k, rec) in enumerate(items):
                     pid = uuid.uuid4().hex
                     score = float(scores[n])
@@ -302,29 +314,93 @@ class Gateway:
                         }
                     )
                     counts["predictions"][(rel.version, role)] += 1
-                    if shadow is not None and challenger is not None:
-                        s_score = float(shadow[n])
-                        s_decision = int(s_score >= challenger.threshold)
-                        counts["shadow_compared"] += 1
-                        counts["shadow_disagreed"] += int(s_decision != decision)
-                        counts["predictions"][(challenger.version, "shadow")] += 1
-                        log_records.append(
-                            {
-                                "prediction_id": f"{pid}-shadow",
-                                "request_id": pid,
-                                "ts": now,
-                                "entity_id": entity,
-                                "model_version": challenger.version,
-                                "role": "shadow",
-                                "score": s_score,
-                                "decision": s_decision,
-                                "latency_ms": latency,
-                                "features": feats,
-                            }
-                        )
+                    if shadowing and challenger is not None:
+                        shadow_work.append((challenger, pid, entity, rec, feats, decision))
         assert self.plog is not None
         self.plog.write(log_records)  # durable before any of these requests is answered
-        return results, counts
+        return results, counts, shadow_work
+
+    # -- shadow ----------------------------------------------------------------------------------
+    def _queue_shadow(self, work: list[ShadowItem]) -> None:
+        """Shadow answers nobody, so it is scored off the answer path, in its own larger batches."""
+        if not work:
+            return
+        if not self._shadow_pending:
+            self._shadow_since = time.monotonic()
+        self._shadow_pending.extend(work)
+        overflow = len(self._shadow_pending) - SHADOW_MAX_PENDING
+        if overflow > 0:  # the challenger cannot keep up: compare a sample rather than grow without bound
+            del self._shadow_pending[:overflow]
+            self.metrics.errors["shadow_dropped"] += overflow
+        if len(self._shadow_pending) >= SHADOW_BATCH:
+            self._flush_shadow()
+
+    def _flush_shadow(self) -> None:
+        if not self._shadow_pending or self._shadow_busy:
+            return
+        work, self._shadow_pending = self._shadow_pending, []
+        self._shadow_busy = True
+        future = asyncio.get_running_loop().run_in_executor(self.shadow_executor, self._score_shadow, work)
+        future.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        self._shadow_busy = False
+        if future.exception() is not None:
+            self.metrics.errors["shadow"] += 1
+            return
+        counts = future.result()
+        self.metrics.predictions.update(counts["predictions"])
+        self.metrics.errors.update(counts["errors"])
+        self.metrics.shadow_compared += counts["compared"]
+        self.metrics.shadow_disagreed += counts["disagreed"]
+
+    async def _shadow_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(SHADOW_MAX_AGE_S / 2)
+            if self._shadow_pending and time.monotonic() - self._shadow_since >= SHADOW_MAX_AGE_S:
+                self._flush_shadow()
+
+    def _score_shadow(self, work: list[ShadowItem]) -> dict[str, Any]:
+        """Score queued shadow rows per challenger (shadow thread) and log them; latency_ms is the challenger's
+        scoring time for its batch."""
+        counts: dict[str, Any] = {"predictions": Counter(), "errors": Counter(), "compared": 0, "disagreed": 0}
+        by_version: dict[str, list[ShadowItem]] = {}
+        for item in work:
+            by_version.setdefault(item[0].version, []).append(item)
+        records: list[dict[str, Any]] = []
+        for items in by_version.values():
+            challenger = items[0][0]
+            start = time.perf_counter()
+            try:
+                scores = _score(challenger, [rec for _, _, _, rec, _, _ in items])
+            except Exception:
+                log.exception("shadow model failed")
+                counts["errors"]["shadow"] += len(items)
+                continue
+            took_ms = (time.perf_counter() - start) * 1000.0
+            now = time.time()
+            for (rel, pid, entity, _, feats, decision), score in zip(items, scores, strict=True):
+                s_decision = int(float(score) >= rel.threshold)
+                counts["compared"] += 1
+                counts["disagreed"] += int(s_decision != decision)
+                counts["predictions"][(rel.version, "shadow")] += 1
+                records.append(
+                    {
+                        "prediction_id": f"{pid}-shadow",
+                        "request_id": pid,
+                        "ts": now,
+                        "entity_id": entity,
+                        "model_version": rel.version,
+                        "role": "shadow",
+                        "score": float(score),
+                        "decision": s_decision,
+                        "latency_ms": took_ms,
+                        "features": feats,
+                    }
+                )
+        assert self.plog is not None
+        self.plog.write(records)
+        return counts
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,9 +1,10 @@
 """The prediction log: every acknowledged prediction, written before the answer, readable as Parquet.
 
 Writers append JSON lines to a live segment with os.write (no user-space buffer, so a SIGKILL loses nothing
-that was acknowledged) and, when configured, fsync once per batch (group commit). Full segments are converted
-to Parquet parts; a segment left by a crash is converted at the next start. Readers see parts and live
-segments, skip a torn last line, and de-duplicate by prediction id.
+that was acknowledged) and, when configured, fsync once per batch (group commit). A full segment is only
+sealed (renamed to .sealed) by the gateway: converting it to a Parquet part is pandas work that would hold the
+GIL for a second in the request path, so `compact()` does it (monitoring flows and gateway start/stop call
+it). Readers see parts, sealed and live segments, skip a torn last line, and de-duplicate by prediction id.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def records_to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _to_parquet(segment: Path) -> Path:
-    part = segment.with_suffix(".parquet")
+    part = segment.with_name(segment.name.split(".")[0] + ".parquet")
     tmp = part.with_suffix(".parquet.tmp")
     records_to_frame(_segment_records(segment)).to_parquet(tmp, index=False)
     os.replace(tmp, part)
@@ -80,14 +81,8 @@ class PredictionLog:
         self._open_segment()
 
     def recover(self) -> list[Path]:
-        """Convert segments left by an earlier (crashed or stopped) process to Parquet."""
-        done = []
-        for segment in sorted(self.folder.glob("seg-*.jsonl")):
-            pid = int(segment.name.split("-")[2])
-            if pid != os.getpid() and _pid_alive(pid):
-                continue  # another live gateway's segment
-            done.append(_to_parquet(segment))
-        return done
+        """Convert segments left by an earlier (crashed or stopped) process, and sealed ones, to Parquet."""
+        return compact(self.folder)
 
     def _open_segment(self) -> None:
         self._seq += 1
@@ -115,8 +110,8 @@ class PredictionLog:
     def _rotate(self) -> None:
         old = self.path
         os.close(self._fd)
+        os.replace(old, old.with_name(old.name.replace(".jsonl", ".sealed.jsonl")))
         self._open_segment()
-        threading.Thread(target=_to_parquet, args=(old,), daemon=True).start()
 
     def close(self) -> None:
         """Close and convert the live segment."""
@@ -126,6 +121,21 @@ class PredictionLog:
                 _to_parquet(self.path)
             else:
                 self.path.unlink(missing_ok=True)
+
+
+def compact(folder: Path) -> list[Path]:
+    """Convert sealed segments, and live ones whose gateway process is gone, to Parquet parts."""
+    done = []
+    for segment in sorted(folder.glob("seg-*.jsonl")):
+        if ".sealed." not in segment.name:
+            pid = int(segment.name.split("-")[2])
+            if pid == os.getpid() or _pid_alive(pid):
+                continue  # a live gateway is still appending to it
+        try:
+            done.append(_to_parquet(segment))
+        except FileNotFoundError:
+            continue  # compacted by someone else meanwhile
+    return done
 
 
 def _pid_alive(pid: int) -> bool:
@@ -146,7 +156,7 @@ def iter_log_frames(folder: Path, since: float | None = None) -> Iterator[pd.Dat
         try:
             frame = pd.read_parquet(path) if path.suffix == ".parquet" else records_to_frame(_segment_records(path))
         except FileNotFoundError:
-            part = path.with_suffix(".parquet")  # converted between listing and reading
+            part = path.with_name(path.name.split(".")[0] + ".parquet")  # converted between listing and reading
             if not part.exists():
                 continue
             frame = pd.read_parquet(part)

@@ -1,0 +1,123 @@
+"""Prediction log durability rules and request validation, without servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from serving.predlog import PredictionLog, compact, read_log
+from serving.release import Routing
+from serving.schema import RequestSchema
+from tests.helpers import bundled_config
+
+
+def _rec(i: int) -> dict[str, object]:
+    return {
+        "prediction_id": f"p{i}",
+        "request_id": f"p{i}",
+        "ts": 100.0 + i,
+        "entity_id": f"e{i}",
+        "model_version": "1",
+        "role": "champion",
+        "score": 0.5,
+        "decision": 0,
+        "latency_ms": 1.0,
+        "features": {"tenure_months": i},
+    }
+
+
+def test_rotation_sealing_compaction_and_reading_lose_nothing(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, fsync=True, rotate_rows=100)
+    for i in range(0, 250, 5):
+        log.write([_rec(j) for j in range(i, i + 5)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert sum(".sealed." in n for n in names) == 2  # the gateway only seals; no pandas in the request path
+    assert len(read_log(tmp_path)) == 250
+    compact(tmp_path)
+    assert sum(n.endswith(".parquet") for n in os.listdir(tmp_path)) == 2
+    frame = read_log(tmp_path, since=200.0)
+    assert len(frame) == 150 and frame["f.tenure_months"].min() == 100
+    log.close()
+    assert all(n.endswith(".parquet") for n in os.listdir(tmp_path)) and len(read_log(tmp_path)) == 250
+
+
+def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, fsync=False)
+    log.write([_rec(1), _rec(2)])
+    with open(log.path, "ab") as fh:
+        fh.write(b'{"prediction_id": "p3", "sco')  # a write cut short by SIGKILL: never acknowledged
+    assert list(read_log(tmp_path)["prediction_id"]) == ["p1", "p2"]
+
+
+def test_duplicates_from_an_interrupted_compaction_are_dropped(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, fsync=False)
+    log.write([_rec(1), _rec(2)])
+    log.close()
+    part = next(tmp_path.glob("*.parquet"))
+    (tmp_path / part.name.replace(".parquet", ".sealed.jsonl")).write_bytes(
+        b"".join(__import__("orjson").dumps(_rec(i)) + b"\n" for i in (1, 2))
+    )
+    assert len(read_log(tmp_path)) == 2
+
+
+@pytest.fixture(scope="module")
+def schema() -> RequestSchema:
+    return RequestSchema(bundled_config())
+
+
+GOOD = {
+    "customer_id": "C1",
+    "region": "north",
+    "plan": "basic",
+    "tier": "gold",
+    "payment_method": "card",
+    "tenure_months": 12,
+    "monthly_charges": 40.5,
+    "total_charges": None,
+    "support_calls_90d": 2,
+    "last_login_days": 3.2,
+    "usage_gb": 10,
+    "autopay": True,
+    "has_discount": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "phrase"),
+    [
+        ({"tenure_months": 2.5}, "tenure_months", "expected an integer"),
+        ({"tenure_months": True}, "tenure_months", "expected a number"),
+        ({"monthly_charges": float("inf")}, "monthly_charges", "expected a number"),
+        ({"support_calls_90d": None}, "support_calls_90d", "must not be null"),
+        ({"usage_gb": 99999}, "usage_gb", "outside the allowed range"),
+        ({"plan": "gold"}, "plan", "is not one of"),
+        ({"plan": 3}, "plan", "expected a string"),
+        ({"autopay": "true"}, "autopay", "expected true or false"),
+        ({"customer_id": ""}, "customer_id", "entity id is required"),
+        ({"churn_reason": "x"}, "churn_reason", "unknown field"),
+    ],
+)
+def test_each_bad_field_is_named(schema: RequestSchema, change: dict[str, object], field: str, phrase: str) -> None:
+    errors = schema.errors({**GOOD, **change}, "records[2].")
+    assert [e["field"] for e in errors] == [f"records[2].{field}"] and phrase in errors[0]["error"]
+
+
+def test_a_good_record_and_nullable_fields_pass(schema: RequestSchema) -> None:
+    assert schema.errors(GOOD, "") == []
+    missing = dict(GOOD)
+    missing.pop("usage_gb")
+    assert schema.errors(missing, "") == [{"field": "usage_gb", "error": "field required"}]
+    assert schema.errors([1, 2], "records[0].")[0]["field"] == "records[0]"
+
+
+def test_canary_assignment_is_sticky_and_close_to_the_share() -> None:
+    class Fake:
+        version = "7"
+
+    routing = Routing(champion=None, challenger=Fake(), mode="canary", share=0.2)  # type: ignore[arg-type]
+    picks = [routing.is_canary(f"C{i}") for i in range(20_000)]
+    assert 0.18 < sum(picks) / len(picks) < 0.22
+    assert picks == [routing.is_canary(f"C{i}") for i in range(20_000)]
+    assert not Routing(champion=None, challenger=Fake(), mode="shadow").is_canary("C1")  # type: ignore[arg-type]
