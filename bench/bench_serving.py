@@ -99,6 +99,12 @@ def main(st: BenchStack) -> None:
             rec = json.dumps(RECORD)[1:-1]
             mlflow_script = _script(folder, "mlflow", '{"dataframe_records": [{' + rec.replace("%", "%%") + "}]}")
             gateway_script = _script(folder, "gateway", '{"customer_id": "C%d", ' + rec.replace("%", "%%") + "}")
+            print("warming both servers up (5 s each, not measured) ...", flush=True)
+            for url, script in (
+                (f"http://127.0.0.1:{port}/invocations", mlflow_script),
+                (f"{st.gateway_url}/predict", gateway_script),
+            ):
+                subprocess.run([wrk, "-t1", "-c16", "-d5s", "-s", str(script), url], capture_output=True, check=True)
             results = {}
             for conns in CONNECTIONS:
                 print(f"wrk, {conns} connections, {DURATION_S} s each ...", flush=True)
