@@ -38,7 +38,7 @@ def training_pipeline(
     # evaluate
     scored = score_holdout(trained.model, holdout, cfg.features.all)
     evaluation = evaluate_model(holdout, scored.scores, cfg.dataset, cfg.model.decision_threshold)
-    profile = profile_reference(frame, cfg.features, scored.scores, cfg.monitoring.reference_bins)
+    profile = profile_reference(frame, holdout, scored.scores, cfg)
     # log + register
     timings = {"fit": trained.fit_s, "predict": scored.predict_s}
     run = log_training_run(

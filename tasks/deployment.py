@@ -19,6 +19,7 @@ from serving.client import GatewayClient
 from serving.predlog import read_log
 from serving.release import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG
 from tasks.gates import Check, GateVerdict
+from tasks.monitoring import psi_from_proportions
 from tasks.registry import Registry, RegistryError, VersionInfo
 from tollgate import ledger
 from tollgate.config import RolloutConfig, TollgateConfig
@@ -46,8 +47,7 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
     edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)[1:-1]))
     e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1) / len(expected)
     a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1) / len(actual)
-    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return psi_from_proportions(e, a)
 
 
 def _check(scope: str, name: str, value: float, limit: float, ok: bool, n: int, what: str) -> Check:

@@ -205,6 +205,11 @@ def log_training_run(
             _write_json(folder, "data_version.json", data.to_dict())
             (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
             _write_json(folder, "smoke_records.json", request_records(holdout, cfg, cfg.serving.smoke_requests))
+            # A bounded sample of the training inputs: the reference for Evidently's drift report.
+            sample = frame[features].sample(
+                min(cfg.monitoring.report_sample_rows, len(frame)), random_state=cfg.model.seed
+            )
+            sample.to_parquet(folder / "reference_sample.parquet", index=False)
             mlflow.log_artifacts(tmp, RELEASE_DIR)
         sample = holdout[features].head(50)
         info = mlflow.sklearn.log_model(

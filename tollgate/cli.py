@@ -347,6 +347,75 @@ def cmd_rollback(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_drift(rt: Runtime, args: argparse.Namespace) -> int:
+    _require_stack(rt)
+    from flows.drift import drift_check
+    from tasks.registry import RegistryError
+
+    rt.paths.reports.mkdir(parents=True, exist_ok=True)
+    try:
+        result = drift_check(window_hours=args.window, config=str(rt.loaded.path.resolve()), env=rt.loaded.env)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"drift check of v{result['version']} over {result['rows']} logged predictions: "
+        f"{'DRIFT DETECTED' if result['detected'] else 'no drift'} (share {result['drift_share']:.0%})"
+    )
+    print(f"  drifted features: {', '.join(result['drifted']) or 'none'}")
+    print(f"  segments with drift: {', '.join(result['segments']) or 'none'}")
+    print(f"  Evidently report: {result['report']}; MLflow monitoring run {result['monitoring_run_id']}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    drifted = result["detected"] or bool(result["segments"])
+    return EXIT_NO if drifted and args.fail_on_drift else EXIT_OK
+
+
+def cmd_backfill(rt: Runtime, args: argparse.Namespace) -> int:
+    _require_stack(rt)
+    from flows.backfill import ground_truth_backfill
+    from tasks.ground_truth import LabelsError
+    from tasks.registry import RegistryError
+
+    try:
+        result = ground_truth_backfill(
+            labels=str(rt.resolve(args.path)), config=str(rt.loaded.path.resolve()), env=rt.loaded.env
+        )
+    except (LabelsError, RegistryError) as exc:
+        raise UserError(str(exc)) from None
+    v = result["verdict"]
+    print(f"labels: {result['ingested']['changed']} new or changed, {result['ingested']['total']} stored")
+    totals = [r for r in result["rows"] if r["day"] == "all" and r["scope"] == "overall"]
+    for r in sorted(totals, key=lambda r: (r["model_version"], r["role"])):
+        print(
+            f"  v{r['model_version']} {r['role']:<9} {int(r['n']):>6} labelled  AUC {r['auc']:.4f}  "
+            f"log loss {r['log_loss']:.4f}"
+        )
+    print(f"Production v{v['version']}: {v['status']} ({v['reason']}); action: {result['action']}")
+    return EXIT_NO if v["status"] in ("degraded", "severe") else EXIT_OK
+
+
+def cmd_retrain(rt: Runtime, args: argparse.Namespace) -> int:
+    _require_stack(rt)
+    from flows.retrain import retrain
+    from tasks.deployment import RolloutFailed
+    from tasks.gates import GateRejected
+
+    try:
+        result = retrain(reason=args.reason, config=str(rt.loaded.path.resolve()), env=rt.loaded.env)
+    except GateRejected as exc:
+        _print_verdict(exc.verdict)
+        raise CheckFailed(f"the retrained model v{exc.version} was rejected by the gate; it will not serve") from None
+    except RolloutFailed as exc:
+        raise CheckFailed(f"the retrained model's rollout stopped: {exc}") from None
+    if result["status"] == "skipped":
+        print(f"retrain skipped: {result['why']}")
+        return EXIT_OK
+    print(
+        f"retrained v{result['version']} on {result['snapshot']} and deployed it (approved by {result['approved_by']})"
+    )
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every subcommand accepts the global options too."""
@@ -457,6 +526,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--to", default=None, help="the version to restore (default: the previous Production)")
     p.add_argument("--reason", default="manual rollback", help="recorded in the ledger")
+    p = add(
+        "drift", "run drift_check now: the log window vs the Production release's reference; alert on drift", cmd_drift
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        help="hours of the prediction log (default monitoring.drift_window_hours of the Production release)",
+    )
+    p.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is detected")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p = add(
+        "backfill",
+        "ingest a labels file (prediction_id or entity id, label, label_time) and run "
+        "ground_truth_backfill; exit 1 when live performance is degraded",
+        cmd_backfill,
+    )
+    p.add_argument("path", help="labels .csv/.parquet")
+    p = add(
+        "retrain", "run the guarded retrain flow now (cooldown, weekly budget, same gates and rollout)", cmd_retrain
+    )
+    p.add_argument("--reason", default="manual", help="recorded with the retrain")
     add(
         "serve",
         "the prediction gateway in the foreground on servers.gateway_port (tollgate up also starts it)",

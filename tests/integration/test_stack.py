@@ -46,14 +46,14 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
         status = subprocess.run([*TG, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
         rows = {r["service"]: r for r in json.loads(status.stdout)}
-        assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker"}
+        assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker", "gateway"}
         assert all(r["healthy"] and r["rss_mb"] > 0 for r in rows.values())
         for url in (servers.prefect_ui_url, servers.mlflow_url):  # the UIs answer, not only /health
             with urllib.request.urlopen(url, timeout=10) as resp:
                 assert resp.status == 200
         pids = {name: r["pid"] for name, r in rows.items()}
         again = subprocess.run([*TG, "up"], env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0 and again.stdout.count("already running") == 3
+        assert again.returncode == 0 and again.stdout.count("already running") == 4
         rows2 = {
             r["service"]: r["pid"]
             for r in json.loads(
@@ -64,7 +64,7 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
     finally:
         down = subprocess.run([*TG, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
-    for port in (servers.prefect_port, servers.mlflow_port, servers.worker_health_port):
+    for port in (servers.prefect_port, servers.mlflow_port, servers.worker_health_port, servers.gateway_port):
         assert not port_in_use("127.0.0.1", port)
     for pid in pids.values():
         assert not group_pids(pid)

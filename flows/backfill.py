@@ -1,0 +1,40 @@
+"""ground_truth_backfill: ingest delayed labels, join them to logged predictions, live metrics, act on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.ground_truth import act_on_performance, compute_live_metrics, ingest_labels, judge, record_live_metrics
+from tasks.monitoring import load_production_release
+from tollgate.paths import PROJECT_ROOT
+from tollgate.runtime import make_runtime
+
+
+@flow(name="ground_truth_backfill")
+def ground_truth_backfill(
+    labels: str | None = None,
+    as_of: float | None = None,
+    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    env: str = "dev",
+) -> dict[str, Any]:
+    """Live accuracy per model version, role, segment and day over matured labels; alert or roll back."""
+    rt = make_runtime(config, env)
+    release = load_production_release(rt.config, str(rt.paths.ledger))
+    # ingest (a scheduled run without a file only recomputes)
+    ingested = ingest_labels(labels, str(rt.paths.labels), rt.config) if labels else {"changed": 0, "total": 0}
+    # measure
+    rows = compute_live_metrics(str(rt.paths.prediction_log), str(rt.paths.labels), release, as_of)
+    verdict = judge(rows, release)
+    # record + act
+    run_id = record_live_metrics(release, rows, verdict)
+    action = act_on_performance(release, verdict, run_id, rt.config, str(rt.paths.home), str(flow_run.id))
+    return {
+        "ingested": ingested,
+        "verdict": verdict.to_dict(),
+        "action": action,
+        "monitoring_run_id": run_id,
+        "rows": rows,
+    }

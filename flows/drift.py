@@ -1,0 +1,46 @@
+"""drift_check: the prediction-log window vs the Production release's reference profile; alert when it drifts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from tasks.monitoring import alert_on_drift, compute_drift, evidently_report, load_production_release, record_drift
+from tollgate.paths import PROJECT_ROOT
+from tollgate.runtime import make_runtime
+
+
+@flow(name="drift_check")
+def drift_check(
+    window_hours: float | None = None,
+    since: float | None = None,
+    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    env: str = "dev",
+) -> dict[str, Any]:
+    """Input drift per feature (overall and per segment), prediction drift and data quality for the window: the
+    last `window_hours` (default: the release's monitoring.drift_window_hours), or from `since` (epoch s)."""
+    rt = make_runtime(config, env)
+    release = load_production_release(rt.config, str(rt.paths.ledger))
+    hours = window_hours or release.config.monitoring.drift_window_hours
+    html = str(rt.paths.reports / f"drift-v{release.version}-{time.strftime('%Y%m%dT%H%M%S')}.html")
+    # measure
+    start = since if since is not None else time.time() - hours * 3600
+    overall, segments, sample = compute_drift(str(rt.paths.prediction_log), release, start)
+    evidently = evidently_report(release, sample, html)
+    # record + alert
+    run_id = record_drift(release, overall, segments, evidently, html, hours)
+    alerted = alert_on_drift(release, overall, segments, run_id)
+    return {
+        "version": release.version,
+        "rows": overall.rows,
+        "detected": overall.detected,
+        "drifted": overall.drifted,
+        "drift_share": overall.drift_share,
+        "segments": [k for k, v in segments.items() if v.detected],
+        "alerted": alerted,
+        "report": html,
+        "monitoring_run_id": run_id,
+        "evidently": evidently,
+    }

@@ -1,0 +1,177 @@
+"""Monitoring on generated production periods, replayed through a real gateway, against real servers:
+no-drift raises nothing, covariate drift is found on the shifted features only (and Evidently agrees),
+concept drift is invisible to input drift but caught by the backfill, a segment-only shift is caught for
+that segment, and a severe degradation rolls back automatically."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from flows.backfill import ground_truth_backfill
+from flows.deploy import deploy_model
+from flows.drift import drift_check
+from tasks.ground_truth import labels_from_period
+from tasks.monitoring import evidently_verdicts
+from tests.helpers import bundled_config
+from tests.integration.live import CONFIG, Traffic, free_port, records, running_gateway, train
+from tollgate import ledger
+from tollgate.synthetic import generate
+
+ROWS = 2000
+COVARIATE = {"monthly_charges", "last_login_days", "usage_gb"}
+
+
+class Sink:
+    """A local webhook receiver that keeps every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                sink.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [b["tollgate"]["event"] for b in self.bodies]
+
+
+@pytest.fixture(scope="module")
+def world(live_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    sink = Sink()
+    with pytest.MonkeyPatch.context() as mp, running_gateway(live_stack, mp, "monitoring-churn") as gw:
+        mp.setenv("TOLLGATE__ALERTS__WEBHOOK_URL", sink.url)
+        v1 = train(mp, TOLLGATE__ROLLOUT__AUTO_APPROVE="true", TOLLGATE__MONITORING__MIN_LIVE_AUC="0.7")
+        deploy_model(version=v1.version, config=CONFIG, env="dev")
+        yield {"gw": gw, "sink": sink, "v1": v1, "mp": mp, "tmp": tmp_path_factory.mktemp("labels")}
+    sink.server.shutdown()
+
+
+def _period(scenario: str) -> pd.DataFrame:
+    gen = bundled_config().generation
+    assert gen is not None
+    return generate(gen, scenario, production=True).head(ROWS)
+
+
+def _replay(url: str, frame: pd.DataFrame) -> float:
+    start = time.time()
+    with httpx.Client(timeout=60) as client:
+        for offset in range(0, len(frame), 250):
+            resp = client.post(f"{url}/predict", json={"records": records(250, offset, frame)})
+            assert resp.status_code == 200, resp.text
+    time.sleep(0.3)
+    return start
+
+
+def _drift(since: float) -> dict[str, Any]:
+    return drift_check(since=since, config=CONFIG, env="dev")
+
+
+def test_no_drift_period_raises_no_alert(world: dict[str, Any]) -> None:
+    result = _drift(_replay(world["gw"]["url"], _period("none")))
+    assert result["rows"] == ROWS
+    assert not result["detected"] and result["drifted"] == [] and result["segments"] == []
+    assert not result["alerted"] and world["sink"].bodies == []
+    assert Path(result["report"]).exists()  # the Evidently HTML report
+
+
+def test_covariate_drift_is_found_on_the_shifted_features_only(world: dict[str, Any]) -> None:
+    before = len(world["sink"].bodies)
+    result = _drift(_replay(world["gw"]["url"], _period("covariate_drift")))
+    assert result["detected"] and set(result["drifted"]) == COVARIATE
+    assert evidently_verdicts(result["evidently"], bundled_config()) == COVARIATE  # Evidently agrees
+    new = world["sink"].bodies[before:]
+    assert [b["tollgate"]["event"] for b in new] == ["tollgate.drift.detected"]
+    assert set(new[0]["tollgate"]["drifted"]) == COVARIATE and "Drift on monitoring-churn" in new[0]["text"]
+
+
+def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:
+    result = _drift(_replay(world["gw"]["url"], _period("segment_shift")))
+    assert "region=south" in result["segments"]
+    assert not {s for s in result["segments"] if s.startswith("region=")} - {"region=south"}
+
+
+def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(world: dict[str, Any]) -> None:
+    period = _period("concept_drift")
+    result = _drift(_replay(world["gw"]["url"], period))
+    assert result["drifted"] == [] and not result["detected"]
+    labels = world["tmp"] / "concept_labels.csv"
+    labels_from_period(period, bundled_config()).to_csv(labels, index=False)
+    before = len(world["sink"].bodies)
+    first = ground_truth_backfill(labels=str(labels), config=CONFIG, env="dev")
+    assert first["ingested"]["changed"] == ROWS
+    assert first["verdict"]["status"] == "degraded" and first["verdict"]["labelled"] == ROWS
+    assert first["action"] == "alerted"
+    assert world["sink"].events()[before:] == ["tollgate.performance.degraded"]
+    seg = {r["scope"] for r in first["rows"] if r["day"] == "all"}
+    assert {"overall", "tier=gold", "region=south"} <= seg
+    again = ground_truth_backfill(labels=str(labels), config=CONFIG, env="dev")  # idempotent
+    assert again["ingested"]["changed"] == 0
+    assert again["verdict"] == first["verdict"]
+
+
+def test_severe_degradation_rolls_back_to_the_previous_release(
+    world: dict[str, Any], live_stack: dict[str, str]
+) -> None:
+    mp, gw = world["mp"], world["gw"]
+    v1 = world["v1"]
+    # v2: the same model, but its release treats a live AUC under 0.8 as severe
+    v2 = train(
+        mp,
+        TOLLGATE__ROLLOUT__AUTO_APPROVE="true",
+        TOLLGATE__MONITORING__MIN_LIVE_AUC="0.85",
+        TOLLGATE__MONITORING__SEVERE_LIVE_AUC="0.8",
+    )
+    with Traffic(gw["url"]):
+        deploy_model(version=v2.version, config=CONFIG, env="dev")
+    assert httpx.get(f"{gw['url']}/health").json()["champion"] == v2.version
+    _replay(gw["url"], _period("concept_drift"))  # v2 now answers the same (labelled) customers
+    before = len(world["sink"].bodies)
+    result = ground_truth_backfill(labels=None, config=CONFIG, env="dev")
+    assert result["verdict"]["version"] == v2.version and result["verdict"]["status"] == "severe"
+    assert result["action"] == "rolled_back"
+    assert httpx.get(f"{gw['url']}/health").json()["champion"] == v1.version
+    assert world["sink"].events()[before:] == ["tollgate.performance.degraded", "tollgate.rollback.automatic"]
+    last = [
+        e for e in ledger.read(Path(live_stack["home"]) / "ledger.jsonl", gw["name"]) if e.to_stage == "Production"
+    ][-1]
+    assert last.version == v1.version and last.reason.startswith("rollback: automatic: severe degradation")
+
+
+def test_events_reach_the_prefect_server(world: dict[str, Any], live_stack: dict[str, str]) -> None:
+    body = {
+        "filter": {
+            "event": {"prefix": ["tollgate."]},
+            "any_resource": {"id_prefix": ["tollgate.model.monitoring-churn"]},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + 20
+    names: set[str] = set()
+    while time.monotonic() < deadline:
+        resp = httpx.post(f"{live_stack['prefect']}/events/filter", json=body)
+        assert resp.status_code == 200, resp.text
+        names = {e["event"] for e in resp.json()["events"]}
+        if {"tollgate.drift.detected", "tollgate.performance.degraded"} <= names:
+            break
+        time.sleep(1)
+    assert {"tollgate.drift.detected", "tollgate.performance.degraded"} <= names
