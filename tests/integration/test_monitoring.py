@@ -175,3 +175,34 @@ def test_events_reach_the_prefect_server(world: dict[str, Any], live_stack: dict
             break
         time.sleep(1)
     assert {"tollgate.drift.detected", "tollgate.performance.degraded"} <= names
+
+
+def test_retrain_uses_backfilled_labels_goes_through_the_gates_and_is_guarded(
+    world: dict[str, Any], live_stack: dict[str, str]
+) -> None:
+    from flows.retrain import retrain
+    from tasks.gates import GateRejected
+
+    mp, gw = world["mp"], world["gw"]
+    reg = gw["registry"]
+    champion = reg.one("Production").version
+    mp.setenv("TOLLGATE__ROLLOUT__AUTO_APPROVE", "true")
+    outcome: dict[str, Any] = {}
+    with Traffic(gw["url"]):
+        try:
+            outcome = retrain(reason="test: performance degraded", config=CONFIG, env="dev")
+        except GateRejected as exc:
+            outcome = {"status": "rejected", "version": exc.version}
+    snapshots = sorted((Path(live_stack["home"]) / "retrain").glob("snapshot-*.parquet"))
+    assert snapshots, "no retrain snapshot was written"
+    snap = pd.read_parquet(snapshots[-1])
+    assert len(snap) > 12_000  # the training snapshot plus labelled production rows
+    assert snap["customer_id"].str.startswith("C3").sum() >= ROWS  # the concept-drift customers, labelled
+    new = reg.get(outcome["version"])
+    if outcome["status"] == "rejected":  # a retrained model that fails the gate never serves
+        assert new.stage == "None" and reg.one("Production").version == champion
+    else:
+        assert outcome["status"] == "deployed" and reg.one("Production").version == new.version
+    assert httpx.get(f"{gw['url']}/health").json()["champion"] == reg.one("Production").version
+    again = retrain(reason="test: again", config=CONFIG, env="dev")
+    assert again["status"] == "skipped" and again["why"].startswith("cooldown")
