@@ -17,11 +17,18 @@ def main(argv: list[str]) -> int:
         return 0
     from bench.common import bench_stack
 
-    # One throw-away stack for every benchmark: Prefect reads its settings (ports) once per process.
-    with bench_stack() as stack:
-        for name in names:
+    modules = {name: importlib.import_module(f"bench.{name}") for name in names}
+    for name, module in modules.items():  # benchmarks that need no servers run first, on a quiet machine
+        if not getattr(module, "NEEDS_STACK", True):
             print(f"== {name}", flush=True)
-            importlib.import_module(f"bench.{name}").main(stack)
+            module.main(None)
+    stacked = [name for name, module in modules.items() if getattr(module, "NEEDS_STACK", True)]
+    if stacked:
+        # One throw-away stack for the rest: Prefect reads its settings (ports) once per process.
+        with bench_stack() as stack:
+            for name in stacked:
+                print(f"== {name}", flush=True)
+                modules[name].main(stack)
     return 0
 
 
