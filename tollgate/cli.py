@@ -42,8 +42,12 @@ def _stack(rt: Runtime) -> Stack:
 
 
 def cmd_up(rt: Runtime, args: argparse.Namespace) -> int:
+    from tollgate.stack import apply_deployments
+
     stack = _stack(rt)
     stack.up()
+    if not args.no_deployments and rt.config.servers.prefect_api_url is None:
+        apply_deployments(rt.root, rt.config.servers, rt.paths)
     print(_table(stack.status(), ("service", "url", "pid", "healthy", "rss_mb")))
     return EXIT_OK
 
@@ -416,6 +420,27 @@ def cmd_retrain(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_hooks_install(rt: Runtime, args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    top = subprocess.run(["git", "rev-parse", "--git-path", "hooks"], cwd=rt.root, capture_output=True, text=True)
+    if top.returncode != 0:
+        raise UserError(f"{rt.root} is not a git repository: {top.stderr.strip()}")
+    hooks = (rt.root / top.stdout.strip()).resolve()
+    hooks.mkdir(parents=True, exist_ok=True)
+    target = hooks / "pre-push"
+    if target.exists() and not args.force and "tollgate" not in target.read_text(errors="replace"):
+        raise UserError(f"{target} exists and is not Tollgate's; pass --force to replace it")
+    shutil.copy2(rt.root / "deployments" / "git-hooks" / "pre-push", target)
+    target.chmod(0o755)
+    print(
+        f"installed {target}: pushing main emits tollgate.git.push -> the `ci` deployment "
+        f"(needs `tollgate up` so the server and worker run)"
+    )
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every subcommand accepts the global options too."""
@@ -449,11 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn, needs_runtime=needs_runtime)
         return p
 
-    add(
+    p = add(
         "up",
-        "start the local stack (Prefect server, MLflow server, Prefect worker, gateway) and wait until healthy",
+        "start the local stack (Prefect server, MLflow server, Prefect worker, gateway), wait until healthy, and "
+        "apply deployments/prefect.yaml (schedules, event triggers)",
         cmd_up,
     )
+    p.add_argument("--no-deployments", action="store_true", help="do not apply deployments/prefect.yaml")
     add("down", "stop every service `up` started (by pid) and free their ports", cmd_down)
     p = add("status", "print each service, its URL, pid, health and memory; exit 1 if any is unhealthy", cmd_status)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -548,6 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain", "run the guarded retrain flow now (cooldown, weekly budget, same gates and rollout)", cmd_retrain
     )
     p.add_argument("--reason", default="manual", help="recorded with the retrain")
+    hooks = sub.add_parser("hooks", help="git hooks", parents=[common])
+    hooks_sub = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    p = hooks_sub.add_parser(
+        "install",
+        parents=[common],
+        help="install the pre-push hook: pushing main emits tollgate.git.push (starts ci_pipeline)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing pre-push hook")
+    p.set_defaults(fn=cmd_hooks_install, needs_runtime=True)
     add(
         "serve",
         "the prediction gateway in the foreground on servers.gateway_port (tollgate up also starts it)",

@@ -427,3 +427,33 @@ class Stack:
                 }
             )
         return rows
+
+
+def apply_deployments(
+    root: Path, servers: ServersConfig, paths: StatePaths, say: Callable[[str], None] = print
+) -> None:
+    """Register every deployment in deployments/prefect.yaml (schedules and event triggers) with the server."""
+    env = {
+        **os.environ,
+        **client_env(servers, paths),
+        "TOLLGATE_PROJECT_ROOT": str(root.resolve()),
+        "TOLLGATE_WORK_POOL": servers.work_pool,
+    }
+    cmd = [
+        str(BIN / "prefect"),
+        "--no-prompt",
+        "deploy",
+        "--all",
+        "--prefect-file",
+        str(root / "deployments" / "prefect.yaml"),
+    ]
+    say("applying deployments/prefect.yaml (schedules and event triggers) ...")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise StackError(f"`prefect deploy --all` failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    names = [
+        line.split("'")[1]
+        for line in proc.stdout.splitlines()
+        if line.strip().startswith("Deployment '") and "'" in line
+    ]
+    say(f"deployments applied: {', '.join(names) or 'see prefect deployment ls'}")

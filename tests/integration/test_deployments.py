@@ -1,0 +1,131 @@
+"""Deployments as code against the real server: schedules create runs, events trigger runs, a git push to a
+bare repository starts ci_pipeline, and ci_pipeline trains a clean checkout of the pushed commit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import ROOT, bundled_config
+from tollgate.paths import StatePaths
+from tollgate.stack import apply_deployments
+
+BIN = Path(sys.executable).parent
+
+
+async def _runs(deployment: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async with get_client() as client:
+        return list(
+            await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])), limit=200
+            )
+        )
+
+
+def _wait_for_run(deployment: str, match: dict[str, str], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in asyncio.run(_runs(deployment)):
+            if all(str(run.parameters.get(k)) == v for k, v in match.items()):
+                return run
+        time.sleep(1)
+    raise AssertionError(f"no {deployment} run with {match} after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
+    """deployments/prefect.yaml applied; the work pool paused so triggered runs are created but not executed."""
+    servers = bundled_config(dict(os.environ)).servers
+    apply_deployments(ROOT, servers, StatePaths(Path(live_stack["home"])), say=lambda _m: None)
+    env = {**os.environ}
+    subprocess.run(
+        [str(BIN / "prefect"), "work-pool", "pause", servers.work_pool], env=env, check=True, capture_output=True
+    )
+    yield {"pool": servers.work_pool}
+
+    async def cleanup() -> None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            for name in ("ci", "retrain", "drift-check", "ground-truth-backfill"):
+                for run in await _runs(name):
+                    await client.delete_flow_run(run.id)
+
+    asyncio.run(cleanup())
+    subprocess.run(
+        [str(BIN / "prefect"), "work-pool", "resume", servers.work_pool], env=env, check=True, capture_output=True
+    )
+
+
+def test_schedules_create_runs(deployed: dict[str, str]) -> None:
+    for name in ("drift-check", "ground-truth-backfill", "retrain"):
+        runs = asyncio.run(_runs(name))
+        assert any(r.state_type.value == "SCHEDULED" for r in runs), f"no scheduled run for {name}"
+
+
+def test_drift_event_triggers_a_retrain_run(deployed: dict[str, str]) -> None:
+    from prefect.events import emit_event
+
+    emit_event(
+        event="tollgate.drift.detected",
+        resource={"prefect.resource.id": "tollgate.model.trigger-test"},
+        payload={"drifted": ["x"]},
+    )
+    run = _wait_for_run("retrain", {"reason": "tollgate.drift.detected"})
+    assert run.state_type.value in ("SCHEDULED", "PENDING")
+
+
+def _project_copy(dst: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dst, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dst, check=True)
+    return dst
+
+
+def test_git_push_to_main_starts_ci_pipeline_and_it_trains_that_commit(
+    deployed: dict[str, str], tmp_path: Path, live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = _project_copy(tmp_path / "work")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=work, check=True)
+    env = {**os.environ, "TOLLGATE_PYTHON": sys.executable}
+    installed = subprocess.run(
+        [sys.executable, "-m", "tollgate.cli", "hooks", "install"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert installed.returncode == 0, installed.stderr
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+    push = subprocess.run(["git", "push", "-q", "origin", "main"], cwd=work, env=env, capture_output=True, text=True)
+    assert push.returncode == 0 and "emitted tollgate.git.push" in push.stdout + push.stderr, push.stderr
+    run = _wait_for_run("ci", {"sha": sha, "branch": "main", "repo": str(remote)})
+    assert run.state_type.value in ("SCHEDULED", "PENDING")
+    # What that run does, run here: a clean checkout of the pushed sha is trained through the gates.
+    from flows.ci import ci_pipeline
+
+    monkeypatch.setenv("TOLLGATE__PROJECT__REGISTERED_MODEL", "ci-churn")
+    result = ci_pipeline(sha=sha, branch="main", repo=str(remote), deploy=False)
+    assert result["stage"] == "Staging"
+    tags = MlflowClient(live_stack["mlflow"]).get_run(result["run_id"]).data.tags
+    assert tags["tollgate.git_sha"] == sha and tags["tollgate.git_dirty"] == "false"
+    assert tags["tollgate.data_dvc_tracked"] == "true"

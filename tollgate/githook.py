@@ -1,0 +1,38 @@
+"""The git hook's helper: emit `tollgate.git.push` (sha, branch, remote) to the configured Prefect server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Emit the event; returns 0 when it was sent."""
+    parser = argparse.ArgumentParser(prog="python -m tollgate.githook")
+    parser.add_argument("--sha", required=True)
+    parser.add_argument("--branch", required=True)
+    parser.add_argument("--remote", required=True, help="the URL or path pushed to (ci_pipeline clones it)")
+    parser.add_argument("--repo-name", default="tollgate")
+    parser.add_argument("--env", default="dev")
+    args = parser.parse_args(argv)
+    from tollgate.paths import PROJECT_ROOT
+    from tollgate.runtime import make_runtime
+
+    rt = make_runtime(PROJECT_ROOT / "configs" / "pipeline.yaml", args.env)
+    rt.activate()  # PREFECT_API_URL from config: without it an event goes nowhere
+    from prefect.events import emit_event
+
+    event = emit_event(
+        event="tollgate.git.push",
+        resource={"prefect.resource.id": f"tollgate.repo.{args.repo_name}", "prefect.resource.name": args.repo_name},
+        payload={"sha": args.sha, "branch": args.branch, "remote": args.remote},
+    )
+    if event is None:
+        print("tollgate: the push event was not sent (no Prefect API configured)", file=sys.stderr)
+        return 1
+    print(f"tollgate: emitted tollgate.git.push for {args.branch} at {args.sha[:12]} -> ci_pipeline")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
