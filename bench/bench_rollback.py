@@ -23,21 +23,7 @@ def main(st: BenchStack) -> None:
     rt = make_runtime(ROOT / "configs" / "pipeline.yaml", "dev")
     reg = Registry(st.mlflow_url, st.model, rt.paths.ledger)
     headers = {"Authorization": "Bearer bench-token"}
-    record = {
-        "customer_id": "C1",
-        "region": "north",
-        "plan": "basic",
-        "tier": "gold",
-        "payment_method": "card",
-        "tenure_months": 12,
-        "monthly_charges": 40.5,
-        "total_charges": 500.0,
-        "support_calls_90d": 2,
-        "last_login_days": 3.2,
-        "usage_gb": 10.0,
-        "autopay": True,
-        "has_discount": False,
-    }
+    record = {"customer_id": "C1", **SAMPLE_FEATURES}
     results, walls, failures = [], [], 0
     for round_ in range(ROUNDS):
         # put the challenger in Production (as a release would), then roll back to the champion

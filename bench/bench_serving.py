@@ -11,24 +11,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.common import BIN, OUT, BenchStack, ensure_wrk, free_port, wait_http
+from bench.common import BIN, OUT, SAMPLE_FEATURES, BenchStack, ensure_wrk, free_port, wait_http
 
 DURATION_S = 15
 CONNECTIONS = (16, 64)
-RECORD = {
-    "region": "north",
-    "plan": "basic",
-    "tier": "gold",
-    "payment_method": "card",
-    "tenure_months": 12,
-    "monthly_charges": 40.5,
-    "total_charges": 500.0,
-    "support_calls_90d": 2,
-    "last_login_days": 3.2,
-    "usage_gb": 10.0,
-    "autopay": True,
-    "has_discount": False,
-}
+RECORD = SAMPLE_FEATURES
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

@@ -27,6 +27,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SAMPLE_FEATURES = {
+    "region": "north",
+    "plan": "basic",
+    "tier": "gold",
+    "payment_method": "card",
+    "tenure_months": 12,
+    "monthly_charges": 40.5,
+    "total_charges": 500.0,
+    "support_calls_90d": 2,
+    "last_login_days": 3.2,
+    "usage_gb": 10.0,
+    "autopay": True,
+    "has_discount": False,
+}
+
+
 @dataclass
 class BenchStack:
     home: Path

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from tollgate.stack import pid_alive
+
 FEATURE_PREFIX = "f."
 BASE_COLUMNS = [
     "prediction_id",
@@ -129,23 +131,13 @@ def compact(folder: Path) -> list[Path]:
     for segment in sorted(folder.glob("seg-*.jsonl")):
         if ".sealed." not in segment.name:
             pid = int(segment.name.split("-")[2])
-            if pid == os.getpid() or _pid_alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue  # a live gateway is still appending to it
         try:
             done.append(_to_parquet(segment))
         except FileNotFoundError:
             continue  # compacted by someone else meanwhile
     return done
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def iter_log_frames(folder: Path, since: float | None = None) -> Iterator[pd.DataFrame]:

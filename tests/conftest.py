@@ -70,13 +70,15 @@ def config_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def live_stack(state_home: Path) -> Iterator[dict[str, str]]:
-    """The real stack (Prefect server, MLflow server, worker) on free ports, started once per session."""
+    """The real stack (Prefect server, MLflow server, worker, gateway) on free ports, started once per session."""
     from tollgate.config import load_config
     from tollgate.paths import StatePaths
     from tollgate.stack import Stack
 
-    servers = load_config(ROOT / "configs" / "pipeline.yaml").config.servers
-    stack = Stack(servers, StatePaths(state_home), say=lambda _m: None)
+    config = ROOT / "configs" / "pipeline.yaml"
+    servers = load_config(config).config.servers
+    # The gateway is managed too (so it is stopped with the rest), serving the default model name.
+    stack = Stack(servers, StatePaths(state_home), say=lambda _m: None, config_path=config)
     stack.up()
     yield {"prefect": servers.prefect_url, "mlflow": servers.mlflow_url, "home": str(state_home)}
     stack.down()

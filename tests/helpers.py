@@ -32,3 +32,22 @@ def small_frame(rows: int = 40, scenario: str = "none") -> pd.DataFrame:
         .head(rows)
         .copy()
     )
+
+
+def copy_project(dst: Path) -> Path:
+    """The working tree's tracked (and new, unignored) files committed to a fresh git repo on branch main: what
+    a clone of the current work would hold."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dst, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], cwd=dst, check=True)
+    return dst

@@ -258,10 +258,16 @@ def cmd_history(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
-    from tollgate.demo import run_demo
+    import os
 
+    from tollgate.demo import fresh_home, run_demo
+
+    home = fresh_home(rt.paths.home)
+    os.environ["TOLLGATE_HOME"] = str(home)  # before Prefect is imported: the demo's own state folder
+    demo_rt = make_runtime(rt.loaded.path, rt.loaded.env)
+    demo_rt.activate()
     try:
-        run_demo(rt)
+        run_demo(demo_rt, interactive=args.interactive)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return EXIT_OK
@@ -589,11 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the prediction gateway in the foreground on servers.gateway_port (tollgate up also starts it)",
         cmd_serve,
     )
-    add(
+    p = add(
         "demo",
-        "the lifecycle on the bundled dataset as far as it is built: stack, v1 -> Staging, a "
-        "concept-drift challenger rejected by the segment gate, the ledger",
+        "the whole lifecycle on the bundled dataset in a fresh state folder (.tollgate/demo-*): v1 -> production, "
+        "drift alert, backfill, retrain through the gates and rollout, a bad release rolled back automatically",
         cmd_demo,
+    )
+    p.add_argument(
+        "--interactive",
+        action="store_true",
+        help="wait for a person to approve each promotion in the Prefect UI instead of auto-approving",
     )
 
     cfg = sub.add_parser("config", help="validate or print the resolved config", parents=[common])

@@ -188,7 +188,8 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when process `pid` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -262,7 +263,7 @@ class Stack:
             self.say(f"{svc.name}: removed unreadable pid file {pid_file}")
             pid_file.unlink()
             return None
-        if _alive(pid) and svc.marker in _cmdline(pid):
+        if pid_alive(pid) and svc.marker in _cmdline(pid):
             return pid
         if group_pids(pid):
             return pid  # leader gone but children still hold the group: still ours to stop
@@ -340,7 +341,7 @@ class Stack:
             if healthy(svc.health_url):
                 self.say(f"{svc.name}: healthy at {svc.ui_url}")
                 return
-            if pid is None or not _alive(pid):
+            if pid is None or not pid_alive(pid):
                 raise StackError(
                     f"{svc.name}: exited during start-up. See its log: {self.paths.log_file(svc.name)}\n"
                     + self._tail(svc)

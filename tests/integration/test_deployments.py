@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, bundled_config
+from tests.helpers import ROOT, bundled_config, copy_project
 from tollgate.paths import StatePaths
 from tollgate.stack import apply_deployments
 
@@ -88,25 +87,10 @@ def test_drift_event_triggers_a_retrain_run(deployed: dict[str, str]) -> None:
     assert run.state_type.value in ("SCHEDULED", "PENDING")
 
 
-def _project_copy(dst: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dst, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dst, check=True)
-    return dst
-
-
 def test_git_push_to_main_starts_ci_pipeline_and_it_trains_that_commit(
     deployed: dict[str, str], tmp_path: Path, live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    work = _project_copy(tmp_path / "work")
+    work = copy_project(tmp_path / "work")
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
     subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=work, check=True)

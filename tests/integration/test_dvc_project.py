@@ -14,24 +14,10 @@ import yaml
 
 from tasks.data import recorded_md5
 from tests.fixtures.byod.make_loans import make_loans
+from tests.helpers import copy_project
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _copy_project(dst: Path) -> Path:
-    """The working tree's tracked (and new, unignored) files in a fresh git repo: what a clone would hold."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dst / rel)
-    _git(dst, "init", "-q")
-    _git(dst, "add", "-A")
-    _git(dst, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy")
-    return dst
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -51,7 +37,7 @@ def _tollgate(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_fresh_tree_regenerates_the_recorded_data_and_repro_matches_dvc_lock(tmp_path: Path) -> None:
-    project = _copy_project(tmp_path / "proj")
+    project = copy_project(tmp_path / "proj")
     gen = _tollgate(project, "data", "generate")
     assert gen.returncode == 0, gen.stdout + gen.stderr
     assert "matches the version data.dvc records" in gen.stdout
@@ -72,7 +58,7 @@ def test_fresh_tree_regenerates_the_recorded_data_and_repro_matches_dvc_lock(tmp
 
 
 def test_bring_your_own_data_needs_only_config(tmp_path: Path) -> None:
-    project = _copy_project(tmp_path / "proj")
+    project = copy_project(tmp_path / "proj")
     # The README's steps: put the table in place, describe it in configs/pipeline.yaml, check, validate, track, repro.
     shutil.copy(ROOT / "tests" / "fixtures" / "byod" / "pipeline.yaml", project / "configs" / "pipeline.yaml")
     (project / "data.dvc").unlink()
