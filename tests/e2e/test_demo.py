@@ -50,4 +50,4 @@ def test_demo_lifecycle(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPa
     rollback = [e for e in ledger.read(rt.paths.ledger) if e.version == v2 and e.to_stage == "Production"][-1]
     assert rollback.reason.startswith("rollback: automatic: severe degradation")
     assert httpx.get(f"{rt.config.servers.gateway_url}/health").json()["champion"] == v2
-    assert any(line.startswith("finished in") for line in said)
+    assert any(line.strip().startswith("finished in") for line in said)

@@ -58,10 +58,13 @@ def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
     async def cleanup() -> None:
         from prefect.client.orchestration import get_client
 
+        # Remove the deployments (and their runs) so no schedule or trigger fires later in the session.
         async with get_client() as client:
             for name in ("ci", "retrain", "drift-check", "ground-truth-backfill"):
                 for run in await _runs(name):
                     await client.delete_flow_run(run.id)
+            for deployment in await client.read_deployments():
+                await client.delete_deployment(deployment.id)
 
     asyncio.run(cleanup())
     subprocess.run(
