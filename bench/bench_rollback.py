@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 
-from bench.common import BIN, OUT, ROOT, BenchStack
+from bench.common import BIN, OUT, ROOT, SAMPLE_FEATURES, BenchStack
 
 ROUNDS = 5
 

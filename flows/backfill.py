@@ -24,9 +24,11 @@ def ground_truth_backfill(
     rt = make_runtime(config, env)
     release = load_production_release(rt.config, str(rt.paths.ledger))
     # ingest (a scheduled run without a file only recomputes)
-    ingested = ingest_labels(labels, str(rt.paths.labels), rt.config) if labels else {"changed": 0, "total": 0}
+    model = rt.config.project.registered_model
+    store = str(rt.paths.model_labels(model))
+    ingested = ingest_labels(labels, store, rt.config) if labels else {"changed": 0, "total": 0}
     # measure
-    rows = compute_live_metrics(str(rt.paths.prediction_log), str(rt.paths.labels), release, as_of)
+    rows = compute_live_metrics(str(rt.paths.model_log(model)), store, release, as_of)
     verdict = judge(rows, release)
     # record + act
     run_id = record_live_metrics(release, rows, verdict)

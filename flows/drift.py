@@ -27,7 +27,9 @@ def drift_check(
     html = str(rt.paths.reports / f"drift-v{release.version}-{time.strftime('%Y%m%dT%H%M%S')}.html")
     # measure
     start = since if since is not None else time.time() - hours * 3600
-    overall, segments, sample = compute_drift(str(rt.paths.prediction_log), release, start)
+    overall, segments, sample = compute_drift(
+        str(rt.paths.model_log(rt.config.project.registered_model)), release, start
+    )
     evidently = evidently_report(release, sample, html)
     # record + alert
     run_id = record_drift(release, overall, segments, evidently, html, hours)

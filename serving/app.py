@@ -174,7 +174,9 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         self.plog = PredictionLog(
-            self.paths.prediction_log, self.cfg.serving.log_fsync, self.cfg.serving.log_rotate_rows
+            self.paths.model_log(self.cfg.project.registered_model),
+            self.cfg.serving.log_fsync,
+            self.cfg.serving.log_rotate_rows,
         )
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batch_loop())

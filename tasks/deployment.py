@@ -202,7 +202,7 @@ def wait_for_traffic(cfg: TollgateConfig, paths: StatePaths, version: str, role:
     deadline = time.monotonic() + cfg.serving.rollout_max_wait_s
     seen = 0
     while time.monotonic() < deadline:
-        log = read_log(paths.prediction_log, since)
+        log = read_log(paths.model_log(cfg.project.registered_model), since)
         seen = int(((log["role"] == role) & (log["model_version"] == version)).sum()) if len(log) else 0
         if seen >= needed:
             return seen
@@ -224,7 +224,7 @@ def analyze_phase(
     from tasks.tracking import artifact_key
 
     errors = GatewayClient.from_config(cfg, paths).state().get("errors", {}).get(phase, 0)
-    log = read_log(paths.prediction_log, since)
+    log = read_log(paths.model_log(cfg.project.registered_model), since)
     analyze = analyze_shadow_log if phase == "shadow" else analyze_canary_log
     verdict = analyze(log, version, champion, cfg.rollout, int(errors))
     create_table_artifact(

@@ -16,8 +16,8 @@ from tollgate.paths import StatePaths
 WEEK_S = 7 * 24 * 3600
 
 
-def _history(paths: StatePaths) -> list[dict[str, Any]]:
-    path = paths.home / "retrains.jsonl"
+def _history(paths: StatePaths, model: str) -> list[dict[str, Any]]:
+    path = paths.retrain_history(model)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -26,7 +26,7 @@ def _history(paths: StatePaths) -> list[dict[str, Any]]:
 def retrain_allowed(cfg: TollgateConfig, paths: StatePaths, now: float) -> tuple[bool, str]:
     """(allowed, why): no retrain within monitoring.retrain_cooldown_hours, at most max_retrains_per_week."""
     mon = cfg.monitoring
-    starts = [float(r["at"]) for r in _history(paths)]
+    starts = [float(r["at"]) for r in _history(paths, cfg.project.registered_model)]
     if starts and now - max(starts) < mon.retrain_cooldown_hours * 3600:
         left = mon.retrain_cooldown_hours * 3600 - (now - max(starts))
         return False, f"cooldown: last retrain {(now - max(starts)) / 3600:.1f} h ago, {left / 3600:.1f} h left"
@@ -45,8 +45,9 @@ def guard_retrain(cfg: TollgateConfig, paths: StatePaths, reason: str) -> tuple[
     now = time.time()
     allowed, why = retrain_allowed(cfg, paths, now)
     if allowed:
-        paths.home.mkdir(parents=True, exist_ok=True)
-        with open(paths.home / "retrains.jsonl", "a") as fh:
+        history = paths.retrain_history(cfg.project.registered_model)
+        history.parent.mkdir(parents=True, exist_ok=True)
+        with open(history, "a") as fh:
             fh.write(json.dumps({"at": now, "reason": reason}) + "\n")
     return allowed, why
 
@@ -75,10 +76,11 @@ def build_retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str
     from tasks.ground_truth import STORE
 
     base = pd.read_parquet(snapshot)
-    compact(paths.prediction_log)
-    store = paths.labels / STORE
+    log_dir = paths.model_log(cfg.project.registered_model)
+    compact(log_dir)
+    store = paths.model_labels(cfg.project.registered_model) / STORE
     extra = (
-        labelled_production_rows(read_log(paths.prediction_log), pd.read_parquet(store), cfg, time.time())
+        labelled_production_rows(read_log(log_dir), pd.read_parquet(store), cfg, time.time())
         if store.exists()
         else base.iloc[0:0]
     )
@@ -90,7 +92,7 @@ def build_retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str
             combined[name] = combined[name].astype("Int64" if combined[name].isna().any() else "int64")
         if spec.type == "bool" and name in combined:
             combined[name] = combined[name].astype(bool)
-    out = paths.home / "retrain" / f"snapshot-{time.strftime('%Y%m%dT%H%M%S')}.parquet"
+    out = paths.home / "retrain" / cfg.project.registered_model / f"snapshot-{time.strftime('%Y%m%dT%H%M%S')}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     combined.to_parquet(out, index=False)
     return str(out)

@@ -74,6 +74,18 @@ class StatePaths:
         """Scratch space for flows (checkouts, temporary snapshots)."""
         return self.home / "work"
 
+    def model_log(self, model: str) -> Path:
+        """The prediction log of one registered model (version numbers are only unique within a model)."""
+        return self.prediction_log / model
+
+    def model_labels(self, model: str) -> Path:
+        """The label store of one registered model."""
+        return self.labels / model
+
+    def retrain_history(self, model: str) -> Path:
+        """When retrains of one registered model started (the cooldown and budget guard reads it)."""
+        return self.home / "retrains" / f"{model}.jsonl"
+
     def log_file(self, service: str) -> Path:
         return self.logs / f"{service}.log"
 

@@ -193,7 +193,8 @@ def test_retrain_uses_backfilled_labels_goes_through_the_gates_and_is_guarded(
             outcome = retrain(reason="test: performance degraded", config=CONFIG, env="dev")
         except GateRejected as exc:
             outcome = {"status": "rejected", "version": exc.version}
-    snapshots = sorted((Path(live_stack["home"]) / "retrain").glob("snapshot-*.parquet"))
+    assert outcome["status"] in ("deployed", "rejected"), outcome  # not skipped: this model never retrained
+    snapshots = sorted((Path(live_stack["home"]) / "retrain" / gw["name"]).glob("snapshot-*.parquet"))
     assert snapshots, "no retrain snapshot was written"
     snap = pd.read_parquet(snapshots[-1])
     assert len(snap) > 12_000  # the training snapshot plus labelled production rows

@@ -83,7 +83,7 @@ def test_shadow_canary_approval_production_then_rollback(
         time.sleep(0.5)
     assert traffic.failures == []
     assert reg.one("Production").version == v1.version and reg.get(v2.version).stage == "Archived"  # type: ignore[union-attr]
-    log = read_log(Path(os.environ["TOLLGATE_HOME"]) / "predictions")
+    log = read_log(Path(os.environ["TOLLGATE_HOME"]) / "predictions" / gateway["name"])
     mine = log[log["model_version"].isin([v1.version, v2.version])]
     assert {"champion", "shadow", "canary"} <= set(mine["role"])
     entries = [(e.version, e.from_stage, e.to_stage, e.who) for e in ledger.read(reg.ledger_path, gateway["name"])]
@@ -148,7 +148,7 @@ def test_every_acknowledged_prediction_survives_sigkill(
     for t in threads:
         t.join(10)
     assert len(acked) > 100
-    logged = set(read_log(Path(os.environ["TOLLGATE_HOME"]) / "predictions")["prediction_id"])
+    logged = set(read_log(Path(os.environ["TOLLGATE_HOME"]) / "predictions" / gateway["name"])["prediction_id"])
     missing = [p for p in acked if p not in logged]
     assert missing == [], f"{len(missing)} acknowledged predictions are not in the log"
 

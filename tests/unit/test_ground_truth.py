@@ -81,11 +81,13 @@ def test_retrain_guard_cooldown_and_budget(tmp_path: Path) -> None:
     cfg = bundled_config()
     paths = StatePaths(tmp_path)
     assert retrain_allowed(cfg, paths, 1_000_000.0) == (True, "allowed")
-    (tmp_path / "retrains.jsonl").write_text('{"at": 1000000.0}\n')
+    history = paths.retrain_history(cfg.project.registered_model)
+    history.parent.mkdir(parents=True)
+    history.write_text('{"at": 1000000.0}\n')
     allowed, why = retrain_allowed(cfg, paths, 1_000_000.0 + 3600)
     assert not allowed and why.startswith("cooldown")
     day = 24 * 3600
-    (tmp_path / "retrains.jsonl").write_text("".join(f'{{"at": {1_000_000.0 + i * 2 * day}}}\n' for i in range(2)))
+    history.write_text("".join(f'{{"at": {1_000_000.0 + i * 2 * day}}}\n' for i in range(2)))
     allowed, why = retrain_allowed(cfg, paths, 1_000_000.0 + 3 * day)
     assert not allowed and why.startswith("budget: 2 retrains")
     assert retrain_allowed(cfg, paths, 1_000_000.0 + 10 * day)[0]
