@@ -17,10 +17,10 @@ ROUNDS = 5
 def main(st: BenchStack) -> None:
     import httpx
 
-    from tasks.registry import Registry
-    from tollgate.runtime import make_runtime
+    from tollgate.context import make_context
+    from tollgate.registry import Registry
 
-    rt = make_runtime(ROOT / "configs" / "pipeline.yaml", "dev")
+    rt = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
     reg = Registry(st.mlflow_url, st.model, rt.paths.ledger)
     headers = {"Authorization": "Bearer bench-token"}
     record = {"customer_id": "C1", **SAMPLE_FEATURES}

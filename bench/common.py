@@ -69,10 +69,10 @@ def _isolate() -> Path:
 def bench_stack() -> Iterator[BenchStack]:
     """Start the stack, train + deploy v1 (auto-approved), put v2 in Staging with shadow on."""
     home = _isolate()
-    from tollgate.runtime import make_runtime
-    from tollgate.stack import Stack
+    from tollgate.app.stack import Stack
+    from tollgate.context import make_context
 
-    rt = make_runtime(ROOT / "configs" / "pipeline.yaml", "dev")
+    rt = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
     rt.activate()
     stack = Stack(
         rt.config.servers, rt.paths, say=lambda m: print("  " + m, flush=True), config_path=rt.loaded.path, env="dev"
@@ -83,7 +83,7 @@ def bench_stack() -> Iterator[BenchStack]:
         from flows.deploy import deploy_model
         from flows.training import training_pipeline
         from tasks.deployment import set_rollout
-        from tasks.registry import Registry
+        from tollgate.registry import Registry
 
         cfg = rt.config
         config = str(rt.loaded.path)

@@ -9,30 +9,29 @@ from prefect.runtime import flow_run
 
 from tasks.ground_truth import act_on_performance, compute_live_metrics, ingest_labels, judge, record_live_metrics
 from tasks.monitoring import load_production_release
-from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
 @flow(name="ground_truth_backfill")
 def ground_truth_backfill(
     labels: str | None = None,
     as_of: float | None = None,
-    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
 ) -> dict[str, Any]:
     """Live accuracy per model version, role, segment and day over matured labels; alert or roll back."""
-    rt = make_runtime(config, env)
-    release = load_production_release(rt.config, str(rt.paths.ledger))
+    ctx = as_context(config, env)
+    release = load_production_release(ctx.config, str(ctx.paths.ledger))
     # ingest (a scheduled run without a file only recomputes)
-    model = rt.config.project.registered_model
-    store = str(rt.paths.model_labels(model))
-    ingested = ingest_labels(labels, store, rt.config) if labels else {"changed": 0, "total": 0}
+    model = ctx.config.project.registered_model
+    store = str(ctx.paths.model_labels(model))
+    ingested = ingest_labels(labels, store, ctx.config) if labels else {"changed": 0, "total": 0}
     # measure
-    rows = compute_live_metrics(str(rt.paths.model_log(model)), store, release, as_of)
+    rows = compute_live_metrics(str(ctx.paths.model_log(model)), store, release, as_of)
     verdict = judge(rows, release)
     # record + act
     run_id = record_live_metrics(release, rows, verdict)
-    action = act_on_performance(release, verdict, run_id, rt.config, str(rt.paths.home), str(flow_run.id))
+    action = act_on_performance(release, verdict, run_id, ctx.config, str(ctx.paths.home), str(flow_run.id))
     return {
         "ingested": ingested,
         "verdict": verdict.to_dict(),

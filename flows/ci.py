@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow
 
 from tasks.ci import checkout_commit, deploy_checkout, prepare_checkout, train_checkout
+from tollgate.context import DEFAULT_CONFIG, make_context
 from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
 
 
 @flow(name="ci_pipeline")
@@ -16,12 +16,12 @@ def ci_pipeline(
     sha: str, branch: str = "main", repo: str = str(PROJECT_ROOT), env: str = "dev", deploy: bool = True
 ) -> dict[str, Any]:
     """Run the pipeline as it is at `sha` (the checkout's code and config, not this working tree)."""
-    rt = make_runtime(PROJECT_ROOT / "configs" / "pipeline.yaml", env)
+    ctx = make_context(DEFAULT_CONFIG, env)
     # checkout
-    checkout = checkout_commit(repo, sha, str(rt.paths.work))
-    prepare_checkout(checkout, str(rt.paths.home))
+    checkout = checkout_commit(repo, sha, str(ctx.paths.work))
+    prepare_checkout(checkout, str(ctx.paths.home))
     # train + gate
-    trained = train_checkout(checkout, env, str(rt.paths.home))
+    trained = train_checkout(checkout, env, str(ctx.paths.home))
     # roll out
-    deployed = deploy_checkout(checkout, trained["version"], env, str(rt.paths.home)) if deploy else {}
+    deployed = deploy_checkout(checkout, trained["version"], env, str(ctx.paths.home)) if deploy else {}
     return {"sha": sha, "branch": branch, **trained, **deployed}

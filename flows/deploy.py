@@ -21,18 +21,15 @@ from tasks.deployment import (
     verify_release,
     wait_for_traffic,
 )
-from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
 @flow(name="deploy_model")
-def deploy_model(
-    version: str, config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"), env: str = "dev"
-) -> dict[str, str]:
+def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str = "dev") -> dict[str, str]:
     """Roll the Staging `version` out under its own release's rollout policy; Production changes only on approval."""
-    rt = make_runtime(config, env)
-    paths, run_id = rt.paths, str(flow_run.id)
-    cfg = release_config(rt.config, paths, version)
+    ctx = as_context(config, env)
+    paths, run_id = ctx.paths, str(flow_run.id)
+    cfg = release_config(ctx.config, paths, version)
     champion = check_candidate(cfg, paths, version)
     phases = []
     if champion:  # the first release has no champion to shadow or share traffic with

@@ -8,27 +8,26 @@ from typing import Any
 from prefect import flow
 
 from tasks.monitoring import alert_on_drift, compute_drift, evidently_report, load_production_release, record_drift
-from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
 @flow(name="drift_check")
 def drift_check(
     window_hours: float | None = None,
     since: float | None = None,
-    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
 ) -> dict[str, Any]:
     """Input drift per feature (overall and per segment), prediction drift and data quality for the window: the
     last `window_hours` (default: the release's monitoring.drift_window_hours), or from `since` (epoch s)."""
-    rt = make_runtime(config, env)
-    release = load_production_release(rt.config, str(rt.paths.ledger))
+    ctx = as_context(config, env)
+    release = load_production_release(ctx.config, str(ctx.paths.ledger))
     hours = window_hours or release.config.monitoring.drift_window_hours
-    html = str(rt.paths.reports / f"drift-v{release.version}-{time.strftime('%Y%m%dT%H%M%S')}.html")
+    html = str(ctx.paths.reports / f"drift-v{release.version}-{time.strftime('%Y%m%dT%H%M%S')}.html")
     # measure
     start = since if since is not None else time.time() - hours * 3600
     overall, segments, sample = compute_drift(
-        str(rt.paths.model_log(rt.config.project.registered_model)), release, start
+        str(ctx.paths.model_log(ctx.config.project.registered_model)), release, start
     )
     evidently = evidently_report(release, sample, html)
     # record + alert

@@ -9,24 +9,21 @@ from prefect import flow
 from flows.deploy import deploy_model
 from flows.training import training_pipeline
 from tasks.retraining import build_retrain_snapshot, guard_retrain
-from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
 @flow(name="retrain")
-def retrain(
-    reason: str = "scheduled", config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"), env: str = "dev"
-) -> dict[str, Any]:
+def retrain(reason: str = "scheduled", config: str | Context = DEFAULT_CONFIG, env: str = "dev") -> dict[str, Any]:
     """Retrain on the snapshot plus matured production labels; a model that fails a gate never serves."""
-    rt = make_runtime(config, env)
+    ctx = as_context(config, env)
     # guard
-    allowed, why = guard_retrain(rt.config, rt.paths, reason)
+    allowed, why = guard_retrain(ctx.config, ctx.paths, reason)
     if not allowed:
         return {"status": "skipped", "why": why}
     # data
-    snapshot = build_retrain_snapshot(rt.config, rt.paths, str(rt.resolve(rt.config.dataset.path)))
+    snapshot = build_retrain_snapshot(ctx.config, ctx.paths, str(ctx.resolve(ctx.config.dataset.path)))
     # train + gate (raises GateRejected: the flow fails and nothing is deployed)
-    trained = training_pipeline(config=config, env=env, data=snapshot, allow_dirty=True)
+    trained = training_pipeline(config=ctx, data=snapshot, allow_dirty=True)
     # roll out through shadow, canary and approval
-    deployed = deploy_model(version=trained.version, config=config, env=env)
+    deployed = deploy_model(version=trained.version, config=ctx)
     return {"status": "deployed", "version": trained.version, "snapshot": snapshot, **deployed}

@@ -8,17 +8,16 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.deployment import rollback_production
-from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
 @flow(name="rollback")
 def rollback(
     to_version: str | None = None,
     reason: str = "manual rollback",
-    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
 ) -> dict[str, Any]:
     """Restore a release (model and its whole release context) as Production and make the gateway serve it."""
-    rt = make_runtime(config, env)
-    return rollback_production(rt.config, rt.paths, to_version, reason, str(flow_run.id))
+    ctx = as_context(config, env)
+    return rollback_production(ctx.config, ctx.paths, to_version, reason, str(flow_run.id))

@@ -2,36 +2,61 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.data import pin_data_version
+from tasks.data import DataVersion, pin_data_version
 from tasks.evaluation import evaluate_model, score_holdout
-from tasks.gates import enforce_verdict, gate_challenger
+from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
 from tasks.monitoring import profile_reference
 from tasks.registry import promote_version
 from tasks.tracking import log_training_run, publish_model_card, record_verdict, register_version, score_baseline
 from tasks.training import split_dataset, train_model
 from tasks.validation import describe_suite, validate_dataset
-from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import make_runtime
-from tollgate.summaries import TrainingResult
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What training_pipeline produced: the version, its stage and the evidence."""
+
+    version: str
+    stage: str
+    verdict: GateVerdict
+    run_id: str
+    data: DataVersion
+    overall: dict[str, float]
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "verdict": self.verdict.to_dict(),
+            "data": self.data.to_dict(),
+            "overall": self.overall,
+            "timings": self.timings,
+        }
 
 
 @flow(name="training_pipeline")
 def training_pipeline(
-    config: str = str(PROJECT_ROOT / "configs" / "pipeline.yaml"),
+    config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
     data: str | None = None,
     allow_dirty: bool = False,
 ) -> TrainingResult:
     """Train, register and gate one model version; it reaches Staging only when the gate passes."""
-    rt = make_runtime(config, env)
-    cfg, uri, ledger, run_id = rt.config, rt.config.servers.mlflow_url, str(rt.paths.ledger), str(flow_run.id)
-    path = str(rt.resolve(data or cfg.dataset.path))
+    ctx = as_context(config, env)
+    cfg, uri, ledger, run_id = ctx.config, ctx.config.servers.mlflow_url, str(ctx.paths.ledger), str(flow_run.id)
+    path = str(ctx.resolve(data or cfg.dataset.path))
     # validate
-    frame = validate_dataset(path, cfg.dataset, str(rt.paths.gx_root))
-    version = pin_data_version(str(rt.root), path, len(frame), allow_dirty)  # type: ignore[arg-type]  # Prefect overloads
+    frame = validate_dataset(path, cfg.dataset, str(ctx.paths.gx_root))
+    version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)  # type: ignore[arg-type]  # Prefect overloads
     # train
     train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
     trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target)
@@ -65,14 +90,7 @@ def training_pipeline(
     enforce_verdict(verdict, registered.version)
     # promote
     promote_version(
-        uri,
-        cfg.project.registered_model,
-        ledger,
-        registered.version,
-        "Staging",
-        f"gate passed against {verdict.baseline}",
-        registered.run_id,
-        run_id,
+        ctx, registered.version, "Staging", f"gate passed against {verdict.baseline}", registered.run_id, run_id
     )
     return TrainingResult(
         registered.version, "Staging", verdict, registered.run_id, version, evaluation["overall"], timings

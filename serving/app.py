@@ -29,11 +29,12 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from serving.predlog import PredictionLog
 from serving.release import Release, ReleaseStore, Routing
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
-from tollgate.stack import admin_token
+from tollgate.predlog import PredictionLog
+from tollgate.registry import Registry
+from tollgate.secrets import admin_token
 
 log = logging.getLogger("tollgate.gateway")
 Scope = dict[str, Any]
@@ -149,7 +150,9 @@ class Gateway:
     def __init__(self, cfg: TollgateConfig, paths: StatePaths, store: ReleaseStore | None = None):
         self.cfg = cfg
         self.paths = paths
-        self.store = store or ReleaseStore(cfg.servers.mlflow_url, cfg.project.registered_model, paths.ledger)
+        self.store = store or ReleaseStore(
+            cfg, Registry(cfg.servers.mlflow_url, cfg.project.registered_model, paths.ledger)
+        )
         self.routing = Routing(None)
         self.metrics = Metrics()
         self.token = admin_token(cfg, paths)
@@ -502,8 +505,7 @@ class Gateway:
     async def _rollback(self, raw: bytes) -> tuple[int, Any]:
         """Registry transition + ledger (the same function as the rollback flow), then swap at once: the
         previous release is usually still warm in memory."""
-        from tasks.deployment import rollback_release
-        from tasks.registry import RegistryError
+        from tollgate.registry import RegistryError, rollback_release
 
         try:
             body = orjson.loads(raw or b"{}")

@@ -5,16 +5,12 @@ from __future__ import annotations
 import threading
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from serving.schema import RequestSchema
-from tasks.registry import Registry
-from tasks.tracking import load_model, load_release_file
 from tollgate.config import TollgateConfig
-
-ROLLOUT_MODE_TAG = "tollgate.rollout.mode"  # on the Staging version: shadow | canary | off
-ROLLOUT_SHARE_TAG = "tollgate.rollout.share"
+from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG, Registry
+from tollgate.release import load_release
 
 
 @dataclass(frozen=True)
@@ -59,10 +55,10 @@ class Routing:
 class ReleaseStore:
     """Loads releases from MLflow and keeps them in memory, so a rollback to a recent version is instant."""
 
-    def __init__(self, tracking_uri: str, model_name: str, ledger_path: Path, keep: int = 4):
-        self.tracking_uri = tracking_uri
-        self.model_name = model_name
-        self.registry = Registry(tracking_uri, model_name, ledger_path)
+    def __init__(self, cfg: TollgateConfig, registry: Registry, keep: int = 4):
+        self.cfg = cfg
+        self.model_name = registry.model
+        self.registry = registry
         self.keep = keep
         self._cache: dict[str, Release] = {}
         self._lock = threading.Lock()
@@ -72,8 +68,8 @@ class ReleaseStore:
         with self._lock:
             if version in self._cache:
                 return self._cache[version]
-        cfg = TollgateConfig.model_validate(load_release_file(self.tracking_uri, run_id, "config.json"))
-        rel = Release(version, run_id, load_model(self.tracking_uri, self.model_name, version), cfg, RequestSchema(cfg))
+        loaded = load_release(self.cfg, self.registry, version=version)
+        rel = Release(version, loaded.run_id, loaded.load_model(), loaded.config, RequestSchema(loaded.config))
         with self._lock:
             self._cache[version] = rel
             while len(self._cache) > self.keep:

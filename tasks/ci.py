@@ -42,7 +42,7 @@ def checkout_commit(repo: str, sha: str, work: str) -> str:
 @task(name="prepare_checkout", cache_policy=NO_CACHE)
 def prepare_checkout(checkout: str, home: str) -> None:
     """Restore the snapshot data.dvc records in the checkout (regenerated deterministically, md5-checked)."""
-    proc = _run([sys.executable, "-m", "tollgate.cli", "data", "generate"], Path(checkout), home)
+    proc = _run([sys.executable, "-m", "tollgate.app.cli", "data", "generate"], Path(checkout), home)
     if proc.returncode != 0:
         raise CIFailed(f"data generate failed in {checkout}:\n{proc.stdout}{proc.stderr}")
     get_run_logger().info(proc.stdout.strip().splitlines()[-1])
@@ -51,7 +51,7 @@ def prepare_checkout(checkout: str, home: str) -> None:
 @task(name="train_checkout", cache_policy=NO_CACHE)
 def train_checkout(checkout: str, env: str, home: str) -> dict[str, Any]:
     """`tollgate train` in the checkout; raise CIFailed when validation or the gate says no."""
-    proc = _run([sys.executable, "-m", "tollgate.cli", "--env", env, "train", "--json"], Path(checkout), home)
+    proc = _run([sys.executable, "-m", "tollgate.app.cli", "--env", env, "train", "--json"], Path(checkout), home)
     get_run_logger().info(proc.stdout[-2000:])
     if proc.returncode != 0:
         raise CIFailed(
@@ -64,7 +64,7 @@ def train_checkout(checkout: str, env: str, home: str) -> dict[str, Any]:
 @task(name="deploy_checkout", cache_policy=NO_CACHE)
 def deploy_checkout(checkout: str, version: str, env: str, home: str) -> dict[str, Any]:
     """`tollgate deploy VERSION` in the checkout (shadow, canary, approval, production)."""
-    proc = _run([sys.executable, "-m", "tollgate.cli", "--env", env, "deploy", version], Path(checkout), home)
+    proc = _run([sys.executable, "-m", "tollgate.app.cli", "--env", env, "deploy", version], Path(checkout), home)
     if proc.returncode != 0:
         raise CIFailed(
             f"deploy of v{version} stopped (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"

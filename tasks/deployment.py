@@ -15,15 +15,20 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from serving.client import GatewayClient
-from serving.predlog import read_log
-from serving.release import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG
 from tasks.gates import Check, GateVerdict
 from tasks.monitoring import psi_from_proportions
-from tasks.registry import Registry, RegistryError, VersionInfo
-from tollgate import ledger
 from tollgate.config import RolloutConfig, TollgateConfig
+from tollgate.gateway_client import GatewayClient
 from tollgate.paths import StatePaths
+from tollgate.predlog import read_log
+from tollgate.registry import (
+    ROLLOUT_MODE_TAG,
+    ROLLOUT_SHARE_TAG,
+    Registry,
+    ledger_entries,
+    rollback_release,
+)
+from tollgate.release import load_release
 
 
 class RolloutFailed(Exception):
@@ -328,9 +333,7 @@ def abort_rollout(cfg: TollgateConfig, paths: StatePaths, version: str, reason: 
 def smoke_test(cfg: TollgateConfig, paths: StatePaths, version: str) -> dict[str, Any]:
     """Send the release's smoke records through the gateway: every answer must come from `version` with a valid
     score."""
-    from tasks.tracking import load_release_file
-
-    records = load_release_file(cfg.servers.mlflow_url, _registry(cfg, paths).get(version).run_id, "smoke_records.json")
+    records = load_release(cfg, _registry(cfg, paths), version=version).file("smoke_records.json")
     answers = GatewayClient.from_config(cfg, paths).predict(records)
     wrong = [a for a in answers if a["model_version"] != version or not 0.0 <= a["score"] <= 1.0]
     if len(answers) != len(records) or wrong:
@@ -338,43 +341,12 @@ def smoke_test(cfg: TollgateConfig, paths: StatePaths, version: str) -> dict[str
     return {"requests": len(records), "ok": len(answers)}
 
 
-def ledger_entries(reg: Registry) -> list[ledger.LedgerEntry]:
-    """This model's ledger."""
-    return ledger.read(reg.ledger_path, reg.model)
-
-
-def previous_production(reg: Registry, current: str | None) -> VersionInfo:
-    """The most recent version that left Production and still exists in Archived (the rollback target)."""
-    for entry in reversed(ledger_entries(reg)):
-        if entry.from_stage == "Production" and entry.version != current:
-            info = reg.get(entry.version)
-            if info.stage == "Archived":
-                return info
-    raise RegistryError(f"{reg.model}: no earlier Production version to roll back to")
-
-
-def rollback_release(
-    reg: Registry, to_version: str | None, reason: str, who: str | None, flow_run_id: str | None = None
-) -> tuple[str | None, str]:
-    """Make the previous (or the named) release Production again; returns (from, to). The release context
-    travels with the version, so serving and monitoring follow it."""
-    current = reg.one("Production")
-    target = reg.get(to_version) if to_version else previous_production(reg, current.version if current else None)
-    if current is not None and target.version == current.version:
-        raise RegistryError(f"v{target.version} is already Production")
-    if target.stage not in ("Archived", "Staging", "None"):
-        raise RegistryError(f"v{target.version} is in stage {target.stage}; cannot roll back to it")
-    reg.set_tags(target.version, {ROLLOUT_MODE_TAG: "off"})
-    reg.transition(target.version, "Production", f"rollback: {reason}", None, who=who, flow_run_id=flow_run_id)
-    return (current.version if current else None), target.version
-
-
 @task(name="rollback_production", cache_policy=NO_CACHE)
 def rollback_production(
     cfg: TollgateConfig, paths: StatePaths, to_version: str | None, reason: str, flow_run_id: str | None
 ) -> dict[str, Any]:
     """Roll back through the gateway (it swaps to the warm release at once), or directly if it is down."""
-    from serving.client import GatewayError
+    from tollgate.gateway_client import GatewayError
 
     client = GatewayClient.from_config(cfg, paths)
     try:
@@ -389,21 +361,13 @@ def rollback_production(
 def release_config(cfg: TollgateConfig, paths: StatePaths, version: str) -> TollgateConfig:
     """The candidate's own policies (rollout, thresholds) from its release context, with this environment's
     servers: a rollout follows the policy the version was released with, not the working tree's."""
-    from tasks.tracking import load_release_file
-
-    info = _registry(cfg, paths).get(version)
-    body = load_release_file(cfg.servers.mlflow_url, info.run_id, "config.json")
-    return TollgateConfig.model_validate({**body, "servers": cfg.servers.model_dump()})
+    return load_release(cfg, _registry(cfg, paths), version=version).config
 
 
 @task(name="load_gate_verdict", cache_policy=NO_CACHE)
 def load_gate_verdict(cfg: TollgateConfig, paths: StatePaths, version: str) -> dict[str, Any]:
     """The version's stored gate verdict (evidence for the approval form)."""
-    from tasks.tracking import load_release_file
-
-    return dict(
-        load_release_file(cfg.servers.mlflow_url, _registry(cfg, paths).get(version).run_id, "gate_verdict.json")
-    )
+    return dict(load_release(cfg, _registry(cfg, paths), version=version).file("gate_verdict.json"))
 
 
 @task(name="enforce_phase", cache_policy=NO_CACHE)

@@ -19,8 +19,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.evaluation import binary_metrics
-from tasks.monitoring import ServedRelease
 from tollgate.config import TollgateConfig
+from tollgate.release import Release
 
 STORE = "labels.parquet"
 
@@ -136,7 +136,7 @@ class LiveVerdict:
         return asdict(self)
 
 
-def judge(rows: list[dict[str, Any]], release: ServedRelease) -> LiveVerdict:
+def judge(rows: list[dict[str, Any]], release: Release) -> LiveVerdict:
     """Degraded below monitoring.min_live_auc, severe below severe_live_auc, with enough matured labels."""
     mon = release.config.monitoring
     mine = [
@@ -174,11 +174,9 @@ def ingest_labels(path: str, store_dir: str, cfg: TollgateConfig) -> dict[str, i
 
 
 @task(name="compute_live_metrics", cache_policy=NO_CACHE)
-def compute_live_metrics(
-    log_dir: str, store_dir: str, release: ServedRelease, as_of: float | None
-) -> list[dict[str, Any]]:
+def compute_live_metrics(log_dir: str, store_dir: str, release: Release, as_of: float | None) -> list[dict[str, Any]]:
     """Live metrics over matured labels for every version and role in the log (champion, canary, shadow)."""
-    from serving.predlog import compact, read_log
+    from tollgate.predlog import compact, read_log
 
     compact(Path(log_dir))
     store = Path(store_dir) / STORE
@@ -189,7 +187,7 @@ def compute_live_metrics(
 
 
 @task(name="record_live_metrics", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def record_live_metrics(release: ServedRelease, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
+def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
     """A monitoring run in MLflow with the live metrics, and a Prefect table artifact."""
     import json
     import tempfile
@@ -231,7 +229,7 @@ def record_live_metrics(release: ServedRelease, rows: list[dict[str, Any]], verd
 
 @task(name="act_on_performance", cache_policy=NO_CACHE)
 def act_on_performance(
-    release: ServedRelease,
+    release: Release,
     verdict: LiveVerdict,
     run_id: str,
     cfg: TollgateConfig,

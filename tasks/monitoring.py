@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tollgate.config import FeaturesConfig, MonitoringConfig, TollgateConfig
+from tollgate.release import Release, load_release
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
@@ -278,39 +279,21 @@ class DriftAccumulator:
 
 
 # -- drift check tasks -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ServedRelease:
-    """The Production version and the parts of its release context monitoring needs."""
-
-    version: str
-    run_id: str
-    config: TollgateConfig
-    profile: dict[str, Any]
-
-
 @task(name="load_production_release", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def load_production_release(cfg: TollgateConfig, ledger_path: str) -> ServedRelease:
-    """The Production version's own config and reference profile (not the working tree's)."""
+def load_production_release(cfg: TollgateConfig, ledger_path: str) -> Release:
+    """The Production release with its own config and reference profile (not the working tree's)."""
     from pathlib import Path
 
-    from tasks.registry import Registry, RegistryError
-    from tasks.tracking import load_release_file
+    from tollgate.registry import Registry
 
-    prod = Registry(cfg.servers.mlflow_url, cfg.project.registered_model, Path(ledger_path)).one("Production")
-    if prod is None:
-        raise RegistryError(f"{cfg.project.registered_model} has no Production version to monitor")
-    body = load_release_file(cfg.servers.mlflow_url, prod.run_id, "config.json")
-    release_cfg = TollgateConfig.model_validate({**body, "servers": cfg.servers.model_dump()})
-    return ServedRelease(
-        prod.version,
-        prod.run_id,
-        release_cfg,
-        load_release_file(cfg.servers.mlflow_url, prod.run_id, "reference_profile.json"),
-    )
+    registry = Registry(cfg.servers.mlflow_url, cfg.project.registered_model, Path(ledger_path))
+    release = load_release(cfg, registry, stage="Production")
+    release.file("reference_profile.json")
+    return release
 
 
 def drift_of_log(
-    frames: Any, release: ServedRelease, sample_rows: int, seed: int = 0
+    frames: Any, release: Release, sample_rows: int, seed: int = 0
 ) -> tuple[DriftReport, dict[str, DriftReport], pd.DataFrame]:
     """Stream log frames (champion answers of the Production version) through the overall and per-segment
     accumulators; also keep a bounded uniform sample (reservoir by random keys) for the Evidently report."""
@@ -342,12 +325,12 @@ def drift_of_log(
 
 @task(name="compute_drift", cache_policy=NO_CACHE)
 def compute_drift(
-    log_dir: str, release: ServedRelease, since: float
+    log_dir: str, release: Release, since: float
 ) -> tuple[DriftReport, dict[str, DriftReport], pd.DataFrame]:
     """Drift of the log window since `since` against the release's reference profile (streamed)."""
     from pathlib import Path
 
-    from serving.predlog import compact, iter_log_frames
+    from tollgate.predlog import compact, iter_log_frames
 
     compact(Path(log_dir))
     return drift_of_log(iter_log_frames(Path(log_dir), since), release, release.config.monitoring.report_sample_rows)
@@ -402,7 +385,7 @@ def evidently_verdicts(stats: dict[str, float], cfg: TollgateConfig) -> set[str]
 
 
 @task(name="evidently_report", retries=1, cache_policy=NO_CACHE)
-def evidently_report(release: ServedRelease, sample: pd.DataFrame, html_path: str) -> dict[str, float]:
+def evidently_report(release: Release, sample: pd.DataFrame, html_path: str) -> dict[str, float]:
     """Evidently's report on a bounded sample of the window vs the release's reference sample (HTML saved)."""
     import tempfile
 
@@ -423,7 +406,7 @@ def evidently_report(release: ServedRelease, sample: pd.DataFrame, html_path: st
 
 @task(name="record_drift", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def record_drift(
-    release: ServedRelease,
+    release: Release,
     overall: DriftReport,
     segments: dict[str, DriftReport],
     evidently: dict[str, float],
@@ -488,7 +471,7 @@ def record_drift(
 
 
 @task(name="alert_on_drift", cache_policy=NO_CACHE)
-def alert_on_drift(release: ServedRelease, overall: DriftReport, segments: dict[str, DriftReport], run_id: str) -> bool:
+def alert_on_drift(release: Release, overall: DriftReport, segments: dict[str, DriftReport], run_id: str) -> bool:
     """Emit tollgate.drift.detected (and the webhook) when the window or any segment drifted; returns whether."""
     from tasks.alerts import raise_alert
 

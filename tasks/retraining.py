@@ -72,8 +72,8 @@ def labelled_production_rows(
 @task(name="build_retrain_snapshot", cache_policy=NO_CACHE)
 def build_retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> str:
     """The training snapshot plus labelled production rows, written under the state folder; returns its path."""
-    from serving.predlog import compact, read_log
     from tasks.ground_truth import STORE
+    from tollgate.predlog import compact, read_log
 
     base = pd.read_parquet(snapshot)
     log_dir = paths.model_log(cfg.project.registered_model)

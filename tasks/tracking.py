@@ -22,10 +22,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.data import DataVersion
 from tasks.gates import GateVerdict
-from tasks.registry import Registry
 from tollgate.config import TollgateConfig
+from tollgate.registry import Registry
+from tollgate.release import RELEASE_DIR, load_release, load_release_file
 
-RELEASE_DIR = "release"
 REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
 
 
@@ -242,23 +242,6 @@ def register_version(
     )
 
 
-def load_release_file(tracking_uri: str, run_id: str, name: str) -> Any:
-    """One release-context artifact of a version's run (JSON parsed, Markdown as text)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{RELEASE_DIR}/{name}", dst_path=tmp)
-        text = Path(local).read_text()
-    return json.loads(text) if name.endswith(".json") else text
-
-
-def load_model(tracking_uri: str, model_name: str, version: str) -> Any:
-    """The sklearn Pipeline of a registered version."""
-    import mlflow.sklearn
-
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
-
-
 @task(name="score_baseline", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def score_baseline(
     tracking_uri: str, cfg: TollgateConfig, ledger_path: str, holdout: pd.DataFrame, exclude_version: str
@@ -274,17 +257,12 @@ def score_baseline(
         base, label = staging, f"Staging v{staging.version} (no Production yet)"
     else:
         return None
-    base_cfg = load_release_file(tracking_uri, base.run_id, "config.json")
-    base_features = [
-        *base_cfg["features"]["numeric"],
-        *base_cfg["features"]["categorical"],
-        *base_cfg["features"]["boolean"],
-    ]
-    missing = [c for c in base_features if c not in holdout.columns]
+    release = load_release(cfg, registry, version=base.version)
+    missing = [c for c in release.features if c not in holdout.columns]
     if missing:
         raise ValueError(f"baseline {label} needs columns {missing} that this dataset lacks: it cannot be compared")
-    model = load_model(tracking_uri, cfg.project.registered_model, base.version)
-    return label, base.version, np.asarray(model.predict_proba(holdout[base_features])[:, 1], dtype="float64")
+    model = release.load_model()
+    return label, base.version, np.asarray(model.predict_proba(holdout[release.features])[:, 1], dtype="float64")
 
 
 @task(name="record_verdict", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

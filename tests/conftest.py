@@ -38,9 +38,9 @@ os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tollgate.app.stack import Stack
     from tollgate.config import load_config
     from tollgate.paths import StatePaths
-    from tollgate.stack import Stack
 
     if (_HOME / "pids").exists() and any((_HOME / "pids").iterdir()):
         Stack(
@@ -71,9 +71,9 @@ def config_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def live_stack(state_home: Path) -> Iterator[dict[str, str]]:
     """The real stack (Prefect server, MLflow server, worker, gateway) on free ports, started once per session."""
+    from tollgate.app.stack import Stack
     from tollgate.config import load_config
     from tollgate.paths import StatePaths
-    from tollgate.stack import Stack
 
     config = ROOT / "configs" / "pipeline.yaml"
     servers = load_config(config).config.servers

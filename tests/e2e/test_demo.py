@@ -8,19 +8,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.registry import Registry
 from tests.helpers import ROOT
 from tollgate import ledger
-from tollgate.runtime import make_runtime
+from tollgate.context import make_context
+from tollgate.registry import Registry
 
 
 def test_demo_lifecycle(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from tollgate.demo import run_demo
+    from tollgate.app.demo import run_demo
 
     monkeypatch.setenv("TOLLGATE__ROLLOUT__AUTO_APPROVE", "true")  # restored after the test
     for key in ("TOLLGATE__MONITORING__MIN_LIVE_AUC", "TOLLGATE__MONITORING__SEVERE_LIVE_AUC"):
         monkeypatch.delenv(key, raising=False)
-    rt = make_runtime(ROOT / "configs" / "pipeline.yaml", "dev")
+    rt = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
     said: list[str] = []
     summary = run_demo(rt, say=said.append)
     steps = {s["step"]: s for s in summary.steps}

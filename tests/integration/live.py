@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from flows.training import training_pipeline
-from tasks.registry import Registry
 from tests.helpers import ROOT, bundled_config
+from tollgate.registry import Registry
 
 CONFIG = str(ROOT / "configs" / "pipeline.yaml")
 FEATURES = bundled_config().features.all
@@ -62,7 +62,7 @@ def running_gateway(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tollgate.cli", "serve"],
+        [sys.executable, "-m", "tollgate.app.cli", "serve"],
         env={**os.environ},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT, bundled_config, copy_project
+from tollgate.app.stack import apply_deployments
 from tollgate.paths import StatePaths
-from tollgate.stack import apply_deployments
 
 BIN = Path(sys.executable).parent
 
@@ -99,7 +99,11 @@ def test_git_push_to_main_starts_ci_pipeline_and_it_trains_that_commit(
     subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=work, check=True)
     env = {**os.environ, "TOLLGATE_PYTHON": sys.executable}
     installed = subprocess.run(
-        [sys.executable, "-m", "tollgate.cli", "hooks", "install"], cwd=work, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "tollgate.app.cli", "hooks", "install"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert installed.returncode == 0, installed.stderr
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()

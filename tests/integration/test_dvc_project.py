@@ -33,7 +33,7 @@ def _run(project: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def _tollgate(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run(project, str(BIN / "python"), "-m", "tollgate.cli", *args)
+    return _run(project, str(BIN / "python"), "-m", "tollgate.app.cli", *args)
 
 
 def test_fresh_tree_regenerates_the_recorded_data_and_repro_matches_dvc_lock(tmp_path: Path) -> None:

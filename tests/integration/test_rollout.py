@@ -13,13 +13,13 @@ import httpx
 import pytest
 
 from flows.deploy import deploy_model
-from serving.predlog import read_log
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
 from tasks.deployment import RolloutFailed
-from tasks.registry import Registry
 from tests.integration.live import CONFIG, Traffic, records
 from tests.integration.live import train as _train
 from tollgate import ledger
+from tollgate.predlog import read_log
+from tollgate.registry import Registry
 
 
 def _reload(gw: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def test_shadow_canary_approval_production_then_rollback(
         assert (v2.version, "canary") in roles and (v1.version, "champion") in roles
         assert (v2.version, "champion") in {(a["model_version"], a["role"]) for a in traffic.answers[-5:]}
         # rollback while traffic flows: nothing dropped, the old release answers as soon as the command returns
-        from tollgate.cli import main
+        from tollgate.app.cli import main
 
         assert main(["rollback", "--reason", "test: restore v1"]) == 0
         first = httpx.post(f"{gateway['url']}/predict", json=records(1)[0]).json()

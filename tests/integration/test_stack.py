@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tollgate.app.stack import Stack, StackError, group_pids, port_in_use
 from tollgate.config import load_config
 from tollgate.paths import StatePaths
-from tollgate.stack import Stack, StackError, group_pids, port_in_use
 
 ROOT = Path(__file__).resolve().parents[2]
-TG = [sys.executable, "-m", "tollgate.cli"]
+TG = [sys.executable, "-m", "tollgate.app.cli"]
 
 
 def _free_port() -> int:

@@ -13,11 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from flows.training import training_pipeline
 from tasks.gates import GateRejected
-from tasks.registry import Registry
 from tasks.tracking import artifact_key, load_release_file
 from tasks.validation import ValidationFailed
 from tests.helpers import ROOT, bundled_config
 from tollgate import ledger
+from tollgate.registry import Registry
 from tollgate.synthetic import generate, write_parquet
 
 CONFIG = str(ROOT / "configs" / "pipeline.yaml")
@@ -197,7 +197,7 @@ def test_invalid_data_stops_the_flow_before_training_and_registers_nothing(
 def test_cli_train_reports_a_rejection_with_exit_1(
     live_stack: dict[str, str], model_name: str, periods: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tollgate.cli import main
+    from tollgate.app.cli import main
 
     assert main(["train", "--allow-dirty"]) == 0
     out = capsys.readouterr().out
@@ -212,7 +212,7 @@ def test_cli_train_reports_a_rejection_with_exit_1(
 def test_dvc_stages_rebuild_the_metrics_the_flow_logged(
     live_stack: dict[str, str], model_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`dvc repro` runs `python -m tollgate.stages ...`; here the same entry points, in a scratch project dir."""
+    """`dvc repro` runs `python -m tollgate.app.stages ...`; here the same entry points, in a scratch project dir."""
     import json
 
     from tollgate import stages

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tollgate.cli import main
+from tollgate.app.cli import main
 from tollgate.config import ConfigError, load_config
 
 

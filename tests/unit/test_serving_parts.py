@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from serving.predlog import PredictionLog, compact, read_log
 from serving.release import Routing
 from serving.schema import RequestSchema
 from tests.helpers import bundled_config
+from tollgate.predlog import PredictionLog, compact, read_log
 
 
 def _rec(i: int) -> dict[str, object]:

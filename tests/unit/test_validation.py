@@ -11,7 +11,7 @@ import pytest
 
 from tasks.validation import DataReadError, read_table, validate_frame
 from tests.helpers import small_dataset_config, small_frame
-from tollgate.cli import main
+from tollgate.app.cli import main
 
 
 def _set(col: str, values: Callable[[pd.DataFrame], object]) -> Callable[[pd.DataFrame], pd.DataFrame]:

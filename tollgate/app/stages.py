@@ -1,4 +1,4 @@
-"""Entry points for the dvc.yaml stages (validate -> train -> evaluate): `python -m tollgate.stages STAGE`.
+"""Entry points for the dvc.yaml stages (validate -> train -> evaluate): `python -m tollgate.app.stages STAGE`.
 
 They run the same plain functions as the Prefect flows, with params from configs/, and write their outputs
 under data/build/ so `dvc repro` can rebuild the model metrics from the recorded data and params.
@@ -23,7 +23,7 @@ BUILD = Path("data/build")
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage in the current directory (the project root, as DVC runs it); returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m tollgate.stages")
+    parser = argparse.ArgumentParser(prog="python -m tollgate.app.stages")
     parser.add_argument("stage", choices=("validate", "train", "evaluate"))
     parser.add_argument("--config", default="configs/pipeline.yaml")
     args = parser.parse_args(argv)

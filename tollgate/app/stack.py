@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tollgate.config import ServersConfig, TollgateConfig
+from tollgate.config import ServersConfig
+from tollgate.context import client_env
 from tollgate.paths import StatePaths
+from tollgate.procs import cmdline, group_pids, group_rss_mb, healthy, pid_alive, port_in_use
+from tollgate.secrets import ensure_admin_token
 
 BIN = Path(sys.executable).parent
 
@@ -41,18 +41,6 @@ class Service:
     ui_url: str
     env: dict[str, str] = field(default_factory=dict)
     marker: str = ""  # a string that must be in the process command line (guards against pid reuse)
-
-
-def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
-    """Environment variables a Prefect/MLflow client process needs to talk to this stack."""
-    return {
-        "PREFECT_API_URL": servers.prefect_url,
-        "PREFECT_HOME": str(paths.prefect_home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_URL": servers.prefect_ui_url,
-        "MLFLOW_TRACKING_URI": servers.mlflow_url,
-        "TOLLGATE_HOME": str(paths.home),
-    }
 
 
 def services(
@@ -153,88 +141,6 @@ def services(
     return out
 
 
-def admin_token(cfg: TollgateConfig, paths: StatePaths) -> str | None:
-    """The gateway admin token: the variable named by serving.admin_token_env, else the state-folder file."""
-    token = os.environ.get(cfg.serving.admin_token_env)
-    if token:
-        return token
-    return paths.admin_token.read_text().strip() if paths.admin_token.exists() else None
-
-
-def ensure_admin_token(paths: StatePaths) -> None:
-    """Create the gateway admin token file (mode 600) unless it exists."""
-    import secrets
-
-    if not paths.admin_token.exists():
-        paths.admin_token.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(paths.admin_token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
-
-
-def healthy(url: str, timeout: float = 2.0) -> bool:
-    """True when GET url answers 2xx within `timeout` seconds."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= resp.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    """True when process `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Every live process in process group `pgid` (the service and its children)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
-def group_rss_mb(pgid: int) -> float:
-    """Resident memory of a whole process group, in MiB."""
-    total = 0
-    for pid in group_pids(pgid):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
 class Stack:
     """Start, check and stop the local services under one state folder."""
 
@@ -263,7 +169,7 @@ class Stack:
             self.say(f"{svc.name}: removed unreadable pid file {pid_file}")
             pid_file.unlink()
             return None
-        if pid_alive(pid) and svc.marker in _cmdline(pid):
+        if pid_alive(pid) and svc.marker in cmdline(pid):
             return pid
         if group_pids(pid):
             return pid  # leader gone but children still hold the group: still ours to stop

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tollgate.app.stack import Stack, StackError
 from tollgate.config import SCENARIOS, ConfigError, load_config
+from tollgate.context import Context, make_context
 from tollgate.paths import PROJECT_ROOT
-from tollgate.runtime import Runtime, make_runtime
-from tollgate.stack import Stack, StackError
 
 if TYPE_CHECKING:
     from tasks.gates import GateVerdict
@@ -37,12 +37,12 @@ def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
 
 
 # -- commands ------------------------------------------------------------------------------------
-def _stack(rt: Runtime) -> Stack:
+def _stack(rt: Context) -> Stack:
     return Stack(rt.config.servers, rt.paths, config_path=rt.loaded.path, env=rt.loaded.env)
 
 
-def cmd_up(rt: Runtime, args: argparse.Namespace) -> int:
-    from tollgate.stack import apply_deployments
+def cmd_up(rt: Context, args: argparse.Namespace) -> int:
+    from tollgate.app.stack import apply_deployments
 
     stack = _stack(rt)
     stack.up()
@@ -52,12 +52,12 @@ def cmd_up(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_down(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_down(rt: Context, args: argparse.Namespace) -> int:
     _stack(rt).down()
     return EXIT_OK
 
 
-def cmd_status(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_status(rt: Context, args: argparse.Namespace) -> int:
     rows = _stack(rt).status()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -85,7 +85,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_data_generate(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_data_generate(rt: Context, args: argparse.Namespace) -> int:
     from tasks.data import track_snapshot
     from tollgate.synthetic import generate, write_parquet
 
@@ -127,7 +127,7 @@ def cmd_data_generate(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_data_track(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_data_track(rt: Context, args: argparse.Namespace) -> int:
     from tasks.data import track_snapshot
 
     path = rt.resolve(rt.config.dataset.path)
@@ -138,7 +138,7 @@ def cmd_data_track(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_validate(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_validate(rt: Context, args: argparse.Namespace) -> int:
     from tasks.validation import DataReadError, validate_file
 
     try:
@@ -150,8 +150,8 @@ def cmd_validate(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK if report.passed else EXIT_NO
 
 
-def _require_stack(rt: Runtime) -> None:
-    from tollgate.stack import healthy
+def _require_stack(rt: Context) -> None:
+    from tollgate.app.stack import healthy
 
     servers = rt.config.servers
     for name, url in (
@@ -185,7 +185,7 @@ def _fmt(x: float | None) -> str | None:
     return None if x is None or x != x else f"{x:.4f}"
 
 
-def cmd_train(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_train(rt: Context, args: argparse.Namespace) -> int:
     import time
 
     _require_stack(rt)
@@ -230,7 +230,7 @@ def cmd_train(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_history(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_history(rt: Context, args: argparse.Namespace) -> int:
     from tollgate import ledger
 
     entries = ledger.read(rt.paths.ledger)
@@ -257,14 +257,14 @@ def cmd_history(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_demo(rt: Context, args: argparse.Namespace) -> int:
     import os
 
-    from tollgate.demo import fresh_home, run_demo
+    from tollgate.app.demo import fresh_home, run_demo
 
     home = fresh_home(rt.paths.home)
     os.environ["TOLLGATE_HOME"] = str(home)  # before Prefect is imported: the demo's own state folder
-    demo_rt = make_runtime(rt.loaded.path, rt.loaded.env)
+    demo_rt = make_context(rt.loaded.path, rt.loaded.env)
     demo_rt.activate()
     try:
         run_demo(demo_rt, interactive=args.interactive)
@@ -273,18 +273,18 @@ def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_serve(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_serve(rt: Context, args: argparse.Namespace) -> int:
     from serving.app import serve
 
     serve(rt.config, rt.paths)
     return EXIT_OK
 
 
-def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_deploy(rt: Context, args: argparse.Namespace) -> int:
     _require_stack(rt)
     from flows.deploy import deploy_model
     from tasks.deployment import RolloutFailed
-    from tasks.registry import RegistryError
+    from tollgate.registry import RegistryError
 
     print(
         f"deploying {rt.config.project.registered_model} v{args.version}: shadow -> canary -> approval -> "
@@ -303,7 +303,7 @@ def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_approve(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_approve(rt: Context, args: argparse.Namespace) -> int:
     _require_stack(rt)
     from tasks.approvals import ApprovalError, answer_approval
 
@@ -315,13 +315,13 @@ def cmd_approve(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_rollback(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_rollback(rt: Context, args: argparse.Namespace) -> int:
     import time
     import urllib.error
     import urllib.request
 
     from tollgate.ledger import current_actor
-    from tollgate.stack import admin_token
+    from tollgate.secrets import admin_token
 
     start = time.perf_counter()
     body = json.dumps({"to": args.to, "reason": args.reason, "who": current_actor()}).encode()
@@ -357,10 +357,10 @@ def cmd_rollback(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_drift(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_drift(rt: Context, args: argparse.Namespace) -> int:
     _require_stack(rt)
     from flows.drift import drift_check
-    from tasks.registry import RegistryError
+    from tollgate.registry import RegistryError
 
     rt.paths.reports.mkdir(parents=True, exist_ok=True)
     try:
@@ -380,11 +380,11 @@ def cmd_drift(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_NO if drifted and args.fail_on_drift else EXIT_OK
 
 
-def cmd_backfill(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_backfill(rt: Context, args: argparse.Namespace) -> int:
     _require_stack(rt)
     from flows.backfill import ground_truth_backfill
     from tasks.ground_truth import LabelsError
-    from tasks.registry import RegistryError
+    from tollgate.registry import RegistryError
 
     try:
         result = ground_truth_backfill(
@@ -404,7 +404,7 @@ def cmd_backfill(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_NO if v["status"] in ("degraded", "severe") else EXIT_OK
 
 
-def cmd_retrain(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_retrain(rt: Context, args: argparse.Namespace) -> int:
     _require_stack(rt)
     from flows.retrain import retrain
     from tasks.deployment import RolloutFailed
@@ -426,7 +426,7 @@ def cmd_retrain(rt: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_hooks_install(rt: Runtime, args: argparse.Namespace) -> int:
+def cmd_hooks_install(rt: Context, args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
@@ -628,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.needs_runtime:
             return int(args.fn(args))
-        rt = make_runtime(args.config, args.env)
+        rt = make_context(args.config, args.env)
         rt.activate()
         return int(args.fn(rt, args))
     except ConfigError as exc:

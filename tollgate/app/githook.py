@@ -8,17 +8,17 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Emit the event; returns 0 when it was sent."""
-    parser = argparse.ArgumentParser(prog="python -m tollgate.githook")
+    parser = argparse.ArgumentParser(prog="python -m tollgate.app.githook")
     parser.add_argument("--sha", required=True)
     parser.add_argument("--branch", required=True)
     parser.add_argument("--remote", required=True, help="the URL or path pushed to (ci_pipeline clones it)")
     parser.add_argument("--repo-name", default="tollgate")
     parser.add_argument("--env", default="dev")
     args = parser.parse_args(argv)
+    from tollgate.context import make_context
     from tollgate.paths import PROJECT_ROOT
-    from tollgate.runtime import make_runtime
 
-    rt = make_runtime(PROJECT_ROOT / "configs" / "pipeline.yaml", args.env)
+    rt = make_context(PROJECT_ROOT / "configs" / "pipeline.yaml", args.env)
     rt.activate()  # PREFECT_API_URL from config: without it an event goes nowhere
     from prefect.events import emit_event
 

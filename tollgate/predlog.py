@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from tollgate.stack import pid_alive
+from tollgate.procs import pid_alive
 
 FEATURE_PREFIX = "f."
 BASE_COLUMNS = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tollgate.runtime import Runtime
+from tollgate.context import Context
 
 PERIOD_ROWS = 1500
 BAD_RELEASE_SLO = {"TOLLGATE__MONITORING__MIN_LIVE_AUC": "0.75", "TOLLGATE__MONITORING__SEVERE_LIVE_AUC": "0.70"}
@@ -75,10 +75,10 @@ class _Background:
 
 
 def run_demo(
-    rt: Runtime, interactive: bool = False, say: Callable[[str], None] = print, deployments: bool = True
+    rt: Context, interactive: bool = False, say: Callable[[str], None] = print, deployments: bool = True
 ) -> DemoSummary:
     """The lifecycle, step by step; returns the summary it prints. `rt` must point at a fresh state folder."""
-    from tollgate.stack import Stack
+    from tollgate.app.stack import Stack
 
     cfg = rt.config
     if cfg.generation is None:
@@ -196,9 +196,9 @@ def run_demo(
     return summary
 
 
-def _print(summary: DemoSummary, rt: Runtime, say: Callable[[str], None]) -> None:
-    from tasks.registry import Registry
+def _print(summary: DemoSummary, rt: Context, say: Callable[[str], None]) -> None:
     from tollgate import ledger
+    from tollgate.registry import Registry
 
     cfg = rt.config
     reg = Registry(cfg.servers.mlflow_url, cfg.project.registered_model, rt.paths.ledger)

@@ -8,7 +8,7 @@ import httpx
 
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
-from tollgate.stack import admin_token
+from tollgate.secrets import admin_token
 
 
 class GatewayError(Exception):

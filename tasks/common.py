@@ -1,0 +1,41 @@
+"""The one task decorator every Tollgate task uses, with the project's shared defaults.
+
+- No result caching: tasks act on servers and files whose state a cache key cannot see.
+- Retries only where a repeat is harmless: `@tollgate_task(idempotent_io=True)` for reads (and writes keyed so
+  that a second attempt overwrites the first). A call that creates something (an MLflow run, a registry
+  transition, a ledger line) is never retried, so a flaky network cannot create it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+IO_RETRIES = 2
+IO_RETRY_DELAY_S = 2
+
+
+@overload
+def tollgate_task(fn: F) -> F: ...
+@overload
+def tollgate_task(*, idempotent_io: bool = False, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def tollgate_task(fn: Any = None, *, idempotent_io: bool = False, name: str | None = None) -> Any:
+    """`@task` named after the function, uncached, retried (IO_RETRIES times) only when `idempotent_io`."""
+
+    def wrap(f: Any) -> Any:
+        return task(
+            f,
+            name=name or f.__name__,
+            cache_policy=NO_CACHE,
+            retries=IO_RETRIES if idempotent_io else 0,
+            retry_delay_seconds=IO_RETRY_DELAY_S if idempotent_io else 0,
+        )
+
+    return wrap(fn) if fn is not None else wrap
