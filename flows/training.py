@@ -52,11 +52,11 @@ def training_pipeline(
 ) -> TrainingResult:
     """Train, register and gate one model version; it reaches Staging only when the gate passes."""
     ctx = as_context(config, env)
-    cfg, uri, ledger, run_id = ctx.config, ctx.config.servers.mlflow_url, str(ctx.paths.ledger), str(flow_run.id)
+    cfg, run_id = ctx.config, str(flow_run.id)
     path = str(ctx.resolve(data or cfg.dataset.path))
     # validate
     frame = validate_dataset(path, cfg.dataset, str(ctx.paths.gx_root))
-    version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)  # type: ignore[arg-type]  # Prefect overloads
+    version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)
     # train
     train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
     trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target)
@@ -66,27 +66,16 @@ def training_pipeline(
     profile = profile_reference(frame, holdout, scored.scores, cfg)
     # log + register
     timings = {"fit": trained.fit_s, "predict": scored.predict_s}
-    run = log_training_run(
-        uri,
-        cfg,
-        version,
-        frame,
-        holdout,
-        trained.model,
-        evaluation,
-        profile,
-        describe_suite(cfg.dataset),
-        timings,
-        run_id,
-    )
-    registered = register_version(uri, cfg, run, ledger, run_id)
-    publish_model_card(uri, cfg, registered)
+    suite = describe_suite(cfg.dataset)
+    run = log_training_run(ctx, version, frame, holdout, trained.model, evaluation, profile, suite, timings, run_id)
+    registered = register_version(ctx, run, run_id)
+    publish_model_card(ctx, registered)
     # gate
-    baseline = score_baseline(uri, cfg, ledger, holdout, registered.version)
+    baseline = score_baseline(ctx, holdout, registered.version)
     verdict = gate_challenger(
         holdout, scored.scores, evaluation["overall"], cfg.dataset, cfg.gates, cfg.model.seed, baseline
     )
-    record_verdict(uri, cfg, registered, verdict, ledger, run_id)
+    record_verdict(ctx, registered, verdict, run_id)
     enforce_verdict(verdict, registered.version)
     # promote
     promote_version(

@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from scipy.stats import rankdata
 
+from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, GatesConfig
 
 Status = Literal["pass", "fail", "not_gated"]
@@ -218,7 +217,7 @@ def decide(
     )
 
 
-@task(name="gate_challenger", cache_policy=NO_CACHE)
+@tollgate_task
 def gate_challenger(
     holdout: pd.DataFrame,
     challenger_scores: np.ndarray,
@@ -235,7 +234,7 @@ def gate_challenger(
     return decide(holdout, challenger_scores, overall, ds, gates, seed, scores, label, version)
 
 
-@task(name="enforce_verdict", cache_policy=NO_CACHE)
+@tollgate_task
 def enforce_verdict(verdict: GateVerdict, version: str | None = None) -> GateVerdict:
     """Raise GateRejected (failing the flow run visibly) unless the verdict passed."""
     if not verdict.passed:

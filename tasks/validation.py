@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.common import tollgate_task
 from tollgate.config import ColumnSpec, DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -272,13 +271,13 @@ def validate_file(path: str | Path, ds: DatasetConfig, gx_root: Path) -> tuple[p
     return frame, validate_frame(frame, ds, gx_root, source=str(path))
 
 
-@task(name="describe_suite", cache_policy=NO_CACHE)
+@tollgate_task
 def describe_suite(ds: DatasetConfig) -> dict[str, Any]:
     """The generated suite as JSON (stored with the release)."""
     return dict(build_suite(ds).to_json_dict())
 
 
-@task(name="validate_dataset", cache_policy=NO_CACHE)
+@tollgate_task
 def validate_dataset(path: str, ds: DatasetConfig, gx_root: str) -> pd.DataFrame:
     """Read and validate the dataset; raise ValidationFailed (failing the flow run) unless every expectation passes."""
     frame, report = validate_file(path, ds, Path(gx_root))
