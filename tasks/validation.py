@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.common import tollgate_task
+from tasks.conform import conform
 from tollgate.config import ColumnSpec, DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class ValidationReport:
     failures: list[Failure]
     suite_path: str
     data_docs: str
+    coercions: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -219,6 +221,21 @@ def _describe(r: Any, frame: pd.DataFrame, ds: DatasetConfig) -> Failure | None:
     return Failure(col, kind, f"observed {res.get('observed_value')}", count, examples)
 
 
+def conform_and_validate(
+    frame: pd.DataFrame, ds: DatasetConfig, gx_root: Path, source: str = "dataframe"
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Apply the documented dtype coercions (tasks/conform.py), then the suite; returns the conformed frame."""
+    conformed, coercions, rejections = conform(frame, ds)
+    report = validate_frame(conformed, ds, gx_root, source)
+    extra = [
+        Failure(r.column, "conform_to_declared_type", r.reason, len(r.rows), [f"row {i}" for i in r.rows])
+        for r in rejections
+    ]
+    failures = sorted([*report.failures, *extra], key=lambda f: (f.column is not None, f.column or "", f.expectation))
+    notes = [f"{c.column}: {c.rule}" for c in coercions]
+    return conformed, ValidationReport(**{**asdict(report), "failures": failures, "coercions": notes})
+
+
 def validate_frame(
     frame: pd.DataFrame, ds: DatasetConfig, gx_root: Path, source: str = "dataframe"
 ) -> ValidationReport:
@@ -266,9 +283,8 @@ def validate_frame(
 
 
 def validate_file(path: str | Path, ds: DatasetConfig, gx_root: Path) -> tuple[pd.DataFrame, ValidationReport]:
-    """Read and validate a file (DataReadError for unreadable files)."""
-    frame = read_table(path)
-    return frame, validate_frame(frame, ds, gx_root, source=str(path))
+    """Read, conform and validate a file (DataReadError for unreadable files); returns the conformed frame."""
+    return conform_and_validate(read_table(path), ds, gx_root, source=str(path))
 
 
 @tollgate_task
