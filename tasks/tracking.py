@@ -24,6 +24,7 @@ from tasks.gates import GateVerdict
 from tasks.model_card import model_card
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
+from tollgate.keys import key_part, segment_key
 from tollgate.release import RELEASE_DIR, load_release, load_release_file
 
 REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
@@ -72,12 +73,17 @@ def _flat(prefix: str, body: Any, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def segment_metrics(evaluation: dict[str, Any], metric: str) -> dict[str, float]:
-    """{'seg.tier.gold.auc': 0.83, ...} for one metric across every segment."""
+    """{'seg.tier.gold.auc': 0.83, ...} for one metric across every segment (keys made safe, tollgate.keys)."""
     return {
-        f"seg.{col}.{value}.{metric}": m[metric]
+        segment_key(col, value, metric): m[metric]
         for col, per in evaluation["segments"].items()
         for value, m in per.items()
     }
+
+
+def segment_key_map(evaluation: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """{'tier': {'gold': 'gold'}, 'region': {'São Paulo': 'S_o_Paulo-1a2b3c4d'}}: each segment value's key part."""
+    return {col: {str(v): key_part(v) for v in per} for col, per in evaluation["segments"].items()}
 
 
 def request_records(frame: pd.DataFrame, cfg: TollgateConfig, n: int) -> list[dict[str, Any]]:
@@ -155,6 +161,7 @@ def log_run(
             _write_json(folder, "expectation_suite.json", suite)
             _write_json(folder, "reference_profile.json", profile)
             _write_json(folder, "evaluation.json", evaluation)
+            _write_json(folder, "segment_keys.json", segment_key_map(evaluation))
             _write_json(folder, "data_version.json", data.to_dict())
             (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
             _write_json(folder, "smoke_records.json", request_records(holdout, cfg, cfg.serving.smoke_requests))

@@ -110,3 +110,15 @@ def test_a_frame_that_needs_nothing_is_not_copied() -> None:
     frame = small_frame()
     out, done, rejected = conform(frame, small_dataset_config())
     assert out is frame and not done and not rejected
+
+
+@pytest.mark.parametrize("value", ["gold", "São Paulo", "50% off", "a/b + c", "€ 1.000", "x" * 300, " "])
+def test_any_segment_value_makes_a_key_mlflow_accepts(value: str) -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from tollgate.keys import key_part, segment_key
+
+    key = segment_key("region name", value, "auc")
+    _validate_metric_name(key)  # raises MlflowException on a key the tracking server would reject
+    assert len(key) <= 250 and key_part(value) == key_part(value)  # stable
+    assert (key_part(value) == value) == (value == "gold")  # safe values stay readable, the rest get a hash
