@@ -74,7 +74,7 @@ class DatasetConfig(_Strict):
     timestamp: str
     target: str
     label_delay_days: float = Field(default=0, ge=0)
-    segments: list[str] = Field(min_length=1)
+    segments: list[str] = []  # zero or more category columns; metrics and gates are also computed per value
     extra_columns: Literal["forbid", "allow"] = "forbid"
     row_count: RowCount = RowCount()
     columns: dict[str, ColumnSpec] = Field(min_length=3)

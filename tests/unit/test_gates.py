@@ -103,3 +103,16 @@ def test_dirty_tree_is_refused_unless_allowed(tmp_path: Path) -> None:
         pin_data_version.fn(str(tmp_path), str(tmp_path / "data.csv"), 1, allow_dirty=False)
     version = pin_data_version.fn(str(tmp_path), str(tmp_path / "data.csv"), 1, allow_dirty=True)
     assert version.git_dirty and len(version.git_sha or "") == 40 and not version.matches_dvc
+
+
+def test_a_dataset_without_segments_is_gated_overall_only() -> None:
+    from tasks.evaluation import evaluate_frame
+    from tollgate.config import DatasetConfig
+
+    ds = DatasetConfig.model_validate({**bundled_config().dataset.model_dump(), "segments": []})
+    frame, base, chal = _holdout({"bronze": 300, "gold": 300})
+    gates = bundled_config().gates
+    report = evaluate_frame(frame, chal, ds, 0.5)
+    verdict = decide(frame, chal, report["overall"], ds, gates, 0, base, "Production v1", "1")
+    assert report["segments"] == {}
+    assert {c.scope for c in verdict.checks} == {"overall"}
