@@ -122,3 +122,26 @@ def test_any_segment_value_makes_a_key_mlflow_accepts(value: str) -> None:
     _validate_metric_name(key)  # raises MlflowException on a key the tracking server would reject
     assert len(key) <= 250 and key_part(value) == key_part(value)  # stable
     assert (key_part(value) == value) == (value == "gold")  # safe values stay readable, the rest get a hash
+
+
+def test_serving_data_without_the_label_validates_against_the_serving_suite(tmp_path: Path) -> None:
+    from tasks.validation import validate_file
+
+    path = tmp_path / "incoming.parquet"
+    small_frame().drop(columns=["churned"]).to_parquet(path)
+    _, auto = validate_file(path, small_dataset_config(), tmp_path / "gx")
+    assert auto.passed, auto.summary()
+    assert auto.suite_path.endswith("tollgate-serving.json")
+    _, training = validate_file(path, small_dataset_config(), tmp_path / "gx", serving=False)
+    assert not training.passed and "missing columns ['churned']" in training.summary()
+
+
+def test_serving_suite_still_names_bad_values(tmp_path: Path) -> None:
+    from tasks.validation import validate_file
+
+    path = tmp_path / "incoming.csv"
+    frame = small_frame().drop(columns=["churned"])
+    frame.loc[frame.index[2], "region"] = "atlantis"
+    frame.to_csv(path, index=False)
+    _, report = validate_file(path, small_dataset_config(), tmp_path / "gx", serving=True)
+    assert not report.passed and "['atlantis']" in report.summary()
