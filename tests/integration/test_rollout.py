@@ -15,9 +15,11 @@ import pytest
 from flows.deploy import deploy_model
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
 from tasks.deployment import RolloutFailed
-from tests.integration.live import CONFIG, Traffic, records
+from tasks.rollout import rollback_via_gateway
+from tests.integration.live import CONFIG, Traffic, free_port, records
 from tests.integration.live import train as _train
 from tollgate import ledger
+from tollgate.context import make_context
 from tollgate.predlog import read_log
 from tollgate.registry import Registry
 
@@ -93,6 +95,11 @@ def test_shadow_canary_approval_production_then_rollback(
     reasons = [e.reason for e in ledger.read(reg.ledger_path, gateway["name"])]
     assert any("rollout: shadow" in r for r in reasons) and any("rollout: canary" in r for r in reasons)
     assert any(r.startswith("rollback: test: restore v1") for r in reasons)
+    # with the gateway unreachable the same rollback happens in the registry directly (served when it starts)
+    unreachable = make_context(CONFIG, "dev").with_config(servers={"gateway_port": free_port()})
+    done = rollback_via_gateway(unreachable, v2.version, "test: gateway down", None)
+    assert done == {"from": v1.version, "to": v2.version, "served": False}
+    assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
 
 
 def test_rejected_approval_leaves_production_as_it_was(
