@@ -82,13 +82,16 @@ def replay(url: str, frame: pd.DataFrame) -> float:
 
 
 def prefect_events(
-    prefect_url: str, model: str, until: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 30
+    prefect_url: str,
+    model: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    names: list[str] | None = None,
+    timeout_s: float = 30,
 ) -> list[dict[str, Any]]:
-    """Tollgate events about `model` on the Prefect server, polled until `until(events)` holds or the timeout."""
-    body = {
-        "filter": {"event": {"prefix": ["tollgate."]}, "any_resource": {"id_prefix": [f"tollgate.model.{model}"]}},
-        "limit": 200,
-    }
+    """The latest 50 Tollgate events (or those named `names`) about `model` on the Prefect server, polled until
+    `until(events)` holds or the timeout."""
+    event = {"name": names} if names else {"prefix": ["tollgate."]}
+    body = {"filter": {"event": event, "any_resource": {"id_prefix": [f"tollgate.model.{model}"]}}, "limit": 50}
     deadline = time.monotonic() + timeout_s
     events: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
