@@ -1,4 +1,4 @@
-"""ground_truth_backfill: ingest delayed labels, join them to logged predictions, live metrics, act on them."""
+"""ground_truth_backfill: ingest delayed labels, join them to logged predictions, live metrics; act, then alert."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.ground_truth import act_on_performance, compute_live_metrics, ingest_labels, judge, record_live_metrics
-from tasks.monitoring import load_production_release
+from tasks.actions import act_on_performance, confirm_action
+from tasks.alerts import deliver_alerts
+from tasks.drift import load_production_release
+from tasks.ground_truth import compute_live_metrics, ingest_labels, judge_live_performance
+from tasks.reporting import record_live_metrics
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
@@ -19,23 +22,26 @@ def ground_truth_backfill(
     config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
 ) -> dict[str, Any]:
-    """Live accuracy per model version, role, segment and day over matured labels; alert or roll back."""
+    """Live accuracy per model version, role, segment and day over matured labels; alert, or roll back a severe
+    degradation at once and tell people afterwards."""
     ctx = as_context(config, env)
-    release = load_production_release(ctx.config, str(ctx.paths.ledger))
+    release = load_production_release(ctx)
     # ingest (a scheduled run without a file only recomputes)
-    model = ctx.config.project.registered_model
-    store = str(ctx.paths.model_labels(model))
-    ingested = ingest_labels(labels, store, ctx.config) if labels else {"changed": 0, "total": 0}
+    ingested = ingest_labels(ctx, labels) if labels else {"changed": 0, "total": 0}
     # measure
-    rows = compute_live_metrics(str(ctx.paths.model_log(model)), store, release, as_of)
-    verdict = judge(rows, release)
-    # record + act
+    rows = compute_live_metrics(ctx, release, as_of)
+    verdict = judge_live_performance(rows, release)
+    # record
     run_id = record_live_metrics(release, rows, verdict)
-    action = act_on_performance(release, verdict, run_id, ctx.config, str(ctx.paths.home), str(flow_run.id))
+    # act (signals file, tollgate.performance.degraded, rollback when severe), then notify
+    acted = act_on_performance(ctx, release, verdict, run_id, str(flow_run.id))
+    alerts = deliver_alerts(ctx, acted.alerts, acted.failed)
+    action = confirm_action(acted)  # a failed rollback fails the run, after people were told
     return {
         "ingested": ingested,
         "verdict": verdict.to_dict(),
         "action": action,
+        "alerts": alerts,
         "monitoring_run_id": run_id,
         "rows": rows,
     }

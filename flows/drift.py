@@ -1,13 +1,15 @@
-"""drift_check: the prediction-log window vs the Production release's reference profile; alert when it drifts."""
+"""drift_check: the prediction-log window vs the Production release's reference profile; act, then alert."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
 
-from tasks.monitoring import alert_on_drift, compute_drift, evidently_report, load_production_release, record_drift
+from tasks.actions import act_on_drift
+from tasks.alerts import deliver_alerts
+from tasks.drift import compute_drift, load_production_release
+from tasks.reporting import evidently_report, record_drift
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
@@ -19,29 +21,23 @@ def drift_check(
     env: str = "dev",
 ) -> dict[str, Any]:
     """Input drift per feature (overall and per segment), prediction drift and data quality for the window: the
-    last `window_hours` (default: the release's monitoring.drift_window_hours), or from `since` (epoch s)."""
+    last `window_hours` (default: the release's monitoring.drift_window_hours), or from `since` (epoch s).
+    `detected` (drift overall or in any segment) is what the event, the signal and --fail-on-drift use."""
     ctx = as_context(config, env)
-    release = load_production_release(ctx.config, str(ctx.paths.ledger))
-    hours = window_hours or release.config.monitoring.drift_window_hours
-    html = str(ctx.paths.reports / f"drift-v{release.version}-{time.strftime('%Y%m%dT%H%M%S')}.html")
+    release = load_production_release(ctx)
     # measure
-    start = since if since is not None else time.time() - hours * 3600
-    overall, segments, sample = compute_drift(
-        str(ctx.paths.model_log(ctx.config.project.registered_model)), release, start
-    )
-    evidently = evidently_report(release, sample, html)
-    # record + alert
-    run_id = record_drift(release, overall, segments, evidently, html, hours)
-    alerted = alert_on_drift(release, overall, segments, run_id)
+    check, sample = compute_drift(ctx, release, window_hours, since)
+    evidently = evidently_report(ctx, release, sample)
+    # record
+    run_id = record_drift(release, check, evidently)
+    # act (signals file, tollgate.drift.detected), then notify
+    acted = act_on_drift(ctx, release, check, run_id)
+    alerts = deliver_alerts(ctx, acted.alerts, acted.failed)
     return {
-        "version": release.version,
-        "rows": overall.rows,
-        "detected": overall.detected,
-        "drifted": overall.drifted,
-        "drift_share": overall.drift_share,
-        "segments": [k for k, v in segments.items() if v.detected],
-        "alerted": alerted,
-        "report": html,
+        **check.summary(),
+        "alerted": bool(acted.alerts),
+        "alerts": alerts,
+        "report": evidently.html,
         "monitoring_run_id": run_id,
-        "evidently": evidently,
+        "evidently": evidently.statistics,
     }

@@ -17,11 +17,11 @@ def retrain(reason: str = "scheduled", config: str | Context = DEFAULT_CONFIG, e
     """Retrain on the snapshot plus matured production labels; a model that fails a gate never serves."""
     ctx = as_context(config, env)
     # guard
-    allowed, why = guard_retrain(ctx.config, ctx.paths, reason)
+    allowed, why = guard_retrain(ctx, reason)
     if not allowed:
         return {"status": "skipped", "why": why}
     # data
-    snapshot = build_retrain_snapshot(ctx.config, ctx.paths, str(ctx.resolve(ctx.config.dataset.path)))
+    snapshot = build_retrain_snapshot(ctx)
     # train + gate (raises GateRejected: the flow fails and nothing is deployed)
     trained = training_pipeline(config=ctx, data=snapshot, allow_dirty=True)
     # roll out through shadow, canary and approval

@@ -1,52 +1,155 @@
-"""Alerts: every monitoring event and automatic action becomes a Prefect event (visible in the UI, and what
-deployment triggers listen to) and a Slack-compatible webhook post."""
+"""Alerts: a monitoring signal or automatic action becomes a Prefect event (visible in the UI, and what
+deployment triggers listen to) and, after the action is done, a Slack-compatible webhook post.
+
+Act first, notify after: delivery runs once the action has happened, with a timeout and retries, and a
+delivery that still fails is recorded (a `tollgate.alert.failed` event, the failure count in the signals file,
+a line in the flow's summary), never raised.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import urllib.error
-import urllib.request
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+import httpx
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+
+from tasks.common import IO_RETRIES, IO_RETRY_DELAY_S, tollgate_task
+from tollgate.config import AlertsConfig
+from tollgate.context import Context
+from tollgate.paths import StatePaths
+from tollgate.signals import record_alert_failure
+
+WEBHOOK_TIMEOUT_S = 5.0  # per attempt: connect + answer (until AlertsConfig has timeout_s)
+ALERT_FAILED = "tollgate.alert.failed"
 
 
-class AlertError(Exception):
-    """The webhook refused the alert or could not be reached."""
+@dataclass(frozen=True)
+class Alert:
+    """One signal or action about a registered model: its Prefect event name, a line for people, details."""
+
+    event: str
+    model: str
+    text: str
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
-def post_webhook(url: str, text: str, fields: dict[str, Any], timeout: float = 10.0) -> None:
-    """POST {"text": ..., "attachments": [...]} (Slack's incoming-webhook shape); raise AlertError on failure."""
-    body = {
-        "text": text,
-        "attachments": [{"fields": [{"title": k, "value": str(v), "short": True} for k, v in fields.items()]}],
-        "tollgate": fields,
-    }
-    request = urllib.request.Request(
-        url, data=json.dumps(body, default=str).encode(), method="POST", headers={"Content-Type": "application/json"}
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How hard to try one webhook post."""
+
+    timeout_s: float
+    attempts: int
+    retry_delay_s: float
+
+
+def delivery_policy(alerts: AlertsConfig) -> DeliveryPolicy:
+    """The webhook delivery policy: `alerts.timeout_s|retries|retry_delay_s` when the config has them, else a
+    5 s timeout and the project's I/O retry settings (tasks.common)."""
+    return DeliveryPolicy(
+        float(getattr(alerts, "timeout_s", WEBHOOK_TIMEOUT_S)),
+        1 + int(getattr(alerts, "retries", IO_RETRIES)),
+        float(getattr(alerts, "retry_delay_s", IO_RETRY_DELAY_S)),
     )
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a flow or task run, else this module's logger (unit tests, the CLI)."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            if resp.status >= 300:
-                raise AlertError(f"webhook {url} answered {resp.status}")
-    except (urllib.error.URLError, OSError) as exc:
-        raise AlertError(f"webhook {url} failed: {exc}") from exc
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("tollgate.alerts")
 
 
-@task(name="raise_alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def raise_alert(event: str, model: str, text: str, payload: dict[str, Any], webhook_url: str | None) -> None:
-    """Emit the Prefect event `event` for tollgate.model.<model> and post the webhook (if configured)."""
+def emit(alert: Alert) -> str | None:
+    """Emit the alert's Prefect event for resource tollgate.model.<model>; the reason when it cannot."""
     from prefect.events import emit_event
 
     if not os.environ.get("PREFECT_API_URL"):
-        raise AlertError("PREFECT_API_URL is not set: the event would go nowhere")
-    emit_event(
-        event=event,
-        resource={"prefect.resource.id": f"tollgate.model.{model}", "prefect.resource.name": model},
-        payload=payload,
-    )
-    get_run_logger().warning("%s: %s", event, text)
-    if webhook_url:
-        post_webhook(webhook_url, text, {"event": event, "model": model, **payload})
+        return "PREFECT_API_URL is not set: the event would go nowhere"
+    try:
+        emit_event(
+            event=alert.event,
+            resource={"prefect.resource.id": f"tollgate.model.{alert.model}", "prefect.resource.name": alert.model},
+            payload=alert.payload,
+        )
+    except Exception as exc:  # the events client is fire-and-forget; anything it raises is a failed emit
+        return f"emit_event failed: {exc!r}"
+    return None
+
+
+def webhook_body(alert: Alert) -> dict[str, Any]:
+    """Slack's incoming-webhook shape, with the structured fields under "tollgate"."""
+    fields = {"event": alert.event, "model": alert.model, **alert.payload}
+    return {
+        "text": alert.text,
+        "attachments": [{"fields": [{"title": k, "value": str(v), "short": True} for k, v in fields.items()]}],
+        "tollgate": fields,
+    }
+
+
+def post_webhook(url: str, alert: Alert, policy: DeliveryPolicy) -> str | None:
+    """POST the alert, retrying on errors, 5xx and timeouts; None when delivered, else the last error."""
+    import json
+
+    body = json.dumps(webhook_body(alert), default=str)
+    error = "not attempted"
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            resp = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=policy.timeout_s)
+            if resp.status_code < 300:
+                return None
+            error = f"webhook answered {resp.status_code}"
+            if resp.status_code < 500 and resp.status_code != 429:
+                break  # a refusal, not a hiccup: asking again gets the same answer
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if attempt < policy.attempts:
+            time.sleep(policy.retry_delay_s)
+    return f"{error} (after {attempt} attempt(s))"
+
+
+def record_failure(paths: StatePaths, alert: Alert, channel: str, error: str) -> dict[str, str]:
+    """Count a failed delivery (signals file) and emit tollgate.alert.failed; returns the summary line."""
+    record_alert_failure(paths, alert.model, alert.event, f"{channel}: {error}")
+    run_logger().warning("alert %s for %s not delivered by %s: %s", alert.event, alert.model, channel, error)
+    payload = {"alert": alert.event, "channel": channel, "error": error}
+    emit(Alert(ALERT_FAILED, alert.model, f"{alert.event} not delivered by {channel}", payload))
+    return {"event": alert.event, "channel": channel, "error": error}
+
+
+def emit_all(paths: StatePaths, alerts: list[Alert]) -> list[dict[str, str]]:
+    """Emit every alert's Prefect event now (part of acting: triggers listen to them); failures recorded."""
+    failed = []
+    for alert in alerts:
+        run_logger().warning("%s: %s", alert.event, alert.text)
+        error = emit(alert)
+        if error:
+            failed.append(record_failure(paths, alert, "prefect-event", error))
+    return failed
+
+
+def deliver(
+    paths: StatePaths, alerts: list[Alert], url: str | None, policy: DeliveryPolicy, failed: list[dict[str, str]]
+) -> dict[str, Any]:
+    """Post each alert to the webhook (when one is configured); {"delivered": n, "failed": [...]} including
+    the earlier `failed` (events that could not be emitted). Never raises."""
+    delivered, failures = 0, list(failed)
+    for alert in alerts if url else []:
+        error = post_webhook(url or "", alert, policy)
+        if error is None:
+            delivered += 1
+        else:
+            failures.append(record_failure(paths, alert, "webhook", error))
+    return {"delivered": delivered, "failed": failures, "webhook": bool(url)}
+
+
+@tollgate_task
+def deliver_alerts(ctx: Context, alerts: list[Alert], failed: list[dict[str, str]]) -> dict[str, Any]:
+    """Notify after acting: webhook delivery with timeout and retries; failures are recorded, not raised."""
+    cfg = ctx.config.alerts
+    return deliver(ctx.paths, alerts, cfg.webhook_url, delivery_policy(cfg), failed)

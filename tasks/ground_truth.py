@@ -1,4 +1,5 @@
-"""Ground-truth stage: delayed labels joined to logged predictions, live metrics, and what to do about them.
+"""Ground-truth stage: delayed labels joined to logged predictions, live metrics and their verdict (what to do
+about the verdict is tasks.actions; recording it, tasks.reporting).
 
 A labels file has a key column (`prediction_id`, or the dataset's entity id column / `entity_id`), `label`
 (0/1) and `label_time` (when the label became final). Labels are stored de-duplicated by key, so ingesting
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.common import tollgate_task
 from tasks.evaluation import binary_metrics
 from tollgate.config import TollgateConfig
+from tollgate.context import Context
 from tollgate.release import Release
 
 STORE = "labels.parquet"
@@ -166,109 +167,32 @@ def judge(rows: list[dict[str, Any]], release: Release) -> LiveVerdict:
     return LiveVerdict(release.version, n, auc, "ok", f"live AUC {auc:.4f} >= min_live_auc {mon.min_live_auc}")
 
 
-@task(name="ingest_labels", cache_policy=NO_CACHE)
-def ingest_labels(path: str, store_dir: str, cfg: TollgateConfig) -> dict[str, int]:
-    """Read and merge a labels file into the label store (idempotent)."""
-    changed, total = ingest(Path(store_dir), read_labels(Path(path), cfg.dataset.id))
+@tollgate_task
+def ingest_labels(ctx: Context, path: str) -> dict[str, int]:
+    """Read and merge a labels file into the model's label store (idempotent)."""
+    store = ctx.paths.model_labels(ctx.config.project.registered_model)
+    changed, total = ingest(store, read_labels(Path(path), ctx.config.dataset.id))
     return {"changed": changed, "total": total}
 
 
-@task(name="compute_live_metrics", cache_policy=NO_CACHE)
-def compute_live_metrics(log_dir: str, store_dir: str, release: Release, as_of: float | None) -> list[dict[str, Any]]:
+@tollgate_task
+def compute_live_metrics(ctx: Context, release: Release, as_of: float | None) -> list[dict[str, Any]]:
     """Live metrics over matured labels for every version and role in the log (champion, canary, shadow)."""
     from tollgate.predlog import compact, read_log
 
-    compact(Path(log_dir))
-    store = Path(store_dir) / STORE
+    model = ctx.config.project.registered_model
+    log_dir, store = ctx.paths.model_log(model), ctx.paths.model_labels(model) / STORE
+    compact(log_dir)
     if not store.exists():
         return []
-    joined = join_labels(read_log(Path(log_dir)), pd.read_parquet(store), time.time() if as_of is None else as_of)
+    joined = join_labels(read_log(log_dir), pd.read_parquet(store), time.time() if as_of is None else as_of)
     return live_metrics(joined, release.config.dataset.segments, release.config.model.decision_threshold)
 
 
-@task(name="record_live_metrics", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
-    """A monitoring run in MLflow with the live metrics, and a Prefect table artifact."""
-    import json
-    import tempfile
-
-    import mlflow
-    from prefect.artifacts import create_table_artifact
-
-    from tasks.tracking import artifact_key
-
-    cfg = release.config
-    mlflow.set_tracking_uri(cfg.servers.mlflow_url)
-    experiment = mlflow.set_experiment(f"{cfg.project.name}-monitoring")
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"live-v{release.version}") as run:
-        mlflow.set_tags(
-            {
-                "tollgate.monitor": "ground_truth",
-                "tollgate.model_version": release.version,
-                "tollgate.live_status": verdict.status,
-            }
-        )
-        totals = [r for r in rows if r["day"] == "all" and r["scope"] == "overall"]
-        mlflow.log_metrics(
-            {f"live_auc.v{r['model_version']}.{r['role']}": r["auc"] for r in totals if r["auc"] == r["auc"]}
-            | {f"labelled.v{r['model_version']}.{r['role']}": r["n"] for r in totals}
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "live_metrics.json"
-            path.write_text(json.dumps({"verdict": verdict.to_dict(), "rows": rows}, default=str))
-            mlflow.log_artifact(str(path), "monitoring")
-        run_id = str(run.info.run_id)
-    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["day"] == "all"]
-    create_table_artifact(
-        key=artifact_key("live-metrics", cfg.project.registered_model),
-        table=table,
-        description=f"Live metrics (matured labels): v{release.version} {verdict.status}: {verdict.reason}",
-    )
-    return run_id
-
-
-@task(name="act_on_performance", cache_policy=NO_CACHE)
-def act_on_performance(
-    release: Release,
-    verdict: LiveVerdict,
-    run_id: str,
-    cfg: TollgateConfig,
-    state_home: str,
-    flow_run_id: str | None,
-) -> str:
-    """Degraded -> tollgate.performance.degraded; severe -> also roll back to the previous release at once."""
-    from tasks.alerts import raise_alert
-    from tasks.deployment import rollback_production
-    from tollgate.paths import StatePaths
-
-    if verdict.status not in ("degraded", "severe"):
-        return "none"
-    model = release.config.project.registered_model
-    payload = {**verdict.to_dict(), "monitoring_run_id": run_id}
-    raise_alert.fn(
-        "tollgate.performance.degraded",
-        model,
-        f"{model} v{release.version}: {verdict.reason}",
-        payload,
-        release.config.alerts.webhook_url,
-    )
-    if verdict.status != "severe":
-        return "alerted"
-    done = rollback_production.fn(
-        cfg,
-        StatePaths(Path(state_home)),
-        None,
-        f"automatic: severe degradation of v{release.version}: {verdict.reason}",
-        flow_run_id,
-    )
-    raise_alert.fn(
-        "tollgate.rollback.automatic",
-        model,
-        f"{model}: rolled back v{done['from']} -> v{done['to']}",
-        {**payload, "from": done["from"], "to": done["to"]},
-        release.config.alerts.webhook_url,
-    )
-    return "rolled_back"
+@tollgate_task
+def judge_live_performance(rows: list[dict[str, Any]], release: Release) -> LiveVerdict:
+    """The Production version's live verdict under its own release's thresholds."""
+    return judge(rows, release)
 
 
 def labels_from_period(frame: pd.DataFrame, cfg: TollgateConfig, delay_days: float | None = None) -> pd.DataFrame:

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.common import tollgate_task
 from tollgate.config import TollgateConfig
+from tollgate.context import Context
 from tollgate.paths import StatePaths
 
 WEEK_S = 7 * 24 * 3600
@@ -39,10 +39,8 @@ def retrain_allowed(cfg: TollgateConfig, paths: StatePaths, now: float) -> tuple
     return True, "allowed"
 
 
-@task(name="guard_retrain", cache_policy=NO_CACHE)
-def guard_retrain(cfg: TollgateConfig, paths: StatePaths, reason: str) -> tuple[bool, str]:
+def claim_retrain(cfg: TollgateConfig, paths: StatePaths, reason: str, now: float) -> tuple[bool, str]:
     """Check the guard and, when allowed, record this retrain (so concurrent triggers see it)."""
-    now = time.time()
     allowed, why = retrain_allowed(cfg, paths, now)
     if allowed:
         history = paths.retrain_history(cfg.project.registered_model)
@@ -50,6 +48,12 @@ def guard_retrain(cfg: TollgateConfig, paths: StatePaths, reason: str) -> tuple[
         with open(history, "a") as fh:
             fh.write(json.dumps({"at": now, "reason": reason}) + "\n")
     return allowed, why
+
+
+@tollgate_task
+def guard_retrain(ctx: Context, reason: str) -> tuple[bool, str]:
+    """(allowed, why) under the cooldown and weekly budget; an allowed retrain is recorded at once."""
+    return claim_retrain(ctx.config, ctx.paths, reason, time.time())
 
 
 def labelled_production_rows(
@@ -69,8 +73,7 @@ def labelled_production_rows(
     return frame.drop_duplicates(ds.id, keep="last").reset_index(drop=True)
 
 
-@task(name="build_retrain_snapshot", cache_policy=NO_CACHE)
-def build_retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> str:
+def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> str:
     """The training snapshot plus labelled production rows, written under the state folder; returns its path."""
     from tasks.ground_truth import STORE
     from tollgate.predlog import compact, read_log
@@ -96,3 +99,9 @@ def build_retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str
     out.parent.mkdir(parents=True, exist_ok=True)
     combined.to_parquet(out, index=False)
     return str(out)
+
+
+@tollgate_task
+def build_retrain_snapshot(ctx: Context) -> str:
+    """The configured training snapshot plus labelled production rows; returns the new file's path."""
+    return retrain_snapshot(ctx.config, ctx.paths, str(ctx.resolve(ctx.config.dataset.path)))

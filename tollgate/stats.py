@@ -1,7 +1,8 @@
-"""Pure statistics shared by training (reference profiles), monitoring (drift) and rollouts (score shift).
+"""Pure statistics shared by training (reference profiles), monitoring (drift) and rollouts (score shift):
+binning, PSI, binned Kolmogorov-Smirnov and Jensen-Shannon.
 
 One binning helper: interior quantile edges of a reference sample, and counts of values per bin, where bin i
-is (edges[i-1], edges[i]] (np.searchsorted side='right').
+is [edges[i-1], edges[i]) (np.searchsorted side='right': a value on an edge counts in the bin above it).
 """
 
 from __future__ import annotations
@@ -37,3 +38,41 @@ def psi(expected: np.ndarray, actual: np.ndarray, bins: int) -> float:
         return float("nan")
     edges = quantile_edges(expected, bins)
     return psi_from_proportions(bin_counts(edges, expected) / len(expected), bin_counts(edges, actual) / len(actual))
+
+
+def proportions(counts: np.ndarray) -> np.ndarray:
+    """Counts as shares of their total (all zeros when the total is zero)."""
+    c = np.asarray(counts, dtype="float64")
+    total = c.sum()
+    return c / total if total else np.zeros_like(c)
+
+
+def ks_statistic(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Binned two-sample Kolmogorov-Smirnov D: the largest gap between the two cumulative bin distributions
+    (equal to the exact statistic when every value sits on a bin edge, e.g. discrete data)."""
+    e, a = np.asarray(expected, dtype="float64"), np.asarray(actual, dtype="float64")
+    return float(np.max(np.abs(np.cumsum(e) - np.cumsum(a)))) if len(e) else 0.0
+
+
+def ks_pvalue(d: float, n: int, m: int) -> float:
+    """Asymptotic two-sided p-value of a two-sample KS statistic `d` on samples of sizes n and m."""
+    from scipy.special import kolmogorov
+
+    n, m = max(int(n), 1), max(int(m), 1)
+    return float(kolmogorov(d * np.sqrt(n * m / (n + m))))
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (natural log; the square root of the divergence) of two distributions, each
+    normalised to sum to one; 0 when either is empty."""
+    p, q = np.asarray(p, dtype="float64"), np.asarray(q, dtype="float64")
+    if p.sum() <= 0 or q.sum() <= 0:
+        return 0.0
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0  # 0 * log 0 = 0; m > 0 wherever x > 0
+        return float(np.sum(x[nz] * np.log(x[nz] / m[nz])))
+
+    return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))

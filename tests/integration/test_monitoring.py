@@ -5,11 +5,7 @@ that segment, and a severe degradation rolls back automatically."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +17,14 @@ from flows.backfill import ground_truth_backfill
 from flows.deploy import deploy_model
 from flows.drift import drift_check
 from tasks.ground_truth import labels_from_period
-from tasks.monitoring import evidently_verdicts
+from tasks.reporting import evidently_verdicts
 from tests.helpers import bundled_config
-from tests.integration.live import CONFIG, Traffic, free_port, records, running_gateway, train
+from tests.integration.live import CONFIG, Traffic, running_gateway, train
+from tests.integration.monitoring_support import ROWS, Sink, prefect_events, replay
+from tests.integration.monitoring_support import period as _period
 from tollgate import ledger
-from tollgate.synthetic import generate
 
-ROWS = 2000
 COVARIATE = {"monthly_charges", "last_login_days", "usage_gb"}
-
-
-class Sink:
-    """A local webhook receiver that keeps every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                sink.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self) -> list[str]:
-        return [b["tollgate"]["event"] for b in self.bodies]
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +35,7 @@ def world(live_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         v1 = train(mp, TOLLGATE__ROLLOUT__AUTO_APPROVE="true", TOLLGATE__MONITORING__MIN_LIVE_AUC="0.7")
         deploy_model(version=v1.version, config=CONFIG, env="dev")
         yield {"gw": gw, "sink": sink, "v1": v1, "mp": mp, "tmp": tmp_path_factory.mktemp("labels")}
-    sink.server.shutdown()
-
-
-def _period(scenario: str) -> pd.DataFrame:
-    gen = bundled_config().generation
-    assert gen is not None
-    return generate(gen, scenario, production=True).head(ROWS)
-
-
-def _replay(url: str, frame: pd.DataFrame) -> float:
-    start = time.time()
-    with httpx.Client(timeout=60) as client:
-        for offset in range(0, len(frame), 250):
-            resp = client.post(f"{url}/predict", json={"records": records(250, offset, frame)})
-            assert resp.status_code == 200, resp.text
-    time.sleep(0.3)
-    return start
+    sink.close()
 
 
 def _drift(since: float) -> dict[str, Any]:
@@ -87,7 +43,7 @@ def _drift(since: float) -> dict[str, Any]:
 
 
 def test_no_drift_period_raises_no_alert(world: dict[str, Any]) -> None:
-    result = _drift(_replay(world["gw"]["url"], _period("none")))
+    result = _drift(replay(world["gw"]["url"], _period("none")))
     assert result["rows"] == ROWS
     assert not result["detected"] and result["drifted"] == [] and result["segments"] == []
     assert not result["alerted"] and world["sink"].bodies == []
@@ -96,23 +52,24 @@ def test_no_drift_period_raises_no_alert(world: dict[str, Any]) -> None:
 
 def test_covariate_drift_is_found_on_the_shifted_features_only(world: dict[str, Any]) -> None:
     before = len(world["sink"].bodies)
-    result = _drift(_replay(world["gw"]["url"], _period("covariate_drift")))
+    result = _drift(replay(world["gw"]["url"], _period("covariate_drift")))
     assert result["detected"] and set(result["drifted"]) == COVARIATE
     assert evidently_verdicts(result["evidently"], bundled_config()) == COVARIATE  # Evidently agrees
     new = world["sink"].bodies[before:]
     assert [b["tollgate"]["event"] for b in new] == ["tollgate.drift.detected"]
     assert set(new[0]["tollgate"]["drifted"]) == COVARIATE and "Drift on monitoring-churn" in new[0]["text"]
+    assert result["alerts"] == {"delivered": 1, "failed": [], "webhook": True}
 
 
 def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:
-    result = _drift(_replay(world["gw"]["url"], _period("segment_shift")))
+    result = _drift(replay(world["gw"]["url"], _period("segment_shift")))
     assert "region=south" in result["segments"]
     assert not {s for s in result["segments"] if s.startswith("region=")} - {"region=south"}
 
 
 def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(world: dict[str, Any]) -> None:
     period = _period("concept_drift")
-    result = _drift(_replay(world["gw"]["url"], period))
+    result = _drift(replay(world["gw"]["url"], period))
     assert result["drifted"] == [] and not result["detected"]
     labels = world["tmp"] / "concept_labels.csv"
     labels_from_period(period, bundled_config()).to_csv(labels, index=False)
@@ -144,7 +101,7 @@ def test_severe_degradation_rolls_back_to_the_previous_release(
     with Traffic(gw["url"]):
         deploy_model(version=v2.version, config=CONFIG, env="dev")
     assert httpx.get(f"{gw['url']}/health").json()["champion"] == v2.version
-    _replay(gw["url"], _period("concept_drift"))  # v2 now answers the same (labelled) customers
+    replay(gw["url"], _period("concept_drift"))  # v2 now answers the same (labelled) customers
     before = len(world["sink"].bodies)
     result = ground_truth_backfill(labels=None, config=CONFIG, env="dev")
     assert result["verdict"]["version"] == v2.version and result["verdict"]["status"] == "severe"
@@ -158,23 +115,9 @@ def test_severe_degradation_rolls_back_to_the_previous_release(
 
 
 def test_events_reach_the_prefect_server(world: dict[str, Any], live_stack: dict[str, str]) -> None:
-    body = {
-        "filter": {
-            "event": {"prefix": ["tollgate."]},
-            "any_resource": {"id_prefix": ["tollgate.model.monitoring-churn"]},
-        },
-        "limit": 50,
-    }
-    deadline = time.monotonic() + 20
-    names: set[str] = set()
-    while time.monotonic() < deadline:
-        resp = httpx.post(f"{live_stack['prefect']}/events/filter", json=body)
-        assert resp.status_code == 200, resp.text
-        names = {e["event"] for e in resp.json()["events"]}
-        if {"tollgate.drift.detected", "tollgate.performance.degraded"} <= names:
-            break
-        time.sleep(1)
-    assert {"tollgate.drift.detected", "tollgate.performance.degraded"} <= names
+    wanted = {"tollgate.drift.detected", "tollgate.performance.degraded"}
+    events = prefect_events(live_stack["prefect"], "monitoring-churn", lambda ev: wanted <= {e["event"] for e in ev})
+    assert wanted <= {e["event"] for e in events}
 
 
 def test_retrain_uses_backfilled_labels_goes_through_the_gates_and_is_guarded(

@@ -1,0 +1,129 @@
+"""Automatic actions on monitoring verdicts, done before anyone is told: the latest verdicts in the signals
+file, the Prefect events that trigger retrains, and the rollback of a severely degraded release. What to tell
+people comes back as alerts for tasks.alerts to deliver afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.alerts import Alert, emit_all, run_logger
+from tasks.common import tollgate_task
+from tasks.drift import DriftCheck
+from tasks.ground_truth import LiveVerdict
+from tollgate.context import Context
+from tollgate.release import Release
+from tollgate.signals import record_signals
+
+DRIFT_DETECTED = "tollgate.drift.detected"
+PERFORMANCE_DEGRADED = "tollgate.performance.degraded"
+ROLLBACK_AUTOMATIC = "tollgate.rollback.automatic"
+ROLLBACK_FAILED = "tollgate.rollback.failed"
+LIVE_STATUSES = ("ok", "degraded", "severe")  # the verdicts the signals file holds ("insufficient" keeps the last)
+
+
+class AutomaticActionFailed(Exception):
+    """An automatic action (the rollback) failed; raised after the alerts about it were delivered."""
+
+
+@dataclass(frozen=True)
+class Acted:
+    """What an automatic step did, the alerts to deliver about it, and the events it could not emit."""
+
+    action: str  # none | drift_detected | alerted | rolled_back | rollback_failed
+    alerts: list[Alert] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def rollback_now(ctx: Context, reason: str, flow_run_id: str | None, to_version: str | None = None) -> dict[str, Any]:
+    """Roll back through the gateway (it swaps to the warm release at once), or in the registry directly when
+    the gateway is unreachable; returns {from, to, served}."""
+    from tollgate.gateway_client import GatewayError
+    from tollgate.registry import rollback_release
+
+    gateway = ctx.gateway()
+    try:
+        return gateway.rollback(to_version, reason, flow_run_id)
+    except GatewayError as exc:
+        run_logger().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
+        before, after = rollback_release(ctx.registry, to_version, reason, None, flow_run_id)
+        return {"from": before, "to": after, "served": False}
+    finally:
+        gateway.close()
+
+
+def drift_alerts(release: Release, check: DriftCheck, run_id: str) -> list[Alert]:
+    """tollgate.drift.detected when the window or any segment drifted (the check's one `detected`)."""
+    if not check.detected:
+        return []
+    overall, flagged, model = check.overall, check.flagged_segments, release.model_name
+    text = (
+        f"Drift on {model} v{release.version}: features {overall.drifted or 'none'}"
+        f"{', prediction' if overall.prediction_drifted else ''}; segments {list(flagged) or 'none'}"
+    )
+    payload = {
+        "version": release.version,
+        "drifted": overall.drifted,
+        "drift_share": overall.drift_share,
+        "segments": flagged,
+        "monitoring_run_id": run_id,
+        "rows": overall.rows,
+    }
+    return [Alert(DRIFT_DETECTED, model, text, payload)]
+
+
+def drift_action(ctx: Context, release: Release, check: DriftCheck, run_id: str) -> Acted:
+    """Record the verdict in the signals file and emit tollgate.drift.detected when it drifted."""
+    record_signals(
+        ctx.paths, release.model_name, drift_detected=int(check.detected), drift_share=check.overall.drift_share
+    )
+    alerts = drift_alerts(release, check, run_id)
+    return Acted("drift_detected" if alerts else "none", alerts, emit_all(ctx.paths, alerts))
+
+
+def performance_action(
+    ctx: Context, release: Release, verdict: LiveVerdict, run_id: str, flow_run_id: str | None
+) -> Acted:
+    """Degraded -> tollgate.performance.degraded (the retrain trigger); severe -> also roll back at once."""
+    model = release.model_name
+    if verdict.status in LIVE_STATUSES:
+        record_signals(ctx.paths, model, live_status=verdict.status, live_auc=verdict.auc)
+    if verdict.status not in ("degraded", "severe"):
+        return Acted("none")
+    payload = {**verdict.to_dict(), "monitoring_run_id": run_id}
+    alerts = [Alert(PERFORMANCE_DEGRADED, model, f"{model} v{release.version}: {verdict.reason}", payload)]
+    failed = emit_all(ctx.paths, alerts)  # before the rollback: a failing rollback must not hold the trigger back
+    if verdict.status != "severe":
+        return Acted("alerted", alerts, failed)
+    try:
+        done = rollback_now(ctx, f"automatic: severe degradation of v{release.version}: {verdict.reason}", flow_run_id)
+    except Exception as exc:  # told to people below, then raised by confirm_action
+        error = f"automatic rollback of v{release.version} failed: {exc}"
+        after = Alert(ROLLBACK_FAILED, model, f"{model}: {error}", {**payload, "error": str(exc)})
+        return Acted("rollback_failed", [*alerts, after], failed + emit_all(ctx.paths, [after]), error)
+    text = f"{model}: rolled back v{done['from']} -> v{done['to']}"
+    after = Alert(ROLLBACK_AUTOMATIC, model, text, {**payload, "from": done["from"], "to": done["to"]})
+    return Acted("rolled_back", [*alerts, after], failed + emit_all(ctx.paths, [after]))
+
+
+@tollgate_task
+def act_on_drift(ctx: Context, release: Release, check: DriftCheck, run_id: str) -> Acted:
+    """The drift verdict recorded and its event emitted; the alerts to deliver afterwards."""
+    return drift_action(ctx, release, check, run_id)
+
+
+@tollgate_task
+def act_on_performance(
+    ctx: Context, release: Release, verdict: LiveVerdict, run_id: str, flow_run_id: str | None
+) -> Acted:
+    """The live verdict recorded, its event emitted, a severe one rolled back; the alerts to deliver after."""
+    return performance_action(ctx, release, verdict, run_id, flow_run_id)
+
+
+@tollgate_task
+def confirm_action(acted: Acted) -> str:
+    """The action's name; raises AutomaticActionFailed (after the alerts went out) when it failed."""
+    if acted.error:
+        raise AutomaticActionFailed(acted.error)
+    return acted.action

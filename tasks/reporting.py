@@ -1,0 +1,194 @@
+"""Reporting stage: Evidently's drift report on a bounded sample, and each monitoring check recorded as an MLflow
+run (metrics, JSON, HTML) plus Prefect artifacts. Recording creates a run, so it is never retried."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tasks.common import tollgate_task
+from tasks.drift import DriftCheck
+from tasks.ground_truth import LiveVerdict
+from tasks.tracking import artifact_key
+from tollgate.config import TollgateConfig
+from tollgate.context import Context
+from tollgate.release import RELEASE_DIR, Release
+
+
+@dataclass(frozen=True)
+class EvidentlyReport:
+    """Evidently's per-column drift statistic on the sample, and where its HTML report was saved."""
+
+    html: str
+    statistics: dict[str, float]
+
+
+def evidently_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, cfg: TollgateConfig, html_path: str | None
+) -> dict[str, float]:
+    """Evidently's DataDriftPreset with the release's methods and thresholds; per-column drift statistic."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    feats, mon = cfg.features, cfg.monitoring
+    ref, cur = reference[feats.all].copy(), current[feats.all].copy()
+    for col in feats.boolean:  # Evidently treats bools as numbers; as categories they match the profile
+        ref[col], cur[col] = ref[col].astype("string"), cur[col].astype("string")
+    definition = DataDefinition(
+        numerical_columns=feats.numeric, categorical_columns=[*feats.categorical, *feats.boolean]
+    )
+    preset = DataDriftPreset(
+        num_method=mon.numeric_method,
+        num_threshold=mon.psi_threshold if mon.numeric_method == "psi" else mon.ks_pvalue,
+        cat_method="jensenshannon",
+        cat_threshold=mon.categorical_threshold,
+    )
+    snapshot = Report([preset]).run(
+        reference_data=Dataset.from_pandas(ref, data_definition=definition),
+        current_data=Dataset.from_pandas(cur, data_definition=definition),
+    )
+    if html_path:
+        snapshot.save_html(html_path)
+    out = {}
+    for metric in snapshot.dict()["metrics"]:
+        config = metric.get("config", {})
+        if str(config.get("type", "")).endswith("ValueDrift"):
+            out[str(config["column"])] = float(metric["value"])
+    return out
+
+
+def evidently_verdicts(stats: dict[str, float], cfg: TollgateConfig) -> set[str]:
+    """Columns Evidently calls drifted (PSI/JS above threshold, or a KS p-value below it)."""
+    mon, cats = cfg.monitoring, {*cfg.features.categorical, *cfg.features.boolean}
+    out = set()
+    for col, value in stats.items():
+        if col in cats:
+            drifted = value >= mon.categorical_threshold
+        else:
+            drifted = value >= mon.psi_threshold if mon.numeric_method == "psi" else value < mon.ks_pvalue
+        if drifted:
+            out.add(col)
+    return out
+
+
+def release_reference_sample(release: Release) -> pd.DataFrame:
+    """The reference rows stored with the release (what Evidently compares the window against)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(release.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=release.run_id, artifact_path=f"{RELEASE_DIR}/reference_sample.parquet", dst_path=tmp
+        )
+        return pd.read_parquet(local)
+
+
+@tollgate_task(idempotent_io=True)
+def evidently_report(ctx: Context, release: Release, sample: pd.DataFrame) -> EvidentlyReport:
+    """Evidently's report on the window's sample vs the release's reference sample (HTML under reports/)."""
+    html = ctx.paths.reports / f"drift-v{release.version}-{time.strftime('%Y%m%dT%H%M%S')}.html"
+    if sample.empty:
+        return EvidentlyReport(str(html), {})
+    html.parent.mkdir(parents=True, exist_ok=True)
+    current = sample[[f"f.{c}" for c in release.features]].set_axis(release.features, axis=1)
+    return EvidentlyReport(
+        str(html), evidently_drift(release_reference_sample(release), current, release.config, str(html))
+    )
+
+
+def log_monitoring_run(
+    release: Release, run_name: str, tags: dict[str, str], metrics: dict[str, float], files: dict[str, Any]
+) -> str:
+    """One MLflow run in the project's monitoring experiment: tags, metrics, and `files` (JSON bodies by name, or
+    paths of existing files) under monitoring/; returns its run id."""
+    import mlflow
+
+    cfg = release.config
+    mlflow.set_tracking_uri(release.tracking_uri)
+    experiment = mlflow.set_experiment(f"{cfg.project.name}-monitoring")
+    with (
+        mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        mlflow.set_tags({"tollgate.model_version": release.version, **tags})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN (no data) is not a metric
+        for name, body in files.items():
+            if isinstance(body, Path):
+                if body.exists():
+                    mlflow.log_artifact(str(body), "monitoring")
+                continue
+            (Path(tmp) / name).write_text(json.dumps(body, indent=2, default=str))
+            mlflow.log_artifact(str(Path(tmp) / name), "monitoring")
+        return str(run.info.run_id)
+
+
+def drift_metrics(check: DriftCheck) -> dict[str, float]:
+    """The drift check's numbers as MLflow metrics."""
+    overall = check.overall
+    metrics = {"rows": float(overall.rows), "drift_share": overall.drift_share, "detected": float(check.detected)}
+    metrics.update({f"drift.{f.feature}": f.statistic for f in overall.features})
+    metrics.update({f"null_fraction.{f.feature}": f.null_fraction for f in overall.features})
+    if overall.prediction:
+        metrics["drift.prediction"] = overall.prediction.statistic
+    metrics.update({f"segment_drift_share.{k.replace('=', '.')}": v.drift_share for k, v in check.segments.items()})
+    return metrics
+
+
+@tollgate_task
+def record_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport) -> str:
+    """A monitoring run in MLflow (metrics, the Evidently HTML, the JSON report) and Prefect artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    overall, model = check.overall, release.model_name
+    body = {
+        **check.summary(),
+        "overall": overall.to_dict(),
+        "segments": {k: v.to_dict() for k, v in check.segments.items()},
+        "evidently": evidently.statistics,
+        "window_hours": check.window_hours,
+        "since": check.since,
+    }
+    tags = {"tollgate.monitor": "drift", "tollgate.release_run_id": release.run_id}
+    tags["tollgate.drift_detected"] = str(check.detected).lower()
+    files = {"drift.json": body, "report.html": Path(evidently.html)}
+    run_id = log_monitoring_run(release, f"drift-v{release.version}", tags, drift_metrics(check), files)
+    create_table_artifact(
+        key=artifact_key("drift", model),
+        table=overall.rows_table(),
+        description=f"Drift of v{release.version}: {'DETECTED' if check.detected else 'none'}; "
+        f"share {overall.drift_share:.0%} over {overall.rows} rows",
+    )
+    create_markdown_artifact(
+        key=artifact_key("drift-report", model),
+        markdown=f"### Drift check of v{release.version}: {'DETECTED' if check.detected else 'none'}\n\n"
+        f"- rows: {overall.rows}\n- drifted features: {', '.join(overall.drifted) or 'none'}\n"
+        f"- segments with drift: {', '.join(check.flagged_segments) or 'none'}\n"
+        f"- Evidently report: `{evidently.html}` (also in MLflow run `{run_id}`, folder monitoring/)\n",
+    )
+    return run_id
+
+
+@tollgate_task
+def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
+    """A monitoring run in MLflow with the live metrics, and a Prefect table artifact."""
+    from prefect.artifacts import create_table_artifact
+
+    totals = [r for r in rows if r["day"] == "all" and r["scope"] == "overall"]
+    metrics = {f"live_auc.v{r['model_version']}.{r['role']}": r["auc"] for r in totals}
+    metrics |= {f"labelled.v{r['model_version']}.{r['role']}": r["n"] for r in totals}
+    tags = {"tollgate.monitor": "ground_truth", "tollgate.live_status": verdict.status}
+    files = {"live_metrics.json": {"verdict": verdict.to_dict(), "rows": rows}}
+    run_id = log_monitoring_run(release, f"live-v{release.version}", tags, metrics, files)
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["day"] == "all"]
+    create_table_artifact(
+        key=artifact_key("live-metrics", release.model_name),
+        table=table,
+        description=f"Live metrics (matured labels): v{release.version} {verdict.status}: {verdict.reason}",
+    )
+    return run_id
