@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from tasks.data import DataVersion, pin_data_version
 from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
-from tasks.monitoring import profile_reference
+from tasks.profiling import profile_reference
 from tasks.registry import promote_version
 from tasks.tracking import log_training_run, publish_model_card, record_verdict, register_version, score_baseline
 from tasks.training import split_dataset, train_model
@@ -63,7 +63,7 @@ def training_pipeline(
     # evaluate
     scored = score_holdout(trained.model, holdout, cfg.features.all)
     evaluation = evaluate_model(holdout, scored.scores, cfg.dataset, cfg.model.decision_threshold)
-    profile = profile_reference(frame, holdout, scored.scores, cfg)
+    profile = profile_reference(frame, holdout, scored.scores, ctx)
     # log + register
     timings = {"fit": trained.fit_s, "predict": scored.predict_s}
     suite = describe_suite(cfg.dataset)
