@@ -13,7 +13,14 @@ from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
 from tasks.profiling import profile_reference
 from tasks.registry import promote_version
-from tasks.tracking import log_training_run, publish_model_card, record_verdict, register_version, score_baseline
+from tasks.tracking import (
+    RunRecord,
+    log_training_run,
+    publish_model_card,
+    record_verdict,
+    register_version,
+    score_baseline,
+)
 from tasks.training import split_dataset, train_model
 from tasks.validation import describe_suite, validate_dataset
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
@@ -66,15 +73,15 @@ def training_pipeline(
     profile = profile_reference(frame, holdout, scored.scores, ctx)
     # log + register
     timings = {"fit": trained.fit_s, "predict": scored.predict_s}
-    suite = describe_suite(cfg.dataset)
-    run = log_training_run(ctx, version, frame, holdout, trained.model, evaluation, profile, suite, timings, run_id)
+    record = RunRecord(
+        version, frame, holdout, trained.model, evaluation, profile, describe_suite(cfg.dataset), timings
+    )
+    run = log_training_run(ctx, record, run_id)
     registered = register_version(ctx, run, run_id)
     publish_model_card(ctx, registered)
     # gate
     baseline = score_baseline(ctx, holdout, registered.version)
-    verdict = gate_challenger(
-        holdout, scored.scores, evaluation["overall"], cfg.dataset, cfg.gates, cfg.model.seed, baseline
-    )
+    verdict = gate_challenger(ctx, holdout, scored.scores, evaluation["overall"], baseline)
     record_verdict(ctx, registered, verdict, run_id)
     enforce_verdict(verdict, registered.version)
     # promote

@@ -15,6 +15,7 @@ import pandas as pd
 
 from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, GatesConfig
+from tollgate.context import Context
 
 Status = Literal["pass", "fail", "not_gated"]
 
@@ -233,19 +234,18 @@ def decide(
 
 @tollgate_task
 def gate_challenger(
+    ctx: Context,
     holdout: pd.DataFrame,
-    challenger_scores: np.ndarray,
+    scores: np.ndarray,
     overall: dict[str, float],
-    ds: DatasetConfig,
-    gates: GatesConfig,
-    seed: int,
     baseline: tuple[str, str, np.ndarray] | None,
 ) -> GateVerdict:
-    """Compute the verdict against the baseline (label, version, scores) or the absolute minimums only."""
+    """The verdict against the baseline (label, version, scores), or on the absolute minimums for a first model."""
+    cfg = ctx.config
     if baseline is None:
-        return decide(holdout, challenger_scores, overall, ds, gates, seed)
-    label, version, scores = baseline
-    return decide(holdout, challenger_scores, overall, ds, gates, seed, scores, label, version)
+        return decide(holdout, scores, overall, cfg.dataset, cfg.gates, cfg.model.seed)
+    label, version, base = baseline
+    return decide(holdout, scores, overall, cfg.dataset, cfg.gates, cfg.model.seed, base, label, version)
 
 
 @tollgate_task

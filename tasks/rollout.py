@@ -19,7 +19,7 @@ from tasks.approvals import Approval
 from tasks.gates import GateVerdict
 from tollgate.config import RolloutConfig
 from tollgate.context import Context
-from tollgate.gateway_client import GatewayClient, GatewayError
+from tollgate.gateway_client import GatewayError
 from tollgate.predlog import read_log
 from tollgate.registry import (
     ROLLOUT_MODE_TAG,
@@ -29,10 +29,8 @@ from tollgate.registry import (
     rollback_release,
 )
 from tollgate.release import load_release
-from tollgate.secrets import admin_token
 
 # How often wait_for_traffic re-reads the prediction log while a phase collects traffic.
-TRAFFIC_POLL_S = 1.0
 # The config sections a rollout reads from the candidate's release (its policy); the rest is this environment's.
 POLICY_SECTIONS = ("rollout", "monitoring", "serving", "alerts")
 
@@ -59,12 +57,6 @@ def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger(__name__)
-
-
-def gateway(ctx: Context) -> GatewayClient:
-    """A gateway client that waits as long as loading a release may take (serving.reload_timeout_s)."""
-    cfg = ctx.config
-    return GatewayClient(cfg.servers.gateway_url, admin_token(cfg, ctx.paths), timeout=cfg.serving.reload_timeout_s)
 
 
 def release_policy(ctx: Context, version: str) -> Context:
@@ -98,7 +90,7 @@ def set_rollout(
     ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: mode, ROLLOUT_SHARE_TAG: str(share)})
     why = f"rollout: {mode}" + (f" at {share:.0%}" if mode == "canary" else "")
     ctx.registry.record(version, "Staging", "Staging", why, None, flow_run_id=flow_run_id)
-    state = gateway(ctx).reload()
+    state = ctx.gateway().reload()
     expected = None if mode == "off" else version
     if state["challenger"] != expected or (expected and state["mode"] != mode):
         raise RolloutFailed(f"gateway did not pick up rollout {mode} of v{version}: it serves {state}")
@@ -106,7 +98,7 @@ def set_rollout(
 
 
 def _gateway_errors(ctx: Context, phase: Phase) -> int:
-    return int(gateway(ctx).state().get("errors", {}).get(phase, 0))
+    return int(ctx.gateway().state().get("errors", {}).get(phase, 0))
 
 
 def start_phase(ctx: Context, version: str, phase: Phase, share: float, flow_run_id: str | None) -> PhaseWindow:
@@ -134,7 +126,7 @@ def wait_for_traffic(
         if seen >= needed:
             return seen
         _log().info("%s: %d of %d predictions so far", window.phase, seen, needed)
-        time.sleep(TRAFFIC_POLL_S)
+        time.sleep(ctx.config.serving.rollout_poll_s)
     reason = f"{window.phase} phase saw {seen} of {needed} predictions in {limit:.0f} s (serving.rollout_max_wait_s)"
     abort_rollout(ctx, version, reason, flow_run_id)
     raise RolloutFailed(f"v{version}: {reason}")
@@ -153,7 +145,7 @@ def abort_rollout(ctx: Context, version: str, reason: str, flow_run_id: str | No
     ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off"})
     if ctx.registry.get(version).stage == "Staging":
         ctx.registry.transition(version, "Archived", f"rollout aborted: {reason}", None, flow_run_id=flow_run_id)
-    gateway(ctx).reload()
+    ctx.gateway().reload()
 
 
 def enforce_phase(ctx: Context, version: str, verdict: GateVerdict, phase: Phase, flow_run_id: str | None) -> None:
@@ -183,7 +175,7 @@ def promote_to_production(ctx: Context, version: str, approval: Approval, flow_r
     ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off"})
     why = f"approved by {approval.approver}: {approval.comment}"
     ctx.registry.transition(version, "Production", why, None, who=approval.approver, flow_run_id=flow_run_id)
-    state = gateway(ctx).reload()
+    state = ctx.gateway().reload()
     if state["champion"] != version:
         raise RolloutFailed(f"gateway still serves v{state['champion']} after promoting v{version}")
     return state
@@ -193,7 +185,7 @@ def smoke_test(ctx: Context, version: str) -> dict[str, Any]:
     """Send the release's smoke records through the gateway: every answer must come from `version` with a valid
     score; raise RolloutFailed otherwise."""
     records = load_release(ctx.config, ctx.registry, version=version).file("smoke_records.json")
-    answers = gateway(ctx).predict(records)
+    answers = ctx.gateway().predict(records)
     wrong = [a for a in answers if a["model_version"] != version or not 0.0 <= a["score"] <= 1.0]
     if len(answers) != len(records) or wrong:
         raise RolloutFailed(f"smoke test: {len(wrong)} of {len(records)} answers wrong, e.g. {wrong[:2]}")
@@ -212,7 +204,7 @@ def rollback_via_gateway(
     at once, or in the registry directly when the gateway is unreachable (it serves the release when it starts).
     Both run tollgate.registry.rollback_release. Returns {"from", "to", "served", ...}."""
     try:
-        return gateway(ctx).rollback(to, reason, flow_run_id, who)
+        return ctx.gateway().rollback(to, reason, flow_run_id, who)
     except GatewayError as exc:
         if not _unreachable(exc):
             raise  # the gateway answered (refused, or failed after acting): rolling back again could go too far
@@ -232,7 +224,7 @@ def verify_release(ctx: Context, version: str, flow_run_id: str | None) -> dict[
             previous_production(ctx.registry, version)
         except RegistryError:
             ctx.registry.transition(version, "Archived", why, None, flow_run_id=flow_run_id)
-            gateway(ctx).reload()
+            ctx.gateway().reload()
             raise RolloutFailed(f"smoke test of v{version} failed ({exc}); it was archived") from exc
         done = rollback_via_gateway(ctx, None, why, flow_run_id)
         raise RolloutFailed(f"smoke test of v{version} failed ({exc}); rolled back to v{done['to']}") from exc

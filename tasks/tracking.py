@@ -31,6 +31,20 @@ REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """Everything a training run logs: data version, frames, fitted model and what was computed from them."""
+
+    data: DataVersion
+    frame: pd.DataFrame
+    holdout: pd.DataFrame
+    model: Any
+    evaluation: dict[str, Any]
+    profile: dict[str, Any]
+    suite: dict[str, Any]
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
 class LoggedRun:
     """A training run and the URI of the model logged in it."""
 
@@ -102,22 +116,14 @@ def _write_json(folder: Path, name: str, body: Any) -> None:
     (folder / name).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
 
 
-def log_run(
-    ctx: Context,
-    data: DataVersion,
-    frame: pd.DataFrame,
-    holdout: pd.DataFrame,
-    model: Any,
-    evaluation: dict[str, Any],
-    profile: dict[str, Any],
-    suite: dict[str, Any],
-    timings: dict[str, float],
-    flow_run_id: str | None,
-) -> LoggedRun:
+def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedRun:
     """Log params, metrics, the dataset input, lineage tags, the model and the release context; returns the run id."""
     import mlflow.sklearn
     import skops.io as sio
     from mlflow.models import infer_signature
+
+    data, frame, holdout, model = record.data, record.frame, record.holdout, record.model
+    evaluation, profile, suite, timings = record.evaluation, record.profile, record.suite, record.timings
 
     cfg = ctx.config
     mlflow.set_tracking_uri(cfg.servers.mlflow_url)
@@ -265,20 +271,9 @@ def publish_card(ctx: Context, registered: RegisteredRun) -> str:
 
 # -- tasks: thin wrappers for the training flow ---------------------------------------------------------------
 @tollgate_task  # not retried: a retry after a lost response would create a second run
-def log_training_run(
-    ctx: Context,
-    data: DataVersion,
-    frame: pd.DataFrame,
-    holdout: pd.DataFrame,
-    model: Any,
-    evaluation: dict[str, Any],
-    profile: dict[str, Any],
-    suite: dict[str, Any],
-    timings: dict[str, float],
-    flow_run_id: str | None,
-) -> LoggedRun:
+def log_training_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedRun:
     """Log the training run with its release context; returns the run."""
-    return log_run(ctx, data, frame, holdout, model, evaluation, profile, suite, timings, flow_run_id)
+    return log_run(ctx, record, flow_run_id)
 
 
 @tollgate_task  # not retried: a retry after a lost response would register a second version

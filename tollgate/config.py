@@ -179,6 +179,7 @@ class ServingConfig(_Strict):
     smoke_requests: int = Field(default=20, ge=1)
     reload_timeout_s: float = Field(default=60, gt=0)
     rollout_max_wait_s: float = Field(default=600, gt=0)
+    rollout_poll_s: float = Field(default=1.0, gt=0)  # how often a rollout phase checks the traffic it has seen
 
 
 class AlertsConfig(_Strict):

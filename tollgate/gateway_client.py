@@ -26,7 +26,8 @@ class GatewayClient:
 
     @classmethod
     def from_config(cls, cfg: TollgateConfig, paths: StatePaths) -> GatewayClient:
-        return cls(cfg.servers.gateway_url, admin_token(cfg, paths))
+        """A client with the admin token that waits as long as loading a release may take (serving.reload_timeout_s)."""
+        return cls(cfg.servers.gateway_url, admin_token(cfg, paths), timeout=cfg.serving.reload_timeout_s)
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
