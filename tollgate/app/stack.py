@@ -25,6 +25,14 @@ from tollgate.secrets import ensure_admin_token
 BIN = Path(sys.executable).parent
 
 
+def servers_env(servers: ServersConfig) -> dict[str, str]:
+    """The servers section as TOLLGATE__SERVERS__* variables for child processes that load the config from its
+    path (the gateway, flow runs the worker starts): they reach this stack even when it is a config variant
+    (`ctx.with_config(servers=...)`, as the benchmarks build) rather than what the files say."""
+    values = servers.model_dump(mode="json", exclude_none=True)
+    return {f"TOLLGATE__SERVERS__{key.upper()}": json.dumps(value) for key, value in values.items()}
+
+
 class StackError(Exception):
     """A service could not be started, checked or stopped; the message names the service and its log."""
 
@@ -118,6 +126,7 @@ def services(
             ui_url=f"{servers.prefect_ui_url}/work-pools/work-pool/{servers.work_pool}",
             env={
                 **client_env(servers, paths),
+                **servers_env(servers),
                 "PREFECT_WORKER_WEBSERVER_HOST": host,
                 "PREFECT_WORKER_WEBSERVER_PORT": str(servers.worker_health_port),
                 "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -134,7 +143,7 @@ def services(
                 port_key="servers.gateway_port",
                 health_url=f"{servers.gateway_url}/health",
                 ui_url=servers.gateway_url,
-                env=client_env(servers, paths),
+                env={**client_env(servers, paths), **servers_env(servers)},
                 marker="serve",
             )
         )
