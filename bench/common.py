@@ -70,7 +70,7 @@ class BenchStack:
 
     def child_env(self) -> dict[str, str]:
         """The environment for a `tollgate` process that must talk to this stack (state folder and ports)."""
-        from tollgate.app.stack import servers_env
+        from tollgate.app.services import servers_env
 
         return {**os.environ, **servers_env(self.ctx.config.servers)}
 

@@ -13,7 +13,7 @@ import pytest
 from tollgate.app.cli import COMMANDS, GROUPS, main
 from tollgate.app.commands.stack import status
 from tollgate.app.demo_report import DemoSummary, last_rollback
-from tollgate.app.stack import servers_env
+from tollgate.app.services import servers_env
 from tollgate.config import load_config
 from tollgate.context import make_context
 from tollgate.ledger import LedgerEntry
