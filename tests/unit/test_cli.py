@@ -157,3 +157,30 @@ def test_the_environment_check_catches_each_kind_of_write(tmp_path: Path, source
     probe = tmp_path / "probe.py"
     probe.write_text("import os\n" + source)
     assert _environ_writes(probe) == ["probe.py:2"]
+
+
+def test_demo_json_prints_only_the_summary_object_on_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tollgate demo --json`: progress goes to stderr, stdout is one JSON object (the run itself is the e2e test)."""
+    import tollgate.app.demo as demo_module
+    from tollgate.context import client_env
+
+    ctx = make_context(CONFIG, "dev", home=tmp_path)
+    for key in client_env(ctx.config.servers, ctx.paths):  # the command activates the demo's folder: restore after
+        monkeypatch.setenv(key, "restored after the test")
+    monkeypatch.setenv("TOLLGATE_HOME", str(tmp_path))
+
+    def fake_run(run_ctx, interactive: bool, say) -> DemoSummary:  # type: ignore[no-untyped-def]
+        say("[1/8] progress ...")
+        print("a library printing to stdout")
+        summary = DemoSummary(model="m", links={"state folder": str(run_ctx.paths.home)})
+        summary.add("train v1", "Staging", {"gate": "none: first model"}, version="1")
+        return summary
+
+    monkeypatch.setattr(demo_module, "run_demo", fake_run)
+    assert main(["--config", str(CONFIG), "demo", "--json"]) == 0
+    captured = capsys.readouterr()
+    body = json.loads(captured.out)
+    assert body["steps"][0]["version"] == "1" and body["state_folder"].startswith(str(tmp_path))
+    assert "[1/8] progress" in captured.err and "a library printing" in captured.err
