@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
 from tasks.analysis import Phase, analyze_phase_log
 from tasks.approvals import Approval
 from tasks.gates import GateVerdict
@@ -192,11 +190,6 @@ def smoke_test(ctx: Context, version: str) -> dict[str, Any]:
     return {"requests": len(records), "ok": len(answers)}
 
 
-def _unreachable(exc: GatewayError) -> bool:
-    """The request never reached the gateway (so it did nothing), as opposed to an answer or a lost reply."""
-    return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
-
-
 def rollback_via_gateway(
     ctx: Context, to: str | None, reason: str, flow_run_id: str | None, who: str | None = None
 ) -> dict[str, Any]:
@@ -206,7 +199,7 @@ def rollback_via_gateway(
     try:
         return ctx.gateway().rollback(to, reason, flow_run_id, who)
     except GatewayError as exc:
-        if not _unreachable(exc):
+        if not exc.unreachable:
             raise  # the gateway answered (refused, or failed after acting): rolling back again could go too far
         _log().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
     before, after = rollback_release(ctx.registry, to, reason, who, flow_run_id)

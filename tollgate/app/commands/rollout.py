@@ -9,6 +9,7 @@ from typing import Any
 
 from tollgate.app.commands.base import EXIT_OK, CheckFailed, Command, UserError, arg, require_stack, warn
 from tollgate.context import Context
+from tollgate.gateway_client import GatewayError
 
 
 def deploy(ctx: Context, args: argparse.Namespace) -> int:
@@ -62,9 +63,7 @@ def _rollback_without_gateway(ctx: Context, args: argparse.Namespace, why: str) 
 
 
 def rollback(ctx: Context, args: argparse.Namespace) -> int:
-    import httpx
 
-    from tollgate.gateway_client import GatewayError
     from tollgate.ledger import current_actor
 
     start = time.perf_counter()
@@ -72,15 +71,12 @@ def rollback(ctx: Context, args: argparse.Namespace) -> int:
     try:
         result = gateway.rollback(args.to, args.reason, who=current_actor())
     except GatewayError as exc:
-        cause = exc.__cause__
-        if cause is None:  # it answered, and said no
+        if exc.status is not None:  # it answered, and said no
             raise _refusal(exc) from None
-        if not isinstance(cause, httpx.ConnectError):
+        if not exc.unreachable:
             # It may still be rolling back: rolling back again through the flow would go one release further.
-            raise CheckFailed(
-                f"no answer from the gateway ({cause!r}); see `tollgate history` for what happened"
-            ) from None
-        result = _rollback_without_gateway(ctx, args, str(cause))
+            raise CheckFailed(f"no answer from the gateway ({exc}); see `tollgate history` for what happened") from None
+        result = _rollback_without_gateway(ctx, args, str(exc))
     finally:
         gateway.close()
     took = time.perf_counter() - start
@@ -89,17 +85,15 @@ def rollback(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _refusal(exc: Exception) -> Exception:
+def _refusal(exc: GatewayError) -> Exception:
     """409 is the registry saying no (no such version, nothing to go back to): a usage error, exit 2; any other
     answer is the gateway refusing (bad token, a failure): exit 1."""
-    # GatewayError carries the status only in its text: "POST /admin/rollback -> 409: {"error": ...}"
-    _, conflict, body = str(exc).partition(" -> 409: ")
-    if not conflict:
+    if exc.status != 409:
         return CheckFailed(f"gateway refused the rollback: {exc}")
     try:
-        return UserError(str(json.loads(body).get("error", body)))
+        return UserError(str(json.loads(exc.body).get("error", exc.body)))
     except (ValueError, AttributeError):
-        return UserError(body)
+        return UserError(exc.body)
 
 
 COMMANDS = [
