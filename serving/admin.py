@@ -1,0 +1,88 @@
+"""Admin routes behind the Bearer token: reload, rollback, state. Every /admin/ path checks the token first
+(403 when no token is configured, 401 when it is missing or wrong), and each refusal is counted."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from serving.http import Handler, Request, Response, invalid_json, json_response
+from serving.metrics import GatewayMetrics
+from tollgate.registry import Registry, RegistryError, rollback_release
+
+
+class Admin:
+    """The /admin/ routes of one gateway."""
+
+    def __init__(
+        self,
+        token: str | None,
+        disabled_hint: str,
+        registry: Registry,
+        reload: Callable[[], Awaitable[dict[str, Any]]],
+        describe: Callable[[], dict[str, Any]],
+        metrics: GatewayMetrics,
+    ):
+        self.token = token
+        self.disabled_hint = disabled_hint
+        self.registry = registry
+        self.reload = reload
+        self.describe = describe
+        self.metrics = metrics
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/admin/reload"): self._reload,
+            ("POST", "/admin/rollback"): self._rollback,
+            ("GET", "/admin/state"): self._state,
+        }
+
+    async def handle(self, request: Request) -> Response:
+        """Check the token, then dispatch; the prefix handler for /admin/."""
+        if not self.token:
+            self.metrics.refused(request.path, "admin_disabled")
+            return json_response(403, {"error": f"admin routes are disabled: {self.disabled_hint}"})
+        sent = request.headers.get(b"authorization", b"")
+        if not hmac.compare_digest(sent, f"Bearer {self.token}".encode()):
+            self.metrics.refused(request.path, "wrong_token" if sent else "missing_token")
+            return json_response(401, {"error": "missing or wrong admin token (Authorization: Bearer ...)"})
+        handler = self.routes.get((request.method, request.path))
+        if handler is None:
+            return json_response(404, {"error": f"no admin route {request.method} {request.path}"})
+        return await handler(request)
+
+    async def _reload(self, request: Request) -> Response:
+        try:
+            return json_response(200, await self.reload())
+        except Exception as exc:
+            self.metrics.error("reload")
+            return json_response(502, {"error": f"reload failed, still serving {self.describe()}: {exc}"})
+
+    async def _rollback(self, request: Request) -> Response:
+        """Registry transition + ledger (the same core function as the rollback flow), then swap at once: the
+        previous release is usually still warm in memory."""
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return invalid_json(exc)
+        if not isinstance(body, dict):
+            return json_response(422, {"detail": [{"field": "body", "error": "expected a JSON object"}]})
+        try:
+            before, after = await asyncio.get_running_loop().run_in_executor(
+                None,
+                rollback_release,
+                self.registry,
+                body.get("to"),
+                body.get("reason") or "manual",
+                body.get("who"),
+                body.get("flow_run_id"),
+            )
+        except RegistryError as exc:
+            return json_response(409, {"error": str(exc)})
+        state = await self.reload()
+        return json_response(200, {"from": before, "to": after, "served": state["champion"] == after, **state})
+
+    async def _state(self, request: Request) -> Response:
+        return json_response(200, {**self.describe(), **self.metrics.state()})
