@@ -21,14 +21,24 @@ from flows.backfill import ground_truth_backfill
 from flows.deploy import deploy_model
 from flows.drift import drift_check
 from flows.training import training_pipeline
-from tasks.actions import DRIFT_DETECTED, PERFORMANCE_DEGRADED, ROLLBACK_AUTOMATIC, rollback_now
+from tasks.actions import (
+    DRIFT_DETECTED,
+    PERFORMANCE_DEGRADED,
+    ROLLBACK_AUTOMATIC,
+    ROLLBACK_FAILED,
+    AutomaticActionFailed,
+    confirm_action,
+    performance_action,
+    rollback_now,
+)
 from tasks.alerts import ALERT_FAILED, Alert, DeliveryPolicy, delivery_policy, post_webhook
-from tasks.ground_truth import labels_from_period
+from tasks.ground_truth import LiveVerdict, labels_from_period
 from tests.helpers import bundled_config
-from tests.integration.live import CONFIG, Traffic, running_gateway
+from tests.integration.live import CONFIG, Traffic, free_port, running_gateway
 from tests.integration.monitoring_support import Sink, closed_port_url, period, prefect_events, replay
 from tollgate.context import Context, make_context
 from tollgate.registry import ledger_entries
+from tollgate.release import Release
 from tollgate.signals import alert_failures, read_signals, record_signals
 
 MODEL = "alerts-churn"
@@ -67,6 +77,7 @@ def test_delivery_retries_errors_and_timeouts_but_not_refusals() -> None:
     try:
         errors = {name: post_webhook(sink.url, alert, policy) for name, sink in sinks.items()}
         errors["closed"] = post_webhook(closed_port_url(), alert, policy)
+        errors["malformed"] = post_webhook("not a url", alert, policy)
         posts = {name: len(sink.bodies) for name, sink in sinks.items()}
     finally:
         for sink in sinks.values():
@@ -80,6 +91,24 @@ def test_delivery_retries_errors_and_timeouts_but_not_refusals() -> None:
     assert errors["refused"] == "webhook answered 404 (after 1 attempt(s))"
     assert errors["failing"] == "webhook answered 500 (after 3 attempt(s))"
     assert "Timeout" in str(errors["slow"]) and "ConnectError" in str(errors["closed"])
+    assert str(errors["malformed"]).endswith("(after 3 attempt(s))")  # a bad setting is a failed delivery too
+
+
+def test_a_failed_rollback_is_told_then_raised(live_stack: dict[str, str]) -> None:
+    """Nothing to roll back to (and no gateway): the degraded event still goes out, the failure becomes an
+    alert to deliver, and only confirm_action (after delivery) fails the run."""
+    lonely = "alerts-lonely"
+    ctx = make_context(CONFIG, "dev").with_config(
+        project={"registered_model": lonely}, servers={"gateway_port": free_port()}
+    )
+    release = Release(lonely, "1", "run", "Production", {}, ctx.config, ctx.config.servers.mlflow_url)
+    verdict = LiveVerdict("1", 500, 0.5, "severe", "live AUC 0.5000 < severe_live_auc 0.55")
+    acted = performance_action(ctx, release, verdict, "monitoring-run", None)
+    assert acted.action == "rollback_failed" and "no earlier Production version" in str(acted.error)
+    assert [a.event for a in acted.alerts] == [PERFORMANCE_DEGRADED, ROLLBACK_FAILED] and acted.failed == []
+    assert read_signals(ctx.paths, lonely)["live_status"] == "severe"
+    with pytest.raises(AutomaticActionFailed, match="no earlier Production version"):
+        confirm_action.fn(acted)
 
 
 def test_drift_verdict_and_event_do_not_depend_on_the_webhook(
