@@ -43,10 +43,11 @@ test-integration: bootstrap data  ## flows against real servers on free ports
 test-e2e: bootstrap data  ## the lifecycle as a user runs it
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
-lint: bootstrap  ## ruff lint + format check, mypy
+lint: bootstrap  ## ruff lint + format check, mypy, deptry (declared dependencies)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/deptry .
 
 format: bootstrap  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

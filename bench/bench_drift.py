@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import OUT
+from bench.common import OUT, project_config
 
 NEEDS_STACK = False
 COLUMNS = [f"x{i:02d}" for i in range(20)]
@@ -42,9 +42,7 @@ def _features() -> object:
 
 
 def _monitoring() -> object:
-    from tests.helpers import bundled_config
-
-    return bundled_config().monitoring.model_copy(update={"numeric_method": "psi", "psi_threshold": 0.2})
+    return project_config().monitoring.model_copy(update={"numeric_method": "psi", "psi_threshold": 0.2})
 
 
 def _write_child(folder: str) -> None:
@@ -72,7 +70,6 @@ def _stream_child(folder: str, profile_path: str) -> None:
 
 def main(stack: object = None) -> None:
     from tasks.monitoring import DriftAccumulator, evidently_drift, evidently_verdicts, reference_profile
-    from tests.helpers import bundled_config
 
     rng = np.random.default_rng(1)
     print(f"generating reference and current data, {ROWS:,} x {len(COLUMNS)} each ...", flush=True)
@@ -90,7 +87,7 @@ def main(stack: object = None) -> None:
     print(
         f"tollgate: {ours_s:.2f} s (+ {profile_s:.2f} s for the reference profile, done once at training)", flush=True
     )
-    cfg = bundled_config()
+    cfg = project_config()
     cfg = cfg.model_copy(update={"features": features, "monitoring": mon})
     print("evidently DataDriftPreset(num_method='psi', num_threshold=0.2) on the same data ...", flush=True)
     start = time.perf_counter()

@@ -17,18 +17,13 @@ ROUNDS = 5
 def main(st: BenchStack) -> None:
     import httpx
 
-    from tollgate.context import make_context
-    from tollgate.registry import Registry
-
-    rt = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
-    reg = Registry(st.mlflow_url, st.model, rt.paths.ledger)
-    headers = {"Authorization": "Bearer bench-token"}
+    reg, gateway = st.ctx.registry, st.ctx.gateway()
     record = {"customer_id": "C1", **SAMPLE_FEATURES}
     results, walls, failures = [], [], 0
     for round_ in range(ROUNDS):
         # put the challenger in Production (as a release would), then roll back to the champion
         reg.transition(st.challenger, "Production", f"bench round {round_}: release", None)
-        httpx.post(f"{st.gateway_url}/admin/reload", headers=headers, timeout=60)
+        gateway.reload()
         seen: dict[str, float] = {}
         stop = threading.Event()
 
@@ -47,7 +42,11 @@ def main(st: BenchStack) -> None:
             time.sleep(0.3)
             start = time.perf_counter()
             proc = subprocess.run(
-                [str(BIN / "tollgate"), "rollback", "--reason", "bench"], capture_output=True, text=True, cwd=ROOT
+                [str(BIN / "tollgate"), "rollback", "--reason", "bench"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=st.child_env(),
             )
             wall = time.perf_counter() - start
             time.sleep(0.3)
@@ -61,6 +60,7 @@ def main(st: BenchStack) -> None:
             f"  round {round_ + 1}: first restored answer after {results[-1]:.3f} s (command {wall:.3f} s)",
             flush=True,
         )
+    gateway.close()
     median = statistics.median(results)
     print("\nrollback benchmark: `tollgate rollback` launched as a process, a client polling the gateway")
     print(

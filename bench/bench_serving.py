@@ -11,7 +11,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.common import BIN, OUT, SAMPLE_FEATURES, BenchStack, ensure_wrk, free_port, wait_http
+from bench.common import BIN, OUT, SAMPLE_FEATURES, BenchStack, ensure_wrk, wait_http
+from tollgate.procs import free_port
 
 DURATION_S = 15
 CONNECTIONS = (16, 64)
@@ -101,9 +102,9 @@ def main(st: BenchStack) -> None:
                 }
         finally:
             os.killpg(mlflow.pid, signal.SIGKILL)
-        import httpx
-
-        state = httpx.get(f"{st.gateway_url}/admin/state", headers={"Authorization": "Bearer bench-token"}).json()
+        gateway = st.ctx.gateway()
+        state = gateway.state()
+        gateway.close()
     print("\nserving benchmark: single-record POSTs, wrk -t1, same machine, one run")
     print(f"{'conns':>5}  {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for conns, pair in results.items():

@@ -3,9 +3,9 @@ challenger in shadow. Nothing touches the developer's .tollgate/ or running serv
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tollgate.config import TollgateConfig, load_config
+from tollgate.context import Context, make_context
+from tollgate.procs import free_port, healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 OUT = ROOT / "bench" / "out"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+CONFIG = ROOT / "configs" / "pipeline.yaml"
+PORTS = ("prefect_port", "mlflow_port", "worker_health_port", "gateway_port")
+CHALLENGER_MAX_ITER = 160  # v2 differs from v1 only here, so shadow scoring compares two real models
 
 SAMPLE_FEATURES = {
     "region": "north",
@@ -43,76 +43,100 @@ SAMPLE_FEATURES = {
 }
 
 
+def project_config() -> TollgateConfig:
+    """The bundled config (dev) as the files say, whatever TOLLGATE__* variables are set."""
+    return load_config(CONFIG, "dev", environ={}).config
+
+
 @dataclass
 class BenchStack:
-    home: Path
-    gateway_url: str
-    mlflow_url: str
-    model: str
+    """The throw-away stack: its Context (state folder, ports), the Production and the shadow Staging version."""
+
+    ctx: Context
     champion: str
     challenger: str
 
+    @property
+    def gateway_url(self) -> str:
+        return self.ctx.config.servers.gateway_url
 
-def _isolate() -> Path:
-    """Temp state folder and free ports, set before Prefect is imported."""
+    @property
+    def mlflow_url(self) -> str:
+        return self.ctx.config.servers.mlflow_url
+
+    @property
+    def model(self) -> str:
+        return self.ctx.config.project.registered_model
+
+    def child_env(self) -> dict[str, str]:
+        """The environment for a `tollgate` process that must talk to this stack (state folder and ports)."""
+        from tollgate.app.services import servers_env
+
+        return {**os.environ, **servers_env(self.ctx.config.servers)}
+
+
+def bench_context() -> Context:
+    """The bundled config on a temp state folder and free ports, its clients activated (before Prefect is
+    imported: Prefect reads its client settings from the environment at import)."""
     home = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
-    os.environ["TOLLGATE_HOME"] = str(home)
-    for key in ("PREFECT_PORT", "MLFLOW_PORT", "WORKER_HEALTH_PORT", "GATEWAY_PORT"):
-        os.environ[f"TOLLGATE__SERVERS__{key}"] = str(free_port())
-    os.environ["TOLLGATE_ADMIN_TOKEN"] = "bench-token"
-    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    return home
+    ctx = make_context(CONFIG, "dev", home=home).with_config(servers={port: free_port() for port in PORTS})
+    ctx.activate()
+    import prefect  # noqa: F401  (configures its loggers, which are then quieted)
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    return ctx
 
 
 @contextmanager
-def bench_stack() -> Iterator[BenchStack]:
-    """Start the stack, train + deploy v1 (auto-approved), put v2 in Staging with shadow on."""
-    home = _isolate()
+def bench_stack(ctx: Context) -> Iterator[BenchStack]:
+    """Start the stack of `ctx` (from bench_context), train + deploy v1 (auto-approved), put v2 in Staging with
+    shadow on; stop the stack afterwards."""
     from tollgate.app.stack import Stack
-    from tollgate.context import make_context
 
-    rt = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
-    rt.activate()
     stack = Stack(
-        rt.config.servers, rt.paths, say=lambda m: print("  " + m, flush=True), config_path=rt.loaded.path, env="dev"
+        ctx.config.servers, ctx.paths, say=lambda m: print("  " + m, flush=True), config_path=ctx.loaded.path, env="dev"
     )
     print("starting a throw-away stack ...", flush=True)
     stack.up()
     try:
         from flows.deploy import deploy_model
         from flows.training import training_pipeline
-        from tasks.deployment import set_rollout
-        from tollgate.registry import Registry
 
-        cfg = rt.config
-        config = str(rt.loaded.path)
         print("training and deploying v1, training v2 (shadow challenger) ...", flush=True)
-        os.environ["TOLLGATE__ROLLOUT__AUTO_APPROVE"] = "true"
-        v1 = training_pipeline(config=config, env="dev", allow_dirty=True)
-        deploy_model(version=v1.version, config=config, env="dev")
-        os.environ["TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER"] = "160"
-        v2_version = _train_challenger(training_pipeline, config)
-        del os.environ["TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER"]
-        reg = Registry(cfg.servers.mlflow_url, cfg.project.registered_model, rt.paths.ledger)
-        if reg.get(v2_version).stage != "Staging":
-            reg.transition(v2_version, "Staging", "bench setup: shadow challenger", None)
-        set_rollout.fn(cfg, rt.paths, v2_version, "shadow", 0.0, None)
-        yield BenchStack(
-            home, cfg.servers.gateway_url, cfg.servers.mlflow_url, cfg.project.registered_model, v1.version, v2_version
+        auto = ctx.with_config(rollout={"auto_approve": True})
+        v1 = training_pipeline(config=auto, allow_dirty=True)
+        deploy_model(version=v1.version, config=auto)
+        v2 = _train_challenger(
+            training_pipeline, auto.with_config(model={"hyperparameters": {"max_iter": CHALLENGER_MAX_ITER}})
         )
+        _shadow(ctx, v2)
+        yield BenchStack(ctx, v1.version, v2)
     finally:
         stack.down()
-        shutil.rmtree(home, ignore_errors=True)
 
 
-def _train_challenger(training_pipeline: Any, config: str) -> str:
+def _train_challenger(training_pipeline: Any, ctx: Context) -> str:
     from tasks.gates import GateRejected
 
     try:
-        return str(training_pipeline(config=config, env="dev", allow_dirty=True).version)
+        return str(training_pipeline(config=ctx, allow_dirty=True).version)
     except GateRejected as exc:
         return str(exc.version)
+
+
+def _shadow(ctx: Context, version: str) -> None:
+    """Put `version` in Staging in shadow mode and make the gateway score it (a rollout's first phase)."""
+    from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG
+
+    reg = ctx.registry
+    if reg.get(version).stage != "Staging":
+        reg.transition(version, "Staging", "bench setup: shadow challenger", None)
+    reg.set_tags(version, {ROLLOUT_MODE_TAG: "shadow", ROLLOUT_SHARE_TAG: "0.0"})
+    gateway = ctx.gateway()
+    state = gateway.reload()
+    gateway.close()
+    if state.get("challenger") != version or state.get("mode") != "shadow":
+        raise RuntimeError(f"the gateway did not pick up v{version} in shadow: it serves {state}")
 
 
 def ensure_wrk() -> str:
@@ -127,13 +151,10 @@ def ensure_wrk() -> str:
 
 
 def wait_http(url: str, timeout: float) -> None:
-    import urllib.request
-
+    """Return once GET url answers 2xx; TimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.5)
+        if healthy(url, timeout=1):
+            return
+        time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")

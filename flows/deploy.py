@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect import flow
 from prefect.runtime import flow_run
 
+from tasks.analysis import evidence_markdown
+from tasks.approvals import request_approval
 from tasks.deployment import (
     analyze_phase,
     check_candidate,
     enforce_approval,
     enforce_phase,
-    evidence_markdown,
     load_gate_verdict,
+    load_release_policy,
     promote_to_production,
-    release_config,
-    request_approval,
-    set_rollout,
+    start_phase,
     verify_release,
     wait_for_traffic,
 )
+from tasks.gates import GateVerdict
+from tasks.rollout import phase_plan
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 
@@ -28,28 +28,21 @@ from tollgate.context import DEFAULT_CONFIG, Context, as_context
 def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str = "dev") -> dict[str, str]:
     """Roll the Staging `version` out under its own release's rollout policy; Production changes only on approval."""
     ctx = as_context(config, env)
-    paths, run_id = ctx.paths, str(flow_run.id)
-    cfg = release_config(ctx.config, paths, version)
-    champion = check_candidate(cfg, paths, version)
-    phases = []
-    if champion:  # the first release has no champion to shadow or share traffic with
-        # shadow
-        since = time.time()
-        set_rollout(cfg, paths, version, "shadow", 0.0, run_id)
-        wait_for_traffic(cfg, paths, version, "shadow", cfg.rollout.shadow_requests, since)
-        phases.append(analyze_phase(cfg, paths, version, champion, "shadow", since))
-        enforce_phase(cfg, paths, version, phases[-1], "shadow", run_id)
-        # canary
-        since = time.time()
-        set_rollout(cfg, paths, version, "canary", cfg.rollout.canary_share, run_id)
-        wait_for_traffic(cfg, paths, version, "canary", cfg.rollout.canary_requests, since)
-        phases.append(analyze_phase(cfg, paths, version, champion, "canary", since))
-        enforce_phase(cfg, paths, version, phases[-1], "canary", run_id)
+    run_id = str(flow_run.id)
+    ctx = load_release_policy(ctx, version)
+    champion = check_candidate(ctx, version)
+    phases: list[GateVerdict] = []
+    # shadow, then canary; the first release has no champion to shadow or share traffic with
+    for phase, share, needed in phase_plan(ctx.config.rollout) if champion else []:
+        window = start_phase(ctx, version, phase, share, run_id)
+        wait_for_traffic(ctx, version, window, needed, run_id)
+        phases.append(analyze_phase(ctx, version, champion, window))
+        enforce_phase(ctx, version, phases[-1], phase, run_id)
     # approve
-    gate = load_gate_verdict(cfg, paths, version)
-    approval = request_approval(cfg, version, evidence_markdown(version, champion, gate, phases))
-    enforce_approval(cfg, paths, version, approval, run_id)
+    gate = load_gate_verdict(ctx, version)
+    approval = request_approval(ctx, version, evidence_markdown(version, champion, gate, phases))
+    enforce_approval(ctx, version, approval, run_id)
     # promote, then smoke test (automatic rollback on failure)
-    promote_to_production(cfg, paths, version, approval, run_id)
-    verify_release(cfg, paths, version, run_id)
+    promote_to_production(ctx, version, approval, run_id)
+    verify_release(ctx, version, run_id)
     return {"version": version, "replaced": champion, "approved_by": approval.approver}

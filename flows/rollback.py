@@ -20,4 +20,4 @@ def rollback(
 ) -> dict[str, Any]:
     """Restore a release (model and its whole release context) as Production and make the gateway serve it."""
     ctx = as_context(config, env)
-    return rollback_production(ctx.config, ctx.paths, to_version, reason, str(flow_run.id))
+    return rollback_production(ctx, to_version, reason, str(flow_run.id))

@@ -11,9 +11,16 @@ from prefect.runtime import flow_run
 from tasks.data import DataVersion, pin_data_version
 from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
-from tasks.monitoring import profile_reference
+from tasks.profiling import profile_reference
 from tasks.registry import promote_version
-from tasks.tracking import log_training_run, publish_model_card, record_verdict, register_version, score_baseline
+from tasks.tracking import (
+    RunRecord,
+    log_training_run,
+    publish_model_card,
+    record_verdict,
+    register_version,
+    score_baseline,
+)
 from tasks.training import split_dataset, train_model
 from tasks.validation import describe_suite, validate_dataset
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
@@ -52,41 +59,30 @@ def training_pipeline(
 ) -> TrainingResult:
     """Train, register and gate one model version; it reaches Staging only when the gate passes."""
     ctx = as_context(config, env)
-    cfg, uri, ledger, run_id = ctx.config, ctx.config.servers.mlflow_url, str(ctx.paths.ledger), str(flow_run.id)
+    cfg, run_id = ctx.config, str(flow_run.id)
     path = str(ctx.resolve(data or cfg.dataset.path))
     # validate
     frame = validate_dataset(path, cfg.dataset, str(ctx.paths.gx_root))
-    version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)  # type: ignore[arg-type]  # Prefect overloads
+    version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)
     # train
     train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
     trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target)
     # evaluate
     scored = score_holdout(trained.model, holdout, cfg.features.all)
     evaluation = evaluate_model(holdout, scored.scores, cfg.dataset, cfg.model.decision_threshold)
-    profile = profile_reference(frame, holdout, scored.scores, cfg)
+    profile = profile_reference(frame, holdout, scored.scores, ctx)
     # log + register
     timings = {"fit": trained.fit_s, "predict": scored.predict_s}
-    run = log_training_run(
-        uri,
-        cfg,
-        version,
-        frame,
-        holdout,
-        trained.model,
-        evaluation,
-        profile,
-        describe_suite(cfg.dataset),
-        timings,
-        run_id,
+    record = RunRecord(
+        version, frame, holdout, trained.model, evaluation, profile, describe_suite(cfg.dataset), timings
     )
-    registered = register_version(uri, cfg, run, ledger, run_id)
-    publish_model_card(uri, cfg, registered)
+    run = log_training_run(ctx, record, run_id)
+    registered = register_version(ctx, run, run_id)
+    publish_model_card(ctx, registered)
     # gate
-    baseline = score_baseline(uri, cfg, ledger, holdout, registered.version)
-    verdict = gate_challenger(
-        holdout, scored.scores, evaluation["overall"], cfg.dataset, cfg.gates, cfg.model.seed, baseline
-    )
-    record_verdict(uri, cfg, registered, verdict, ledger, run_id)
+    baseline = score_baseline(ctx, holdout, registered.version)
+    verdict = gate_challenger(ctx, holdout, scored.scores, evaluation["overall"], baseline)
+    record_verdict(ctx, registered, verdict, run_id)
     enforce_verdict(verdict, registered.version)
     # promote
     promote_version(

@@ -1,13 +1,71 @@
-"""Answering a paused deploy_model approval from a shell (the Prefect UI shows the same form)."""
+"""The approval step of deploy_model: the paused run's form (answered in the Prefect UI), and answering it
+from a shell (`tollgate approve`)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tollgate.context import Context
 
 
 class ApprovalError(Exception):
     """No run is waiting, or the answer was refused."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A person's (or demo mode's) answer to the approval form."""
+
+    approve: bool
+    approver: str
+    comment: str
+
+
+def approval_input(approvers: list[str]) -> type:
+    """The Prefect RunInput for the approval form; `approver` is a choice from rollout.approvers, so the server
+    refuses anyone else."""
+    from prefect.input import RunInput
+    from pydantic import Field, create_model
+
+    who: Any = Literal[tuple(approvers)]
+    return create_model(
+        "Approval",
+        __base__=RunInput,
+        approve=(bool, Field(default=False, description="Promote this version to Production?")),
+        approver=(who, Field(description="Who approves (rollout.approvers)")),
+        comment=(str, Field(default="", description="Why")),
+    )
+
+
+def request_approval(ctx: Context, version: str, evidence: str) -> Approval:
+    """Pause the flow run until a person answers the form in the Prefect UI (or `tollgate approve`); in demo
+    mode (rollout.auto_approve) approve at once and say so. Called by the flow itself: only a flow can pause."""
+    from prefect import get_run_logger
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    policy = ctx.config.rollout
+    if policy.auto_approve:
+        return Approval(True, "auto-approved (rollout.auto_approve: demo mode)", "no person was asked")
+    form = approval_input(policy.approvers)
+    get_run_logger().warning(
+        "waiting up to %.0f s for approval of v%s: approve in the Prefect UI or run `tollgate approve %s --by NAME`",
+        policy.approval_timeout_s,
+        version,
+        version,
+    )
+    try:
+        answer = pause_flow_run(
+            wait_for_input=form.with_initial_data(description=evidence),  # type: ignore[attr-defined]
+            timeout=int(policy.approval_timeout_s),
+            key=f"approve-v{version}",
+        )
+    except FlowPauseTimeout:
+        return Approval(False, "nobody", f"approval timed out after {policy.approval_timeout_s:.0f} s")
+    got: Any = answer
+    return Approval(bool(got.approve), str(got.approver), str(got.comment))
 
 
 async def _paused_runs(version: str) -> list[Any]:

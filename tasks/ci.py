@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
+
+from tasks.common import tollgate_task
 
 
 class CIFailed(Exception):
@@ -22,7 +23,7 @@ def _run(cmd: list[str], cwd: Path, home: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
-@task(name="checkout_commit", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@tollgate_task(idempotent_io=True, retries=3, retry_delay_s=5)
 def checkout_commit(repo: str, sha: str, work: str) -> str:
     """A fresh clone of `repo` at `sha` (retried: a pre-push event can arrive before the push lands)."""
     dest = Path(work) / f"ci-{sha[:12]}"
@@ -39,7 +40,7 @@ def checkout_commit(repo: str, sha: str, work: str) -> str:
     return str(dest)
 
 
-@task(name="prepare_checkout", cache_policy=NO_CACHE)
+@tollgate_task
 def prepare_checkout(checkout: str, home: str) -> None:
     """Restore the snapshot data.dvc records in the checkout (regenerated deterministically, md5-checked)."""
     proc = _run([sys.executable, "-m", "tollgate.app.cli", "data", "generate"], Path(checkout), home)
@@ -48,7 +49,7 @@ def prepare_checkout(checkout: str, home: str) -> None:
     get_run_logger().info(proc.stdout.strip().splitlines()[-1])
 
 
-@task(name="train_checkout", cache_policy=NO_CACHE)
+@tollgate_task
 def train_checkout(checkout: str, env: str, home: str) -> dict[str, Any]:
     """`tollgate train` in the checkout; raise CIFailed when validation or the gate says no."""
     proc = _run([sys.executable, "-m", "tollgate.app.cli", "--env", env, "train", "--json"], Path(checkout), home)
@@ -61,7 +62,7 @@ def train_checkout(checkout: str, env: str, home: str) -> dict[str, Any]:
     return {"version": result["version"], "stage": result["stage"], "run_id": result["run_id"]}
 
 
-@task(name="deploy_checkout", cache_policy=NO_CACHE)
+@tollgate_task
 def deploy_checkout(checkout: str, version: str, env: str, home: str) -> dict[str, Any]:
     """`tollgate deploy VERSION` in the checkout (shadow, canary, approval, production)."""
     proc = _run([sys.executable, "-m", "tollgate.app.cli", "--env", env, "deploy", version], Path(checkout), home)

@@ -23,19 +23,23 @@ IO_RETRY_DELAY_S = 2
 @overload
 def tollgate_task(fn: F) -> F: ...
 @overload
-def tollgate_task(*, idempotent_io: bool = False, name: str | None = None) -> Callable[[F], F]: ...
+def tollgate_task(
+    *, idempotent_io: bool = False, retries: int = IO_RETRIES, retry_delay_s: float = IO_RETRY_DELAY_S
+) -> Callable[[F], F]: ...
 
 
-def tollgate_task(fn: Any = None, *, idempotent_io: bool = False, name: str | None = None) -> Any:
-    """`@task` named after the function, uncached, retried (IO_RETRIES times) only when `idempotent_io`."""
+def tollgate_task(
+    fn: Any = None, *, idempotent_io: bool = False, retries: int = IO_RETRIES, retry_delay_s: float = IO_RETRY_DELAY_S
+) -> Any:
+    """`@task` named after the function, uncached, retried (`retries` times) only when `idempotent_io`."""
 
     def wrap(f: Any) -> Any:
         return task(
             f,
-            name=name or f.__name__,
+            name=f.__name__,
             cache_policy=NO_CACHE,
-            retries=IO_RETRIES if idempotent_io else 0,
-            retry_delay_seconds=IO_RETRY_DELAY_S if idempotent_io else 0,
+            retries=retries if idempotent_io else 0,
+            retry_delay_seconds=retry_delay_s if idempotent_io else 0,
         )
 
     return wrap(fn) if fn is not None else wrap

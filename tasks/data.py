@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+
+from tasks.common import tollgate_task
 
 DVC = str(Path(sys.executable).parent / "dvc")
 POINTER = "data.dvc"
@@ -124,7 +124,7 @@ def pin_version(root: Path, data_path: Path, rows: int | None = None) -> DataVer
     )
 
 
-@task(name="pin_data_version", cache_policy=NO_CACHE)
+@tollgate_task
 def pin_data_version(root: str, data_path: str, rows: int, allow_dirty: bool) -> DataVersion:
     """Pin the data version; raise DataVersionError on a dirty git tree unless allow_dirty."""
     version = pin_version(Path(root), Path(data_path), rows)

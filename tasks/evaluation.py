@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import brier_score_loss, log_loss, precision_score, recall_score, roc_auc_score
 
+from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig
 
 
@@ -70,7 +69,7 @@ class Scored:
     predict_s: float
 
 
-@task(name="score_holdout", cache_policy=NO_CACHE)
+@tollgate_task
 def score_holdout(model: Any, holdout: pd.DataFrame, features: list[str]) -> Scored:
     """Positive-class scores for the holdout."""
     start = time.perf_counter()
@@ -78,7 +77,7 @@ def score_holdout(model: Any, holdout: pd.DataFrame, features: list[str]) -> Sco
     return Scored(scores, time.perf_counter() - start)
 
 
-@task(name="evaluate_model", cache_policy=NO_CACHE)
+@tollgate_task
 def evaluate_model(holdout: pd.DataFrame, scores: np.ndarray, ds: DatasetConfig, threshold: float) -> dict[str, Any]:
     """Metrics overall and per segment for scored holdout rows."""
     return evaluate_frame(holdout, scores, ds, threshold)

@@ -12,11 +12,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from scipy.stats import rankdata
 
+from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, GatesConfig
+from tollgate.context import Context
 
 Status = Literal["pass", "fail", "not_gated"]
 
@@ -96,28 +95,43 @@ class GateVerdict:
         )
 
 
-def auc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """AUC of each row of (y, p) matrices via the Mann-Whitney rank formula; NaN where a row has one class."""
-    ranks = rankdata(p, axis=1)
-    pos = y.sum(axis=1)
-    neg = y.shape[1] - pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * y).sum(axis=1) - pos * (pos + 1) / 2) / (pos * neg)
-    return np.where((pos > 0) & (neg > 0), auc, np.nan)
+class _TieGroups:
+    """One score vector reduced once to its sorted tie groups: each row's key is (group, label), so a resample's
+    AUC needs one gather and one bincount over the drawn rows, then O(groups) work."""
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray):
+        uniq, group = np.unique(scores, return_inverse=True)
+        self.groups = len(uniq)
+        self.key = (group.astype("int64") * 2 + y.astype("int64")).astype("int32" if 2 * len(uniq) < 2**31 else "int64")
+
+    def auc(self, rows: np.ndarray | None = None) -> float:
+        """AUC over the drawn `rows` (with repeats; all rows when None); ties count one half, as midranks do."""
+        keys = self.key if rows is None else self.key[rows]
+        counts = np.bincount(keys, minlength=2 * self.groups).reshape(self.groups, 2).astype("float64")
+        neg, pos = counts[:, 0], counts[:, 1]
+        p, q = pos.sum(), neg.sum()
+        if p == 0 or q == 0:
+            return float("nan")
+        return float(np.dot(pos, np.cumsum(neg) - 0.5 * neg) / (p * q))
 
 
 def paired_bootstrap_auc(
     y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, samples: int, confidence: float, seed: int
 ) -> tuple[float, float, float]:
-    """(observed AUC difference, lower, upper) of a two-sided `confidence` interval, resampling rows jointly."""
+    """(observed AUC difference, lower, upper) of a two-sided `confidence` interval, resampling rows jointly.
+
+    Resample b draws the same rows as indexing with rng.integers(0, n, (samples, n))[b]; time is
+    O(samples x n) and memory O(n): no (samples x n) matrix of indices, scores or ranks is ever built."""
+    n = len(y)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(samples, len(y)))
-    yb = y[idx]
-    diffs = auc_rows(yb, challenger[idx]) - auc_rows(yb, champion[idx])
-    diffs = diffs[~np.isnan(diffs)]
-    observed = float(auc_rows(y[None, :], challenger[None, :])[0] - auc_rows(y[None, :], champion[None, :])[0])
+    chal, champ = _TieGroups(y, challenger), _TieGroups(y, champion)
+    diffs = np.empty(samples)
+    for b in range(samples):
+        rows = rng.integers(0, n, size=n)
+        diffs[b] = chal.auc(rows) - champ.auc(rows)
+    d = diffs[~np.isnan(diffs)]
     alpha = (1 - confidence) / 2
-    return observed, float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))
+    return chal.auc() - champ.auc(), float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))
 
 
 def _absolute(overall: dict[str, float], gates: GatesConfig) -> list[Check]:
@@ -165,7 +179,7 @@ def _compare(
             "or has under 5 of a class: too small to compare, not gated",
         )
     diff, lo, hi = paired_bootstrap_auc(y, chal, champ, gates.bootstrap_samples, gates.confidence, seed)
-    chal_auc = float(auc_rows(y[None, :], chal[None, :])[0])
+    chal_auc = _TieGroups(y, chal).auc()
     ok = lo >= -margin if rule == "non_inferiority" else hi >= -margin
     ci = f"{gates.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}]"
     if rule == "non_inferiority":
@@ -218,24 +232,23 @@ def decide(
     )
 
 
-@task(name="gate_challenger", cache_policy=NO_CACHE)
+@tollgate_task
 def gate_challenger(
+    ctx: Context,
     holdout: pd.DataFrame,
-    challenger_scores: np.ndarray,
+    scores: np.ndarray,
     overall: dict[str, float],
-    ds: DatasetConfig,
-    gates: GatesConfig,
-    seed: int,
     baseline: tuple[str, str, np.ndarray] | None,
 ) -> GateVerdict:
-    """Compute the verdict against the baseline (label, version, scores) or the absolute minimums only."""
+    """The verdict against the baseline (label, version, scores), or on the absolute minimums for a first model."""
+    cfg = ctx.config
     if baseline is None:
-        return decide(holdout, challenger_scores, overall, ds, gates, seed)
-    label, version, scores = baseline
-    return decide(holdout, challenger_scores, overall, ds, gates, seed, scores, label, version)
+        return decide(holdout, scores, overall, cfg.dataset, cfg.gates, cfg.model.seed)
+    label, version, base = baseline
+    return decide(holdout, scores, overall, cfg.dataset, cfg.gates, cfg.model.seed, base, label, version)
 
 
-@task(name="enforce_verdict", cache_policy=NO_CACHE)
+@tollgate_task
 def enforce_verdict(verdict: GateVerdict, version: str | None = None) -> GateVerdict:
     """Raise GateRejected (failing the flow run visibly) unless the verdict passed."""
     if not verdict.passed:

@@ -16,17 +16,32 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from tasks.common import tollgate_task
 from tasks.data import DataVersion
 from tasks.gates import GateVerdict
+from tasks.model_card import model_card
 from tollgate.config import TollgateConfig
-from tollgate.registry import Registry
+from tollgate.context import Context
+from tollgate.keys import key_part, segment_key
 from tollgate.release import RELEASE_DIR, load_release, load_release_file
 
 REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything a training run logs: data version, frames, fitted model and what was computed from them."""
+
+    data: DataVersion
+    frame: pd.DataFrame
+    holdout: pd.DataFrame
+    model: Any
+    evaluation: dict[str, Any]
+    profile: dict[str, Any]
+    suite: dict[str, Any]
+    timings: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -72,58 +87,17 @@ def _flat(prefix: str, body: Any, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def segment_metrics(evaluation: dict[str, Any], metric: str) -> dict[str, float]:
-    """{'seg.tier.gold.auc': 0.83, ...} for one metric across every segment."""
+    """{'seg.tier.gold.auc': 0.83, ...} for one metric across every segment (keys made safe, tollgate.keys)."""
     return {
-        f"seg.{col}.{value}.{metric}": m[metric]
+        segment_key(col, value, metric): m[metric]
         for col, per in evaluation["segments"].items()
         for value, m in per.items()
     }
 
 
-def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any], version: str | None = None) -> str:
-    """The Markdown model card: intended use and limits, data version, metrics by segment, owner, obligations."""
-    o = evaluation["overall"]
-    lines = [
-        f"# Model card: {cfg.project.registered_model}" + (f" v{version}" if version else ""),
-        "",
-        f"**Owner:** {cfg.project.owner}  ",
-        f"**Model:** {cfg.model.kind} (seed {cfg.model.seed}), decision threshold {cfg.model.decision_threshold}",
-        "",
-        "## Intended use",
-        cfg.project.intended_use or "(not stated in config)",
-        "",
-        "## Limitations",
-        cfg.project.limitations or "(not stated in config)",
-        "",
-        "## Data",
-        f"- snapshot `{data.path}`, md5 `{data.md5}`"
-        + ("" if data.matches_dvc else " (**not** the version data.dvc records)"),
-        f"- git sha `{data.git_sha}`" + (" (**dirty tree**)" if data.git_dirty else ""),
-        f"- {data.rows} rows; target `{cfg.dataset.target}`; label delay {cfg.dataset.label_delay_days} days",
-        "",
-        "## Holdout metrics",
-        f"AUC {o['auc']:.4f} · log loss {o['log_loss']:.4f} · precision {o['precision']:.3f} · recall {o['recall']:.3f}"
-        f" · calibration error {o['calibration_error']:.4f} · n {int(o['n'])}",
-        "",
-        "| segment | n | positives | AUC | log loss | recall |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for col, per in evaluation["segments"].items():
-        for value, m in per.items():
-            lines.append(
-                f"| {col}={value} | {int(m['n'])} | {int(m['positives'])} | {m['auc']:.4f} | {m['log_loss']:.4f} | {m['recall']:.3f} |"
-            )
-    mon, gates = cfg.monitoring, cfg.gates
-    lines += [
-        "",
-        "## Monitoring obligations",
-        f"- input drift: {mon.numeric_method} > {mon.psi_threshold if mon.numeric_method == 'psi' else mon.ks_pvalue} on numeric features,"
-        f" Jensen-Shannon > {mon.categorical_threshold} on categorical; alert when over {mon.drift_share_threshold:.0%} of features drift",
-        f"- live AUC >= {mon.min_live_auc} over at least {mon.min_labelled_rows} matured labels; below {mon.severe_live_auc} rolls back",
-        f"- promotion gate: AUC >= {gates.min_auc}, log loss <= {gates.max_log_loss}, non-inferior within {gates.non_inferiority_margin}"
-        f" AUC at {gates.confidence:.0%} confidence overall and per segment with >= {gates.min_segment_size} rows",
-    ]
-    return "\n".join(lines) + "\n"
+def segment_key_map(evaluation: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """{'tier': {'gold': 'gold'}, 'region': {'São Paulo': 'S_o_Paulo-1a2b3c4d'}}: each segment value's key part."""
+    return {col: {str(v): key_part(v) for v in per} for col, per in evaluation["segments"].items()}
 
 
 def request_records(frame: pd.DataFrame, cfg: TollgateConfig, n: int) -> list[dict[str, Any]]:
@@ -142,26 +116,17 @@ def _write_json(folder: Path, name: str, body: Any) -> None:
     (folder / name).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
 
 
-@task(name="log_training_run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def log_training_run(
-    tracking_uri: str,
-    cfg: TollgateConfig,
-    data: DataVersion,
-    frame: pd.DataFrame,
-    holdout: pd.DataFrame,
-    model: Any,
-    evaluation: dict[str, Any],
-    profile: dict[str, Any],
-    suite: dict[str, Any],
-    timings: dict[str, float],
-    flow_run_id: str | None,
-) -> LoggedRun:
+def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedRun:
     """Log params, metrics, the dataset input, lineage tags, the model and the release context; returns the run id."""
     import mlflow.sklearn
     import skops.io as sio
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(tracking_uri)
+    data, frame, holdout, model = record.data, record.frame, record.holdout, record.model
+    evaluation, profile, suite, timings = record.evaluation, record.profile, record.suite, record.timings
+
+    cfg = ctx.config
+    mlflow.set_tracking_uri(cfg.servers.mlflow_url)
     experiment = mlflow.set_experiment(cfg.project.name)
     features = cfg.features.all
     with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"train-{data.md5[:8]}") as run:
@@ -202,6 +167,7 @@ def log_training_run(
             _write_json(folder, "expectation_suite.json", suite)
             _write_json(folder, "reference_profile.json", profile)
             _write_json(folder, "evaluation.json", evaluation)
+            _write_json(folder, "segment_keys.json", segment_key_map(evaluation))
             _write_json(folder, "data_version.json", data.to_dict())
             (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
             _write_json(folder, "smoke_records.json", request_records(holdout, cfg, cfg.serving.smoke_requests))
@@ -222,33 +188,24 @@ def log_training_run(
         return LoggedRun(str(run.info.run_id), str(info.model_uri))
 
 
-@task(name="register_version", cache_policy=NO_CACHE)
-def register_version(
-    tracking_uri: str, cfg: TollgateConfig, logged: LoggedRun, ledger_path: str, flow_run_id: str | None
-) -> RegisteredRun:
-    """Register the run's model as a new version (stage None) and record it in the ledger. Not retried: a retry
-    after a lost response would register a second version."""
-    mlflow.set_tracking_uri(tracking_uri)
-    name = cfg.project.registered_model
+def register(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -> RegisteredRun:
+    """Register the run's model as a new version (stage None) and record it in the ledger."""
+    mlflow.set_tracking_uri(ctx.config.servers.mlflow_url)
+    name = ctx.config.project.registered_model
     run_id = logged.run_id
     mv = mlflow.register_model(logged.model_uri, name, tags={"tollgate.run_id": run_id})
     version = str(mv.version)
-    Registry(tracking_uri, name, Path(ledger_path)).record(
-        version, "-", "None", "registered from training run", run_id, flow_run_id=flow_run_id
-    )
+    ctx.registry.record(version, "-", "None", "registered from training run", run_id, flow_run_id=flow_run_id)
     run = mlflow.get_run(run_id)
     return RegisteredRun(
         run_id=run_id, version=version, model_uri=f"models:/{name}/{version}", experiment_id=run.info.experiment_id
     )
 
 
-@task(name="score_baseline", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def score_baseline(
-    tracking_uri: str, cfg: TollgateConfig, ledger_path: str, holdout: pd.DataFrame, exclude_version: str
-) -> tuple[str, str, np.ndarray] | None:
+def baseline_scores(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -> tuple[str, str, np.ndarray] | None:
     """The baseline to gate against, scored on this holdout with its own feature list: the Production version,
     else the Staging version the challenger would displace, else None (first model)."""
-    registry = Registry(tracking_uri, cfg.project.registered_model, Path(ledger_path))
+    registry = ctx.registry
     prod = registry.one("Production")
     staging = registry.one("Staging")
     if prod is not None:
@@ -257,7 +214,7 @@ def score_baseline(
         base, label = staging, f"Staging v{staging.version} (no Production yet)"
     else:
         return None
-    release = load_release(cfg, registry, version=base.version)
+    release = load_release(ctx.config, registry, version=base.version)
     missing = [c for c in release.features if c not in holdout.columns]
     if missing:
         raise ValueError(f"baseline {label} needs columns {missing} that this dataset lacks: it cannot be compared")
@@ -265,22 +222,14 @@ def score_baseline(
     return label, base.version, np.asarray(model.predict_proba(holdout[release.features])[:, 1], dtype="float64")
 
 
-@task(name="record_verdict", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def record_verdict(
-    tracking_uri: str,
-    cfg: TollgateConfig,
-    registered: RegisteredRun,
-    verdict: GateVerdict,
-    ledger_path: str,
-    flow_run_id: str | None,
-) -> None:
+def store_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict, flow_run_id: str | None) -> None:
     """Store the verdict as a run artifact, version tags and a Prefect table; a rejection lands in the ledger."""
-    mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    cfg = ctx.config
+    client = mlflow.MlflowClient(tracking_uri=cfg.servers.mlflow_url)
     with tempfile.TemporaryDirectory() as tmp:
         _write_json(Path(tmp), "gate_verdict.json", verdict.to_dict())
         client.log_artifact(registered.run_id, str(Path(tmp) / "gate_verdict.json"), RELEASE_DIR)
-    registry = Registry(tracking_uri, cfg.project.registered_model, Path(ledger_path))
+    registry = ctx.registry
     failing = "; ".join(f"{c.scope} {c.check}" for c in verdict.failures)
     registry.set_tags(
         registered.version,
@@ -303,10 +252,10 @@ def record_verdict(
         )
 
 
-@task(name="publish_model_card", cache_policy=NO_CACHE)
-def publish_model_card(tracking_uri: str, cfg: TollgateConfig, registered: RegisteredRun) -> str:
+def publish_card(ctx: Context, registered: RegisteredRun) -> str:
     """Publish the version's model card (from its run) as a Prefect Markdown artifact; returns the Markdown."""
-    card = str(load_release_file(tracking_uri, registered.run_id, "model_card.md"))
+    cfg = ctx.config
+    card = str(load_release_file(cfg.servers.mlflow_url, registered.run_id, "model_card.md"))
     card = card.replace(
         f"# Model card: {cfg.project.registered_model}",
         f"# Model card: {cfg.project.registered_model} v{registered.version}",
@@ -318,3 +267,34 @@ def publish_model_card(tracking_uri: str, cfg: TollgateConfig, registered: Regis
         description=f"{cfg.project.registered_model} v{registered.version}",
     )
     return card
+
+
+# -- tasks: thin wrappers for the training flow ---------------------------------------------------------------
+@tollgate_task  # not retried: a retry after a lost response would create a second run
+def log_training_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedRun:
+    """Log the training run with its release context; returns the run."""
+    return log_run(ctx, record, flow_run_id)
+
+
+@tollgate_task  # not retried: a retry after a lost response would register a second version
+def register_version(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -> RegisteredRun:
+    """Register the run's model as a new version (stage None), recorded in the ledger."""
+    return register(ctx, logged, flow_run_id)
+
+
+@tollgate_task(idempotent_io=True)
+def score_baseline(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -> tuple[str, str, np.ndarray] | None:
+    """The gate's baseline (label, version, scores on this holdout), or None for a first model."""
+    return baseline_scores(ctx, holdout, exclude_version)
+
+
+@tollgate_task
+def record_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict, flow_run_id: str | None) -> None:
+    """Store the gate verdict with the version (artifact, tags, Prefect table, ledger on rejection)."""
+    store_verdict(ctx, registered, verdict, flow_run_id)
+
+
+@tollgate_task
+def publish_model_card(ctx: Context, registered: RegisteredRun) -> str:
+    """Publish the version's model card as a Prefect Markdown artifact; returns the Markdown."""
+    return publish_card(ctx, registered)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
@@ -19,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, FeaturesConfig, ModelConfig, SplitConfig
 
 
@@ -81,7 +80,7 @@ class Trained:
     fit_s: float
 
 
-@task(name="train_model", cache_policy=NO_CACHE)
+@tollgate_task
 def train_model(train: pd.DataFrame, features: FeaturesConfig, model: ModelConfig, target: str) -> Trained:
     """Build and fit the configured Pipeline."""
     start = time.perf_counter()
@@ -89,7 +88,7 @@ def train_model(train: pd.DataFrame, features: FeaturesConfig, model: ModelConfi
     return Trained(fitted, time.perf_counter() - start)
 
 
-@task(name="split_dataset", cache_policy=NO_CACHE)
+@tollgate_task
 def split_dataset(
     frame: pd.DataFrame, ds: DatasetConfig, split: SplitConfig, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

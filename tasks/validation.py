@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.common import tollgate_task
+from tasks.conform import conform
 from tollgate.config import ColumnSpec, DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ TYPE_LISTS: dict[str, list[str]] = {
     "label": [*INT_TYPES, "bool"],
 }
 SUITE_NAME = "tollgate-dataset"
+SERVING_SUITE_NAME = "tollgate-serving"
 
 
 class DataReadError(Exception):
@@ -72,6 +73,7 @@ class ValidationReport:
     failures: list[Failure]
     suite_path: str
     data_docs: str
+    coercions: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -123,16 +125,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 # -- the suite ---------------------------------------------------------------------------------
-def build_suite(ds: DatasetConfig) -> Any:
-    """A GX ExpectationSuite generated from the dataset schema."""
+def expected_columns(ds: DatasetConfig, serving: bool = False) -> dict[str, ColumnSpec]:
+    """The schema's columns; at serving time (records as they arrive for scoring) without the label."""
+    return {k: v for k, v in ds.columns.items() if not (serving and k == ds.target)}
+
+
+def build_suite(ds: DatasetConfig, serving: bool = False) -> Any:
+    """A GX ExpectationSuite generated from the dataset schema (`serving`: the same suite without the label,
+    and without the training row-count floor)."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    columns = expected_columns(ds, serving)
+    suite = gx.ExpectationSuite(name=SERVING_SUITE_NAME if serving else SUITE_NAME)
     add = suite.add_expectation
-    add(gxe.ExpectTableColumnsToMatchSet(column_set=list(ds.columns), exact_match=ds.extra_columns == "forbid"))
-    add(gxe.ExpectTableRowCountToBeBetween(min_value=ds.row_count.min, max_value=ds.row_count.max))
-    for name, spec in ds.columns.items():
+    add(gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=ds.extra_columns == "forbid"))
+    add(gxe.ExpectTableRowCountToBeBetween(min_value=1 if serving else ds.row_count.min, max_value=ds.row_count.max))
+    for name, spec in columns.items():
         for exp in _column_expectations(name, spec, gxe):
             add(exp)
     return suite
@@ -220,10 +229,25 @@ def _describe(r: Any, frame: pd.DataFrame, ds: DatasetConfig) -> Failure | None:
     return Failure(col, kind, f"observed {res.get('observed_value')}", count, examples)
 
 
+def conform_and_validate(
+    frame: pd.DataFrame, ds: DatasetConfig, gx_root: Path, source: str = "dataframe", serving: bool = False
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Apply the documented dtype coercions (tasks/conform.py), then the suite; returns the conformed frame."""
+    conformed, coercions, rejections = conform(frame, ds)
+    report = validate_frame(conformed, ds, gx_root, source, serving)
+    extra = [
+        Failure(r.column, "conform_to_declared_type", r.reason, len(r.rows), [f"row {i}" for i in r.rows])
+        for r in rejections
+    ]
+    failures = sorted([*report.failures, *extra], key=lambda f: (f.column is not None, f.column or "", f.expectation))
+    notes = [f"{c.column}: {c.rule}" for c in coercions]
+    return conformed, ValidationReport(**{**asdict(report), "failures": failures, "coercions": notes})
+
+
 def validate_frame(
-    frame: pd.DataFrame, ds: DatasetConfig, gx_root: Path, source: str = "dataframe"
+    frame: pd.DataFrame, ds: DatasetConfig, gx_root: Path, source: str = "dataframe", serving: bool = False
 ) -> ValidationReport:
-    """Run the schema's suite on `frame` in a file data context under gx_root; build Data Docs."""
+    """Run the schema's suite (the serving suite when `serving`) on `frame` under gx_root; build Data Docs."""
     import great_expectations as gx
 
     gx_root.mkdir(parents=True, exist_ok=True)
@@ -235,13 +259,13 @@ def validate_frame(
     batch = (
         asset.batch_definitions[0] if asset.batch_definitions else asset.add_batch_definition_whole_dataframe("whole")
     )
-    suite = ctx.suites.add_or_update(build_suite(ds))
+    suite = ctx.suites.add_or_update(build_suite(ds, serving))
     vd = ctx.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name="tollgate-validation", data=batch, suite=suite)
+        gx.ValidationDefinition(name=f"{suite.name}-validation", data=batch, suite=suite)
     )
     checkpoint = ctx.checkpoints.add_or_update(
         gx.Checkpoint(
-            name="tollgate-checkpoint",
+            name=f"{suite.name}-checkpoint",
             validation_definitions=[vd],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs")],
             result_format={"result_format": "SUMMARY"},
@@ -261,27 +285,33 @@ def validate_frame(
         rows=len(frame),
         expectations=n,
         failures=failures,
-        suite_path=str(gx_root / "gx" / "expectations" / f"{SUITE_NAME}.json"),
+        suite_path=str(gx_root / "gx" / "expectations" / f"{suite.name}.json"),
         data_docs=str(gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"),
     )
 
 
-def validate_file(path: str | Path, ds: DatasetConfig, gx_root: Path) -> tuple[pd.DataFrame, ValidationReport]:
-    """Read and validate a file (DataReadError for unreadable files)."""
+def validate_file(
+    path: str | Path, ds: DatasetConfig, gx_root: Path, serving: bool | None = None
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Read, conform and validate a file (DataReadError for unreadable files); returns the conformed frame.
+
+    `serving=None` decides by the data: a table without the label column is serving-time data."""
     frame = read_table(path)
-    return frame, validate_frame(frame, ds, gx_root, source=str(path))
+    if serving is None:
+        serving = ds.target not in frame.columns
+    return conform_and_validate(frame, ds, gx_root, source=str(path), serving=serving)
 
 
-@task(name="describe_suite", cache_policy=NO_CACHE)
+@tollgate_task
 def describe_suite(ds: DatasetConfig) -> dict[str, Any]:
     """The generated suite as JSON (stored with the release)."""
     return dict(build_suite(ds).to_json_dict())
 
 
-@task(name="validate_dataset", cache_policy=NO_CACHE)
+@tollgate_task
 def validate_dataset(path: str, ds: DatasetConfig, gx_root: str) -> pd.DataFrame:
     """Read and validate the dataset; raise ValidationFailed (failing the flow run) unless every expectation passes."""
-    frame, report = validate_file(path, ds, Path(gx_root))
+    frame, report = validate_file(path, ds, Path(gx_root), serving=False)
     if not report.passed:
         raise ValidationFailed(report)
     return frame

@@ -42,6 +42,9 @@ class ColumnSpec(_Strict):
     values: list[int] | None = None
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     unique: bool = False
+    # timestamp columns only: how stored values are read ("auto": datetime dtype or ISO text; "epoch_s"/"epoch_ms":
+    # numbers since 1970-01-01 UTC; "year": an integer year, read as 1 January of that year).
+    format: Literal["auto", "epoch_s", "epoch_ms", "year"] = "auto"
 
     @model_validator(mode="after")
     def _coherent(self) -> ColumnSpec:
@@ -53,6 +56,8 @@ class ColumnSpec(_Strict):
             raise ValueError("a label column needs 'values: [0, 1]' (binary classification)")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.format != "auto" and self.type != "timestamp":
+            raise ValueError(f"'format' is only for timestamp columns, not {self.type}")
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"'min'/'max' are only for int and float columns, not {self.type}")
         return self
@@ -69,7 +74,7 @@ class DatasetConfig(_Strict):
     timestamp: str
     target: str
     label_delay_days: float = Field(default=0, ge=0)
-    segments: list[str] = Field(min_length=1)
+    segments: list[str] = []  # zero or more category columns; metrics and gates are also computed per value
     extra_columns: Literal["forbid", "allow"] = "forbid"
     row_count: RowCount = RowCount()
     columns: dict[str, ColumnSpec] = Field(min_length=3)
@@ -174,6 +179,7 @@ class ServingConfig(_Strict):
     smoke_requests: int = Field(default=20, ge=1)
     reload_timeout_s: float = Field(default=60, gt=0)
     rollout_max_wait_s: float = Field(default=600, gt=0)
+    rollout_poll_s: float = Field(default=1.0, gt=0)  # how often a rollout phase checks the traffic it has seen
 
 
 class AlertsConfig(_Strict):

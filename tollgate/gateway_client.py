@@ -12,7 +12,12 @@ from tollgate.secrets import admin_token
 
 
 class GatewayError(Exception):
-    """The gateway answered with an error or could not be reached."""
+    """The gateway answered with an error (`status`, `body`) or could not be reached (`unreachable`: the request
+    never arrived, so the gateway did nothing; a lost reply is neither)."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "", unreachable: bool = False):
+        super().__init__(message)
+        self.status, self.body, self.unreachable = status, body, unreachable
 
 
 class GatewayClient:
@@ -26,15 +31,21 @@ class GatewayClient:
 
     @classmethod
     def from_config(cls, cfg: TollgateConfig, paths: StatePaths) -> GatewayClient:
-        return cls(cfg.servers.gateway_url, admin_token(cfg, paths))
+        """A client with the admin token that waits as long as loading a release may take (serving.reload_timeout_s)."""
+        return cls(cfg.servers.gateway_url, admin_token(cfg, paths), timeout=cfg.serving.reload_timeout_s)
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
             resp = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise GatewayError(f"gateway at {self.base_url} is not reachable: {exc}") from exc
+            never_arrived = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            raise GatewayError(
+                f"gateway at {self.base_url} did not answer: {exc!r}", unreachable=never_arrived
+            ) from exc
         if resp.status_code >= 400:
-            raise GatewayError(f"{method} {path} -> {resp.status_code}: {resp.text[:500]}")
+            raise GatewayError(
+                f"{method} {path} -> {resp.status_code}: {resp.text[:500]}", resp.status_code, resp.text[:2000]
+            )
         return resp.json()
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,43 +1,57 @@
 """The whole lifecycle as a user runs it (`tollgate demo`), against real servers in the session's temp state
-folder; asserts on the demo's summary, the registry and the ledger, not on log text."""
+folder; asserts on the summary object `tollgate demo --json` prints, the registry and the ledger, not on prose."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.helpers import ROOT
 from tollgate import ledger
 from tollgate.context import make_context
 from tollgate.registry import Registry
+from tollgate.signals import alert_failures
 
 
-def test_demo_lifecycle(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from tollgate.app.demo import run_demo
+def test_demo_lifecycle(live_stack: dict[str, str]) -> None:
+    from tollgate.app.demo import PERIOD_ROWS, run_demo
 
-    monkeypatch.setenv("TOLLGATE__ROLLOUT__AUTO_APPROVE", "true")  # restored after the test
-    for key in ("TOLLGATE__MONITORING__MIN_LIVE_AUC", "TOLLGATE__MONITORING__SEVERE_LIVE_AUC"):
-        monkeypatch.delenv(key, raising=False)
-    rt = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
+    ctx = make_context(ROOT / "configs" / "pipeline.yaml", "dev")
+    model = ctx.config.project.registered_model
     said: list[str] = []
-    summary = run_demo(rt, say=said.append)
-    steps = {s["step"]: s for s in summary.steps}
-    assert steps["deploy v1"]["outcome"].startswith("Production (approved by auto-approved")
-    assert steps["drift: normal period"]["outcome"] == "no drift"
-    assert steps["drift: covariate period"]["outcome"].startswith("ALERT")
-    assert Path(steps["drift: covariate period"]["report"]).exists()
-    assert ": degraded" in steps["backfill: concept period"]["outcome"]
-    assert "-> Production" in steps["retrain v2"]["outcome"]
-    assert steps["bad release v3"]["outcome"].endswith("severe -> rolled_back")
-    v1, v2, v3 = summary.versions["v1"], summary.versions["v2"], summary.versions["v3"]
-    reg = Registry(live_stack["mlflow"], rt.config.project.registered_model, rt.paths.ledger)
+    summary = run_demo(ctx, say=said.append)
+    report = json.loads(json.dumps(summary.to_dict()))  # exactly what `tollgate demo --json` prints
+    names = {v["demo_name"]: v["version"] for v in report["versions"] if v["demo_name"]}
+    v1, v2, v3 = names["v1"], names["v2"], names["v3"]
+    stages = {v["version"]: v["stage"] for v in report["versions"]}
+    assert (stages[v1], stages[v2], stages[v3]) == ("Archived", "Production", "Archived")
+
+    steps = {s["step"]: s for s in report["steps"]}
+    assert steps["train v1"]["gate"]["passed"] and steps["train v1"]["holdout_auc"] > 0.7
+    assert steps["deploy v1"]["approved_by"].startswith("auto-approved")
+    normal, covariate = steps["drift: normal period"], steps["drift: covariate period"]
+    assert not normal["detected"] and normal["rows"] == PERIOD_ROWS
+    assert covariate["detected"] and covariate["alerted"] and covariate["drifted"]
+    assert Path(covariate["report"]).exists()
+    concept = steps["backfill: concept period"]
+    assert concept["status"] == "degraded" and concept["live_auc"] < concept["holdout_auc"]
+    retrained = steps["retrain v2"]
+    assert retrained["status"] == "deployed" and retrained["version"] == v2
+    assert retrained["gate"]["passed"] and retrained["gate"]["failures"] == []
+    assert retrained["rollout"]["replaced"] == v1 and retrained["rollout"]["approved_by"].startswith("auto-approved")
+    bad = steps["bad release v3"]
+    assert (bad["version"], bad["status"], bad["action"]) == (v3, "severe", "rolled_back")
+    assert bad["rollback"]["from"] == v3 and bad["rollback"]["to"] == v2 and bad["rollback"]["at"]
+    assert 0 < bad["rollback"]["seconds"] == bad["backfill_and_rollback_s"]
+    assert report["ledger_entries"] == len(ledger.read(ctx.paths.ledger, model))
+    assert report["failed_alert_deliveries"] == len(alert_failures(ctx.paths, model))
+
+    reg = Registry(live_stack["mlflow"], model, ctx.paths.ledger)
     assert reg.one("Production").version == v2  # type: ignore[union-attr]
     assert reg.get(v3).stage == "Archived" and reg.get(v1).stage == "Archived"
-    moves = [
-        (e.version, e.from_stage, e.to_stage) for e in ledger.read(rt.paths.ledger, rt.config.project.registered_model)
-    ]
+    moves = [(e.version, e.from_stage, e.to_stage) for e in ledger.read(ctx.paths.ledger, model)]
     for move in [
         (v1, "Staging", "Production"),
         (v1, "Production", "Archived"),
@@ -47,7 +61,7 @@ def test_demo_lifecycle(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPa
         (v2, "Archived", "Production"),
     ]:
         assert move in moves, move
-    rollback = [e for e in ledger.read(rt.paths.ledger) if e.version == v2 and e.to_stage == "Production"][-1]
+    rollback = [e for e in ledger.read(ctx.paths.ledger) if e.version == v2 and e.to_stage == "Production"][-1]
     assert rollback.reason.startswith("rollback: automatic: severe degradation")
-    assert httpx.get(f"{rt.config.servers.gateway_url}/health").json()["champion"] == v2
-    assert any(line.strip().startswith("finished in") for line in said)
+    assert httpx.get(f"{ctx.config.servers.gateway_url}/health").json()["champion"] == v2
+    assert any(line.strip().startswith("finished in") for line in said)  # the printed summary came out

@@ -11,9 +11,7 @@ from tests.integration.live import running_gateway
 
 
 @pytest.fixture()
-def gateway(
-    live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Iterator[dict[str, Any]]:
+def gateway(live_stack: dict[str, str], request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """A real gateway process for this test's own model name, on a free port."""
-    with running_gateway(live_stack, monkeypatch, f"rollout-{request.node.name}"[:50].replace("_", "-")) as gw:
+    with running_gateway(live_stack, f"rollout-{request.node.name}"[:50].replace("_", "-")) as gw:
         yield gw

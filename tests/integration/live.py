@@ -4,32 +4,38 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
-import pytest
 
 from flows.training import training_pipeline
 from tests.helpers import ROOT, bundled_config
-from tollgate.registry import Registry
+from tollgate.context import Context, make_context
+from tollgate.procs import free_port
 
 CONFIG = str(ROOT / "configs" / "pipeline.yaml")
 FEATURES = bundled_config().features.all
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Small rollouts and lenient shadow checks: the tests exercise the mechanics, not the bundled policy.
+TEST_ROLLOUT = {"shadow_requests": 60, "canary_requests": 30, "min_agreement": 0.5, "max_score_psi": 100.0}
+
+
+def base_context() -> Context:
+    """The bundled config on the session's state folder and servers (tests/conftest.py set both)."""
+    return make_context(CONFIG, "dev")
+
+
+def model_context(name: str, **update: Any) -> Context:
+    """A Context variant for a registered model of the test's own (plus any other config sections)."""
+    return base_context().with_config(project={"registered_model": name}, **update)
 
 
 def records(n: int, offset: int = 0, source: pd.DataFrame | None = None) -> list[dict[str, Any]]:
@@ -45,25 +51,22 @@ def records(n: int, offset: int = 0, source: pd.DataFrame | None = None) -> list
 
 
 @contextmanager
-def running_gateway(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[dict[str, Any]]:
-    """A real gateway process serving the registered model `name` on a free port; the environment the test's
-    flows read (model name, gateway port, admin token, small rollout sizes) is set through `monkeypatch`."""
+def running_gateway(live_stack: dict[str, str], name: str) -> Iterator[dict[str, Any]]:
+    """A real gateway process serving the registered model `name` on a free port. Yields its url, process,
+    registry and `ctx`: the Context variant the test's flows run with (this model, this gateway, small rollouts).
+    The gateway process gets the same settings through its environment (it is a child process)."""
     port = free_port()
+    ctx = model_context(
+        name, servers={"gateway_port": port}, rollout=TEST_ROLLOUT, serving={"rollout_max_wait_s": 120.0}
+    )
     env = {
+        **os.environ,
         "TOLLGATE__PROJECT__REGISTERED_MODEL": name,
         "TOLLGATE__SERVERS__GATEWAY_PORT": str(port),
-        "TOLLGATE_ADMIN_TOKEN": "test-token",
-        "TOLLGATE__ROLLOUT__SHADOW_REQUESTS": "60",
-        "TOLLGATE__ROLLOUT__CANARY_REQUESTS": "30",
-        "TOLLGATE__ROLLOUT__MIN_AGREEMENT": "0.5",
-        "TOLLGATE__ROLLOUT__MAX_SCORE_PSI": "100",
-        "TOLLGATE__SERVING__ROLLOUT_MAX_WAIT_S": "120",
     }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tollgate.app.cli", "serve"],
-        env={**os.environ},
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -79,12 +82,7 @@ def running_gateway(live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     else:
         proc.kill()
         raise AssertionError(f"gateway did not start: {proc.stderr.read() if proc.stderr else ''}")
-    yield {
-        "url": url,
-        "proc": proc,
-        "name": name,
-        "registry": Registry(live_stack["mlflow"], name, Path(live_stack["home"]) / "ledger.jsonl"),
-    }
+    yield {"url": url, "proc": proc, "name": name, "registry": ctx.registry, "ctx": ctx}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -129,10 +127,6 @@ class Traffic:
         self.thread.join(30)
 
 
-def train(monkeypatch: pytest.MonkeyPatch, **env: str):  # type: ignore[no-untyped-def]
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    result = training_pipeline(config=CONFIG, env="dev", allow_dirty=True)
-    for key in env:
-        monkeypatch.delenv(key)
-    return result
+def train(ctx: Context, **update: Any):  # type: ignore[no-untyped-def]
+    """training_pipeline on the bundled snapshot with a variant of `ctx` (e.g. model={"hyperparameters": ...})."""
+    return training_pipeline(config=ctx.with_config(**update) if update else ctx, allow_dirty=True)

@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,23 +14,28 @@ import pytest
 from flows.deploy import deploy_model
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
 from tasks.deployment import RolloutFailed
-from tests.integration.live import CONFIG, Traffic, records
-from tests.integration.live import train as _train
+from tasks.rollout import rollback_via_gateway
+from tests.integration.live import Traffic, free_port, records, train
 from tollgate import ledger
+from tollgate.context import Context
 from tollgate.predlog import read_log
 from tollgate.registry import Registry
 
+WEAK = {"model": {"hyperparameters": {"max_iter": 10}}}  # a deliberately weak first model
+AUTO = {"rollout": {"auto_approve": True}}  # its release policy approves without asking anyone
 
-def _reload(gw: dict[str, Any]) -> dict[str, Any]:
-    return httpx.post(f"{gw['url']}/admin/reload", headers={"Authorization": "Bearer test-token"}, timeout=60).json()
+
+def _log(gateway: dict[str, Any]) -> Any:
+    ctx: Context = gateway["ctx"]
+    return read_log(ctx.paths.model_log(gateway["name"]))
 
 
-def _deploy_in_thread(version: str) -> tuple[threading.Thread, dict[str, Any]]:
+def _deploy_in_thread(ctx: Context, version: str) -> tuple[threading.Thread, dict[str, Any]]:
     out: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            out["result"] = deploy_model(version=version, config=CONFIG, env="dev")
+            out["result"] = deploy_model(version=version, config=ctx)
         except Exception as exc:
             out["error"] = exc
 
@@ -51,20 +55,20 @@ def _wait_paused(version: str, thread: threading.Thread, timeout: float = 240) -
     raise AssertionError(f"deploy of v{version} never paused for approval")
 
 
-def test_shadow_canary_approval_production_then_rollback(
-    gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]) -> None:
     reg: Registry = gateway["registry"]
-    # v1: a deliberately weak first model, auto-approved by its own release policy (no champion to shadow).
-    v1 = _train(monkeypatch, TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER="10", TOLLGATE__ROLLOUT__AUTO_APPROVE="true")
-    assert deploy_model(version=v1.version, config=CONFIG, env="dev")["approved_by"].startswith("auto-approved")
+    ctx: Context = gateway["ctx"]
+    # v1: weak, auto-approved by its own release policy (no champion to shadow), deployed with the working
+    # tree's policy saying the opposite: the release's policy is the one that counts.
+    v1 = train(ctx, **WEAK, **AUTO)
+    assert deploy_model(version=v1.version, config=ctx)["approved_by"].startswith("auto-approved")
     assert reg.one("Production").version == v1.version  # type: ignore[union-attr]
     assert httpx.get(f"{gateway['url']}/health").json()["champion"] == v1.version
     # v2: clearly better; its release requires a person from rollout.approvers.
-    v2 = _train(monkeypatch)
+    v2 = train(ctx)
     assert v2.stage == "Staging"
     with Traffic(gateway["url"]) as traffic:
-        thread, out = _deploy_in_thread(v2.version)
+        thread, out = _deploy_in_thread(ctx, v2.version)
         _wait_paused(v2.version, thread)
         with pytest.raises(ApprovalError, match="refused"):
             answer_approval(v2.version, "mallory", True, "not on the list")
@@ -74,16 +78,15 @@ def test_shadow_canary_approval_production_then_rollback(
         roles = {(a["model_version"], a["role"]) for a in traffic.answers}
         assert (v2.version, "canary") in roles and (v1.version, "champion") in roles
         assert (v2.version, "champion") in {(a["model_version"], a["role"]) for a in traffic.answers[-5:]}
-        # rollback while traffic flows: nothing dropped, the old release answers as soon as the command returns
-        from tollgate.app.cli import main
-
-        assert main(["rollback", "--reason", "test: restore v1"]) == 0
+        # rollback while traffic flows: nothing dropped, the old release answers as soon as the call returns
+        done = rollback_via_gateway(ctx, None, "test: restore v1", None)
+        assert (done["from"], done["to"], done["served"]) == (v2.version, v1.version, True)
         first = httpx.post(f"{gateway['url']}/predict", json=records(1)[0]).json()
         assert first["model_version"] == v1.version
         time.sleep(0.5)
     assert traffic.failures == []
     assert reg.one("Production").version == v1.version and reg.get(v2.version).stage == "Archived"  # type: ignore[union-attr]
-    log = read_log(Path(os.environ["TOLLGATE_HOME"]) / "predictions" / gateway["name"])
+    log = _log(gateway)
     mine = log[log["model_version"].isin([v1.version, v2.version])]
     assert {"champion", "shadow", "canary"} <= set(mine["role"])
     entries = [(e.version, e.from_stage, e.to_stage, e.who) for e in ledger.read(reg.ledger_path, gateway["name"])]
@@ -93,17 +96,21 @@ def test_shadow_canary_approval_production_then_rollback(
     reasons = [e.reason for e in ledger.read(reg.ledger_path, gateway["name"])]
     assert any("rollout: shadow" in r for r in reasons) and any("rollout: canary" in r for r in reasons)
     assert any(r.startswith("rollback: test: restore v1") for r in reasons)
+    # with the gateway unreachable the same rollback happens in the registry directly (served when it starts)
+    unreachable = ctx.with_config(servers={"gateway_port": free_port()})
+    done = rollback_via_gateway(unreachable, v2.version, "test: gateway down", None)
+    assert done == {"from": v1.version, "to": v2.version, "served": False}
+    assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
 
 
-def test_rejected_approval_leaves_production_as_it_was(
-    gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) -> None:
     reg: Registry = gateway["registry"]
-    v1 = _train(monkeypatch, TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER="10", TOLLGATE__ROLLOUT__AUTO_APPROVE="true")
-    deploy_model(version=v1.version, config=CONFIG, env="dev")
-    v2 = _train(monkeypatch)
+    ctx: Context = gateway["ctx"]
+    v1 = train(ctx, **WEAK, **AUTO)
+    deploy_model(version=v1.version, config=ctx)
+    v2 = train(ctx)
     with Traffic(gateway["url"]):
-        thread, out = _deploy_in_thread(v2.version)
+        thread, out = _deploy_in_thread(ctx, v2.version)
         _wait_paused(v2.version, thread)
         answer_approval(v2.version, "bob", False, "canary is too small to judge")
         thread.join(120)
@@ -119,11 +126,9 @@ def test_rejected_approval_leaves_production_as_it_was(
     }
 
 
-def test_every_acknowledged_prediction_survives_sigkill(
-    gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    v1 = _train(monkeypatch, TOLLGATE__ROLLOUT__AUTO_APPROVE="true")
-    deploy_model(version=v1.version, config=CONFIG, env="dev")
+def test_every_acknowledged_prediction_survives_sigkill(gateway: dict[str, Any]) -> None:
+    v1 = train(gateway["ctx"], **AUTO)
+    deploy_model(version=v1.version, config=gateway["ctx"])
     acked: list[str] = []
     stop = threading.Event()
 
@@ -148,14 +153,14 @@ def test_every_acknowledged_prediction_survives_sigkill(
     for t in threads:
         t.join(10)
     assert len(acked) > 100
-    logged = set(read_log(Path(os.environ["TOLLGATE_HOME"]) / "predictions" / gateway["name"])["prediction_id"])
+    logged = set(_log(gateway)["prediction_id"])
     missing = [p for p in acked if p not in logged]
     assert missing == [], f"{len(missing)} acknowledged predictions are not in the log"
 
 
-def test_bad_requests_get_422_naming_each_field(gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    v1 = _train(monkeypatch, TOLLGATE__ROLLOUT__AUTO_APPROVE="true")
-    deploy_model(version=v1.version, config=CONFIG, env="dev")
+def test_bad_requests_get_422_naming_each_field(gateway: dict[str, Any]) -> None:
+    v1 = train(gateway["ctx"], **AUTO)
+    deploy_model(version=v1.version, config=gateway["ctx"])
     good = records(1)[0]
     bad = {**good, "tenure_months": -1, "region": "atlantis", "autopay": "yes"}
     bad.pop("usage_gb")

@@ -45,8 +45,10 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         status = subprocess.run([*TG, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stderr
-        rows = {r["service"]: r for r in json.loads(status.stdout)}
+        body = json.loads(status.stdout)
+        rows = {r["service"]: r for r in body["services"]}
         assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker", "gateway"}
+        assert [m["failed_alerts"] for m in body["models"]] == [0]  # per model: nothing failed yet
         assert all(r["healthy"] and r["rss_mb"] > 0 for r in rows.values())
         for url in (servers.prefect_ui_url, servers.mlflow_url):  # the UIs answer, not only /health
             with urllib.request.urlopen(url, timeout=10) as resp:
@@ -58,7 +60,7 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
             r["service"]: r["pid"]
             for r in json.loads(
                 subprocess.run([*TG, "status", "--json"], env=env, capture_output=True, text=True).stdout
-            )
+            )["services"]
         }
         assert rows2 == pids  # `up` twice starts nothing twice
     finally:
@@ -106,3 +108,21 @@ def test_a_service_that_dies_on_start_names_its_log_and_nothing_is_left(tmp_path
         Stack(servers, paths, say=lambda _m: None).up()
     assert not any(paths.pids.iterdir())
     assert not port_in_use("127.0.0.1", servers.prefect_port)
+
+
+def test_a_stack_from_a_config_variant_runs_every_service_on_the_variant_ports(tmp_path: Path) -> None:
+    """What the benchmarks do: ports set with `ctx.with_config(servers=...)`, not in the environment; the
+    gateway and worker load the config from its path and still reach this stack (servers_env)."""
+    from tollgate.context import make_context
+
+    ports = {key: _free_port() for key in ("prefect_port", "mlflow_port", "worker_health_port", "gateway_port")}
+    ctx = make_context(ROOT / "configs" / "pipeline.yaml", "dev", home=tmp_path / "home").with_config(servers=ports)
+    stack = Stack(ctx.config.servers, ctx.paths, say=lambda _m: None, config_path=ctx.loaded.path)
+    stack.up()
+    try:
+        rows = {r["service"]: r for r in stack.status()}
+        assert all(r["healthy"] for r in rows.values()), rows
+        assert rows["gateway"]["url"] == f"http://127.0.0.1:{ports['gateway_port']}"
+    finally:
+        stack.down()
+    assert not any(port_in_use("127.0.0.1", port) for port in ports.values())

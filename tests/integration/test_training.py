@@ -13,11 +13,14 @@ from mlflow.tracking import MlflowClient
 
 from flows.training import training_pipeline
 from tasks.gates import GateRejected
-from tasks.tracking import artifact_key, load_release_file
+from tasks.tracking import artifact_key
 from tasks.validation import ValidationFailed
 from tests.helpers import ROOT, bundled_config
+from tests.integration.live import model_context
 from tollgate import ledger
+from tollgate.context import Context
 from tollgate.registry import Registry
+from tollgate.release import load_release_file
 from tollgate.synthetic import generate, write_parquet
 
 CONFIG = str(ROOT / "configs" / "pipeline.yaml")
@@ -33,11 +36,15 @@ RELEASE_FILES = (
 
 
 @pytest.fixture()
-def model_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def model_name(request: pytest.FixtureRequest) -> str:
     """A registered-model name of this test's own, so tests never see each other's versions."""
-    name = f"t-{request.node.name}".replace("[", "-").replace("]", "")[:60]
-    monkeypatch.setenv("TOLLGATE__PROJECT__REGISTERED_MODEL", name)
-    return name
+    return f"t-{request.node.name}".replace("[", "-").replace("]", "")[:60]
+
+
+@pytest.fixture()
+def ctx(model_name: str) -> Context:
+    """The Context the test's flows run with: the bundled config for this test's own model."""
+    return model_context(model_name)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +63,14 @@ def _registry(live_stack: dict[str, str], name: str) -> Registry:
     return Registry(live_stack["mlflow"], name, Path(live_stack["home"]) / "ledger.jsonl")
 
 
-def _train(**kw: object):  # type: ignore[no-untyped-def]
-    return training_pipeline(config=CONFIG, env="dev", allow_dirty=True, **kw)
+def _train(ctx: Context, **kw: object):  # type: ignore[no-untyped-def]
+    return training_pipeline(config=ctx, allow_dirty=True, **kw)
 
 
 def test_first_model_reaches_staging_with_its_whole_release_context(
-    live_stack: dict[str, str], model_name: str
+    live_stack: dict[str, str], model_name: str, ctx: Context
 ) -> None:
-    result = _train()
+    result = _train(ctx)
     assert result.stage == "Staging" and result.verdict.passed
     assert result.verdict.baseline.startswith("none: first model")  # visible: absolute minimums only
     assert {c.check for c in result.verdict.checks} == {"min_auc", "max_log_loss"}
@@ -111,14 +118,14 @@ def _assert_prefect_artifacts(model_name: str) -> None:
 
 
 def test_concept_drift_model_is_rejected_by_the_gold_segment_and_changes_nothing(
-    live_stack: dict[str, str], model_name: str, periods: dict[str, Path]
+    live_stack: dict[str, str], model_name: str, ctx: Context, periods: dict[str, Path]
 ) -> None:
-    first = _train()
+    first = _train(ctx)
     reg = _registry(live_stack, model_name)
     reg.transition(first.version, "Production", "test: make v1 the champion", first.run_id)
     before = {s: [v.version for v in reg.in_stage(s)] for s in ("Production", "Staging")}
     with pytest.raises(GateRejected) as err:
-        _train(data=str(periods["concept_drift"]))
+        _train(ctx, data=str(periods["concept_drift"]))
     verdict = err.value.verdict
     assert [c.scope for c in verdict.failures] == ["tier=gold"]  # better overall, clearly worse on gold
     overall = next(c for c in verdict.checks if c.scope == "overall" and c.check == "auc_non_inferiority")
@@ -134,12 +141,10 @@ def test_concept_drift_model_is_rejected_by_the_gold_segment_and_changes_nothing
 
 
 def test_a_better_model_passes_and_archives_the_staging_it_replaces(
-    live_stack: dict[str, str], model_name: str, monkeypatch: pytest.MonkeyPatch
+    live_stack: dict[str, str], model_name: str, ctx: Context
 ) -> None:
-    monkeypatch.setenv("TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER", "3")  # a deliberately weak first model
-    weak = _train()
-    monkeypatch.delenv("TOLLGATE__MODEL__HYPERPARAMETERS__MAX_ITER")
-    strong = _train()
+    weak = _train(ctx.with_config(model={"hyperparameters": {"max_iter": 3}}))  # a deliberately weak first model
+    strong = _train(ctx)
     assert strong.stage == "Staging" and strong.verdict.baseline == f"Staging v{weak.version} (no Production yet)"
     overall = next(c for c in strong.verdict.checks if c.check == "auc_non_inferiority")
     assert overall.ci_low is not None and overall.ci_low > 0  # clearly better, not just non-inferior
@@ -175,6 +180,7 @@ BAD = [
 def test_invalid_data_stops_the_flow_before_training_and_registers_nothing(
     live_stack: dict[str, str],
     model_name: str,
+    ctx: Context,
     tmp_path: Path,
     case: str,
     mutate,
@@ -183,7 +189,7 @@ def test_invalid_data_stops_the_flow_before_training_and_registers_nothing(
     reg = _registry(live_stack, model_name)
     ledger_before = len(ledger.read(Path(live_stack["home"]) / "ledger.jsonl"))
     with pytest.raises(ValidationFailed) as err:
-        _train(data=str(_bad(tmp_path, f"{case.replace(' ', '_')}.parquet", mutate)))
+        _train(ctx, data=str(_bad(tmp_path, f"{case.replace(' ', '_')}.parquet", mutate)))
     assert phrase in str(err.value)
     assert reg.all_versions() == []
     assert len(ledger.read(Path(live_stack["home"]) / "ledger.jsonl")) == ledger_before
@@ -195,9 +201,15 @@ def test_invalid_data_stops_the_flow_before_training_and_registers_nothing(
 
 
 def test_cli_train_reports_a_rejection_with_exit_1(
-    live_stack: dict[str, str], model_name: str, periods: dict[str, Path], capsys: pytest.CaptureFixture[str]
+    live_stack: dict[str, str],
+    model_name: str,
+    periods: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tollgate.app.cli import main
+
+    monkeypatch.setenv("TOLLGATE__PROJECT__REGISTERED_MODEL", model_name)  # a user's CLI run reads its environment
 
     assert main(["train", "--allow-dirty"]) == 0
     out = capsys.readouterr().out
@@ -210,19 +222,18 @@ def test_cli_train_reports_a_rejection_with_exit_1(
 
 
 def test_dvc_stages_rebuild_the_metrics_the_flow_logged(
-    live_stack: dict[str, str], model_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    live_stack: dict[str, str], ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`dvc repro` runs `python -m tollgate.app.stages ...`; here the same entry points, in a scratch project dir."""
     import json
 
-    from tollgate import stages
+    from tollgate.app import stages
 
-    result = _train()
+    result = _train(ctx)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "snapshot.parquet").symlink_to(ROOT / "data" / "snapshot.parquet")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TOLLGATE__PROJECT__REGISTERED_MODEL")
     assert stages.main(["train"]) == 0 and stages.main(["evaluate"]) == 0
     rebuilt = json.loads((tmp_path / "data" / "build" / "metrics.json").read_text())
     assert rebuilt["overall"]["auc"] == result.overall["auc"]

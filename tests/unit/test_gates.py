@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tasks.data import DataVersionError, pin_data_version
-from tasks.gates import GateRejected, auc_rows, decide, enforce_verdict
+from tasks.gates import GateRejected, decide, enforce_verdict
 from tests.helpers import bundled_config
 
 
@@ -27,15 +27,30 @@ def _holdout(n_per: dict[str, int], seed: int = 0) -> tuple[pd.DataFrame, np.nda
     return frame, good, bad_on_gold
 
 
+def auc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Reference: AUC of each row of (y, p) matrices via the Mann-Whitney rank formula."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(p, axis=1)
+    pos = y.sum(axis=1)
+    neg = y.shape[1] - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(axis=1) - pos * (pos + 1) / 2) / (pos * neg)
+    return np.where((pos > 0) & (neg > 0), auc, np.nan)
+
+
 def _ds():  # type: ignore[no-untyped-def]
     return bundled_config().dataset.model_copy(update={"segments": ["tier"]})
 
 
-def test_auc_rows_matches_sklearn() -> None:
+def test_tie_group_auc_matches_sklearn() -> None:
+    from tasks.gates import _TieGroups
+
     rng = np.random.default_rng(1)
     y = (rng.random((3, 200)) < 0.4).astype("int64")
     p = rng.random((3, 200)).round(2)  # ties included
     for i in range(3):
+        assert _TieGroups(y[i], p[i]).auc() == pytest.approx(roc_auc_score(y[i], p[i]), abs=1e-12)
         assert auc_rows(y, p)[i] == pytest.approx(roc_auc_score(y[i], p[i]))
 
 
@@ -103,3 +118,64 @@ def test_dirty_tree_is_refused_unless_allowed(tmp_path: Path) -> None:
         pin_data_version.fn(str(tmp_path), str(tmp_path / "data.csv"), 1, allow_dirty=False)
     version = pin_data_version.fn(str(tmp_path), str(tmp_path / "data.csv"), 1, allow_dirty=True)
     assert version.git_dirty and len(version.git_sha or "") == 40 and not version.matches_dvc
+
+
+def test_a_dataset_without_segments_is_gated_overall_only() -> None:
+    from tasks.evaluation import evaluate_frame
+    from tollgate.config import DatasetConfig
+
+    ds = DatasetConfig.model_validate({**bundled_config().dataset.model_dump(), "segments": []})
+    frame, base, chal = _holdout({"bronze": 300, "gold": 300})
+    gates = bundled_config().gates
+    report = evaluate_frame(frame, chal, ds, 0.5)
+    verdict = decide(frame, chal, report["overall"], ds, gates, 0, base, "Production v1", "1")
+    assert report["segments"] == {}
+    assert {c.scope for c in verdict.checks} == {"overall"}
+
+
+def _matrix_bootstrap(y, chal, champ, samples, confidence, seed):  # type: ignore[no-untyped-def]
+    """The (samples x rows) reference: index every resample, rank it, take the quantiles."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(samples, len(y)))
+    diffs = auc_rows(y[idx], chal[idx]) - auc_rows(y[idx], champ[idx])
+    diffs = diffs[~np.isnan(diffs)]
+    alpha = (1 - confidence) / 2
+    return np.quantile(diffs, alpha), np.quantile(diffs, 1 - alpha)
+
+
+@pytest.mark.parametrize("decimals", [2, None])  # heavy ties, and continuous scores
+def test_streamed_bootstrap_gives_the_matrix_interval_exactly(decimals: int | None) -> None:
+    from tasks.gates import paired_bootstrap_auc
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(1500) < 0.3).astype("int64")
+    chal, champ = y * 0.5 + rng.random(1500) * 0.6, y * 0.4 + rng.random(1500) * 0.6
+    if decimals is not None:
+        chal, champ = chal.round(decimals), champ.round(decimals)
+    diff, lo, hi = paired_bootstrap_auc(y, chal, champ, 200, 0.9, 7)
+    ref_lo, ref_hi = _matrix_bootstrap(y, chal, champ, 200, 0.9, 7)
+    assert lo == pytest.approx(ref_lo, abs=1e-12) and hi == pytest.approx(ref_hi, abs=1e-12)
+    assert diff == pytest.approx(roc_auc_score(y, chal) - roc_auc_score(y, champ), abs=1e-12)
+
+
+def test_bootstrap_interval_agrees_with_scipy_within_monte_carlo_error() -> None:
+    from scipy.stats import bootstrap
+
+    from tasks.gates import paired_bootstrap_auc
+
+    rng = np.random.default_rng(11)
+    y = (rng.random(800) < 0.35).astype("int64")
+    chal, champ = y * 0.5 + rng.random(800) * 0.7, y * 0.45 + rng.random(800) * 0.7
+    _, lo, hi = paired_bootstrap_auc(y, chal, champ, 2000, 0.9, 5)
+    ref = bootstrap(
+        (y, chal, champ),
+        lambda a, b, c: roc_auc_score(a, b) - roc_auc_score(a, c),
+        paired=True,
+        vectorized=False,
+        n_resamples=2000,
+        confidence_level=0.9,
+        method="percentile",
+        random_state=np.random.default_rng(6),
+    ).confidence_interval
+    width = hi - lo
+    assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width

@@ -1,9 +1,32 @@
-"""The git hook's helper: emit `tollgate.git.push` (sha, branch, remote) to the configured Prefect server."""
+"""The git hook: install it (`tollgate hooks install`), and its helper that emits `tollgate.git.push` (sha,
+branch, remote) to the configured Prefect server."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
+from pathlib import Path
+
+
+class HookError(Exception):
+    """The hook cannot be installed (not a git repository, or a foreign hook is in the way)."""
+
+
+def install_pre_push(root: Path, force: bool = False) -> Path:
+    """Copy deployments/git-hooks/pre-push into the repository's hooks folder; returns where it went."""
+    found = subprocess.run(["git", "rev-parse", "--git-path", "hooks"], cwd=root, capture_output=True, text=True)
+    if found.returncode != 0:
+        raise HookError(f"{root} is not a git repository: {found.stderr.strip()}")
+    hooks = (root / found.stdout.strip()).resolve()
+    hooks.mkdir(parents=True, exist_ok=True)
+    target = hooks / "pre-push"
+    if target.exists() and not force and "tollgate" not in target.read_text(errors="replace"):
+        raise HookError(f"{target} exists and is not Tollgate's; pass --force to replace it")
+    shutil.copy2(root / "deployments" / "git-hooks" / "pre-push", target)
+    target.chmod(0o755)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:

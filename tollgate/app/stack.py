@@ -1,4 +1,4 @@
-"""The local stack: a real Prefect server, MLflow server and Prefect process worker (and later the gateway).
+"""The local stack: a real Prefect server, MLflow server, Prefect process worker and the gateway.
 
 Each service runs in its own process group with a pid file and a log under the state folder, so `down`
 stops exactly what `up` started. Every URL and port comes from ServersConfig.
@@ -10,135 +10,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from tollgate.app.services import BIN, Service, services
 from tollgate.config import ServersConfig
 from tollgate.context import client_env
 from tollgate.paths import StatePaths
 from tollgate.procs import cmdline, group_pids, group_rss_mb, healthy, pid_alive, port_in_use
 from tollgate.secrets import ensure_admin_token
 
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "Service", "Stack", "StackError", "apply_deployments", "group_pids", "port_in_use"]
 
 
 class StackError(Exception):
     """A service could not be started, checked or stopped; the message names the service and its log."""
-
-
-@dataclass(frozen=True)
-class Service:
-    """One long-running process of the local stack."""
-
-    name: str
-    cmd: list[str]
-    port: int
-    port_key: str
-    health_url: str
-    ui_url: str
-    env: dict[str, str] = field(default_factory=dict)
-    marker: str = ""  # a string that must be in the process command line (guards against pid reuse)
-
-
-def services(
-    servers: ServersConfig, paths: StatePaths, config_path: Path | None = None, env_name: str = "dev"
-) -> list[Service]:
-    """The services `up` manages, in start order. Remote servers (URL overrides) are not managed; the gateway
-    is managed when the config it serves is named."""
-    host = servers.host
-    out: list[Service] = []
-    if servers.prefect_api_url is None:
-        env = {
-            "PREFECT_HOME": str(paths.prefect_home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_API_URL": servers.prefect_url,
-        }
-        if servers.prefect_database_url:
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = servers.prefect_database_url
-        out.append(
-            Service(
-                name="prefect-server",
-                cmd=[str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(servers.prefect_port)],
-                port=servers.prefect_port,
-                port_key="servers.prefect_port",
-                health_url=f"{servers.prefect_url}/health",
-                ui_url=servers.prefect_ui_url,
-                env=env,
-                marker="server",
-            )
-        )
-    if servers.mlflow_tracking_uri is None:
-        backend = servers.mlflow_backend_store_uri or f"sqlite:///{paths.mlflow_db}"
-        artifacts = servers.mlflow_artifacts_destination or str(paths.mlflow_artifacts)
-        out.append(
-            Service(
-                name="mlflow-server",
-                cmd=[
-                    str(BIN / "mlflow"),
-                    "server",
-                    "--backend-store-uri",
-                    backend,
-                    "--artifacts-destination",
-                    artifacts,
-                    "--host",
-                    host,
-                    "--port",
-                    str(servers.mlflow_port),
-                    "--workers",
-                    "1",
-                ],
-                port=servers.mlflow_port,
-                port_key="servers.mlflow_port",
-                health_url=f"{servers.mlflow_url}/health",
-                ui_url=servers.mlflow_url,
-                # One process pair (~500 MB) instead of nine (~1.3 GB): no job runner needed.
-                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                marker="mlflow",
-            )
-        )
-    out.append(
-        Service(
-            name="prefect-worker",
-            cmd=[
-                str(BIN / "prefect"),
-                "worker",
-                "start",
-                "--pool",
-                servers.work_pool,
-                "--type",
-                "process",
-                "--with-healthcheck",
-            ],
-            port=servers.worker_health_port,
-            port_key="servers.worker_health_port",
-            health_url=f"http://{host}:{servers.worker_health_port}/health",
-            ui_url=f"{servers.prefect_ui_url}/work-pools/work-pool/{servers.work_pool}",
-            env={
-                **client_env(servers, paths),
-                "PREFECT_WORKER_WEBSERVER_HOST": host,
-                "PREFECT_WORKER_WEBSERVER_PORT": str(servers.worker_health_port),
-                "PREFECT_WORKER_QUERY_SECONDS": "2",
-            },
-            marker="worker",
-        )
-    )
-    if config_path is not None:
-        out.append(
-            Service(
-                name="gateway",
-                cmd=[str(BIN / "tollgate"), "--config", str(config_path.resolve()), "--env", env_name, "serve"],
-                port=servers.gateway_port,
-                port_key="servers.gateway_port",
-                health_url=f"{servers.gateway_url}/health",
-                ui_url=servers.gateway_url,
-                env=client_env(servers, paths),
-                marker="serve",
-            )
-        )
-    return out
 
 
 class Stack:

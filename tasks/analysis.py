@@ -1,0 +1,106 @@
+"""Rollout phase analysis: the challenger's answers in a phase window against the champion's, as a GateVerdict.
+
+One analysis for both phases. Shadow pairs each shadow answer with the champion's answer to the same request
+(request_id); canary compares the canary's answers with the champion's answers in the same window (different
+entities, so no pairing). The checks differ only in which apply: decision agreement needs pairs, so it is a
+shadow check. Pure functions over a prediction-log frame; no I/O, no config loading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from tasks.gates import Check, GateVerdict
+from tollgate.config import RolloutConfig
+from tollgate.stats import psi
+
+Phase = Literal["shadow", "canary"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One phase check: its name, the rollout setting that limits it, and which side of the limit passes."""
+
+    check: str
+    limit_key: str  # a RolloutConfig field
+    at_least: bool  # True: value >= limit passes; False: value <= limit passes
+    what: str
+
+
+AGREEMENT = Rule("agreement", "min_agreement", True, "decision agreement with the champion")
+SCORE_PSI = Rule("score_psi", "max_score_psi", False, "score PSI against the champion")
+P99_LATENCY = Rule("p99_latency_ms", "max_p99_latency_ms", False, "p99 latency ms")
+ERROR_RATE = Rule("error_rate", "max_error_rate", False, "error rate")
+
+PHASE_RULES: dict[str, tuple[Rule, ...]] = {
+    "shadow": (AGREEMENT, SCORE_PSI, P99_LATENCY, ERROR_RATE),
+    "canary": (SCORE_PSI, P99_LATENCY, ERROR_RATE),
+}
+
+
+def phase_sides(
+    log: pd.DataFrame, phase: Phase, version: str, champion: str
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(challenger rows, champion scores, challenger scores) to compare; shadow scores come as request pairs."""
+    mine = log[(log["role"] == phase) & (log["model_version"] == str(version))]
+    theirs = log[(log["role"] == "champion") & (log["model_version"] == str(champion))]
+    if phase == "shadow":
+        pairs = mine.merge(theirs, on="request_id", suffixes=("", "_champion"))
+        return pairs, pairs["score_champion"].to_numpy(), pairs["score"].to_numpy()
+    return mine, theirs["score"].to_numpy(), mine["score"].to_numpy()
+
+
+def _p99(latencies: pd.Series) -> float:
+    return float(np.percentile(latencies.astype("float64"), 99)) if len(latencies) else math.nan
+
+
+def phase_values(
+    log: pd.DataFrame, phase: Phase, version: str, champion: str, errors: int, bins: int
+) -> tuple[dict[str, float], int]:
+    """The measured value of every phase check (NaN where the window has nothing to measure) and the sample size."""
+    mine, champion_scores, challenger_scores = phase_sides(log, phase, version, champion)
+    n = len(mine)
+    agreement = float((mine["decision"] == mine["decision_champion"]).mean()) if phase == "shadow" and n else math.nan
+    values = {
+        "agreement": agreement,
+        "score_psi": psi(champion_scores, challenger_scores, bins),
+        "p99_latency_ms": _p99(mine["latency_ms"]),
+        "error_rate": errors / (n + errors) if n + errors else math.nan,
+    }
+    return values, n
+
+
+def judge(phase: Phase, rule: Rule, value: float, limit: float, n: int) -> Check:
+    """One check: passes when `value` is on the right side of `limit`; NaN (nothing measured) fails."""
+    ok = not math.isnan(value) and (value >= limit if rule.at_least else value <= limit)
+    side = (">=" if rule.at_least else "<=") if ok else ("<" if rule.at_least else ">")
+    shown = "n/a (no predictions in the window)" if math.isnan(value) else f"{value:.4f} {side} {limit}"
+    reason = f"{phase} {rule.check}: {rule.what} {shown} (rollout.{rule.limit_key})"
+    return Check(phase, rule.check, "pass" if ok else "fail", n, value, limit, reason=reason)
+
+
+def analyze_phase_log(
+    log: pd.DataFrame, phase: Phase, version: str, champion: str, errors: int, limits: RolloutConfig, bins: int
+) -> GateVerdict:
+    """The phase's checks on a window of the prediction log; `errors` are the challenger's failed predictions in
+    the window, `bins` the number of quantile bins of the champion's scores for the score PSI."""
+    values, n = phase_values(log, phase, version, champion, errors, bins)
+    checks = [judge(phase, r, values[r.check], float(getattr(limits, r.limit_key)), n) for r in PHASE_RULES[phase]]
+    return GateVerdict(all(c.status == "pass" for c in checks), f"Production v{champion}", champion, checks)
+
+
+def evidence_markdown(version: str, champion: str, gate: dict[str, Any] | None, phases: list[GateVerdict]) -> str:
+    """The evidence shown on the approval form: the promotion gate's failures and every phase check."""
+    lines = [f"### Promote v{version} to Production (replacing v{champion or 'none'})?", ""]
+    if gate:
+        lines.append(f"**Gate:** {'PASSED' if gate['passed'] else 'REJECTED'} against {gate['baseline']}")
+        lines += [f"- {c['status']} {c['scope']}: {c['reason']}" for c in gate["checks"] if c["status"] != "pass"]
+    for verdict in phases:
+        lines += ["", "| check | value | limit | status |", "| --- | ---: | ---: | --- |"]
+        lines += [f"| {c.scope} {c.check} | {c.challenger:.4f} | {c.threshold} | {c.status} |" for c in verdict.checks]
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""The rollout stage as plain functions over a Context: shadow -> canary -> approval -> Production, smoke test,
+rollback. tasks/deployment.py wraps them as Prefect tasks; tests, benchmarks and other stages call them directly.
+
+Rollout state lives on the Staging version as tags (mode, share) and the gateway reads it on reload; the
+promotion state is the registry stage. Every move is in the ledger. Nothing here needs a Prefect run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tasks.analysis import Phase, analyze_phase_log
+from tasks.approvals import Approval
+from tasks.gates import GateVerdict
+from tollgate.config import RolloutConfig
+from tollgate.context import Context
+from tollgate.gateway_client import GatewayError
+from tollgate.predlog import read_log
+from tollgate.registry import (
+    ROLLOUT_MODE_TAG,
+    ROLLOUT_SHARE_TAG,
+    RegistryError,
+    previous_production,
+    rollback_release,
+)
+from tollgate.release import load_release
+
+# How often wait_for_traffic re-reads the prediction log while a phase collects traffic.
+# The config sections a rollout reads from the candidate's release (its policy); the rest is this environment's.
+POLICY_SECTIONS = ("rollout", "monitoring", "serving", "alerts")
+
+
+class RolloutFailed(Exception):
+    """A rollout phase failed (analysis, approval, smoke test); production was left or restored as it was."""
+
+
+@dataclass(frozen=True)
+class PhaseWindow:
+    """A rollout phase under way: which, since when, and the gateway's error count for it when it began."""
+
+    phase: Phase
+    since: float
+    errors_before: int
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a run, this module's logger outside one."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def release_policy(ctx: Context, version: str) -> Context:
+    """`ctx` under the candidate's own release policy (POLICY_SECTIONS of the config it was released with), with
+    this environment's servers and state folder: a rollout follows that policy, not the working tree's."""
+    released = load_release(ctx.config, ctx.registry, version=version).config
+    return ctx.with_config(**{s: getattr(released, s).model_dump() for s in POLICY_SECTIONS})
+
+
+def phase_plan(policy: RolloutConfig) -> list[tuple[Phase, float, int]]:
+    """(phase, traffic share, predictions needed) for each phase, in order."""
+    return [("shadow", 0.0, policy.shadow_requests), ("canary", policy.canary_share, policy.canary_requests)]
+
+
+def check_candidate(ctx: Context, version: str) -> str:
+    """The candidate must be the Staging version; returns the Production version ('' when there is none)."""
+    info = ctx.registry.get(version)
+    if info.stage != "Staging":
+        raise RolloutFailed(
+            f"{ctx.config.project.registered_model} v{version} is in stage {info.stage}; only the Staging "
+            "version (which passed the gate) can be deployed"
+        )
+    prod = ctx.registry.one("Production")
+    return prod.version if prod else ""
+
+
+def set_rollout(
+    ctx: Context, version: str, mode: Literal["shadow", "canary", "off"], share: float, flow_run_id: str | None
+) -> dict[str, Any]:
+    """Tag the Staging version with its rollout mode, record it, and make the gateway serve it that way."""
+    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: mode, ROLLOUT_SHARE_TAG: str(share)})
+    why = f"rollout: {mode}" + (f" at {share:.0%}" if mode == "canary" else "")
+    ctx.registry.record(version, "Staging", "Staging", why, None, flow_run_id=flow_run_id)
+    state = ctx.gateway().reload()
+    expected = None if mode == "off" else version
+    if state["challenger"] != expected or (expected and state["mode"] != mode):
+        raise RolloutFailed(f"gateway did not pick up rollout {mode} of v{version}: it serves {state}")
+    return state
+
+
+def _gateway_errors(ctx: Context, phase: Phase) -> int:
+    return int(ctx.gateway().state().get("errors", {}).get(phase, 0))
+
+
+def start_phase(ctx: Context, version: str, phase: Phase, share: float, flow_run_id: str | None) -> PhaseWindow:
+    """Put the candidate in `phase` on the gateway; the window it returns starts now."""
+    since = time.time()
+    set_rollout(ctx, version, phase, share, flow_run_id)
+    return PhaseWindow(phase, since, _gateway_errors(ctx, phase))
+
+
+def phase_log(ctx: Context, since: float) -> Any:
+    """This model's prediction log since `since`."""
+    return read_log(ctx.paths.model_log(ctx.config.project.registered_model), since)
+
+
+def wait_for_traffic(
+    ctx: Context, version: str, window: PhaseWindow, needed: int, flow_run_id: str | None = None
+) -> int:
+    """Block until the window holds `needed` predictions by the candidate in its phase; after
+    serving.rollout_max_wait_s stop the rollout (Production untouched) and raise."""
+    limit = ctx.config.serving.rollout_max_wait_s
+    deadline, seen = time.monotonic() + limit, 0
+    while time.monotonic() < deadline:
+        log = phase_log(ctx, window.since)
+        seen = int(((log["role"] == window.phase) & (log["model_version"] == version)).sum()) if len(log) else 0
+        if seen >= needed:
+            return seen
+        _log().info("%s: %d of %d predictions so far", window.phase, seen, needed)
+        time.sleep(ctx.config.serving.rollout_poll_s)
+    reason = f"{window.phase} phase saw {seen} of {needed} predictions in {limit:.0f} s (serving.rollout_max_wait_s)"
+    abort_rollout(ctx, version, reason, flow_run_id)
+    raise RolloutFailed(f"v{version}: {reason}")
+
+
+def analyze_window(ctx: Context, version: str, champion: str, window: PhaseWindow) -> GateVerdict:
+    """The phase analysis over the log since the window began, under the context's rollout policy."""
+    errors = max(_gateway_errors(ctx, window.phase) - window.errors_before, 0)  # 0 if the gateway restarted
+    log = phase_log(ctx, window.since)
+    cfg = ctx.config
+    return analyze_phase_log(log, window.phase, version, champion, errors, cfg.rollout, cfg.monitoring.reference_bins)
+
+
+def abort_rollout(ctx: Context, version: str, reason: str, flow_run_id: str | None) -> None:
+    """Stop the rollout: the challenger is archived with the reason, Production untouched, gateway reloaded."""
+    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off"})
+    if ctx.registry.get(version).stage == "Staging":
+        ctx.registry.transition(version, "Archived", f"rollout aborted: {reason}", None, flow_run_id=flow_run_id)
+    ctx.gateway().reload()
+
+
+def enforce_phase(ctx: Context, version: str, verdict: GateVerdict, phase: Phase, flow_run_id: str | None) -> None:
+    """Stop the rollout (Production untouched) and raise when a phase analysis failed."""
+    if not verdict.passed:
+        reason = f"{phase} analysis failed: " + "; ".join(c.reason for c in verdict.failures)
+        abort_rollout(ctx, version, reason, flow_run_id)
+        raise RolloutFailed(reason)
+
+
+def enforce_approval(ctx: Context, version: str, approval: Approval, flow_run_id: str | None) -> None:
+    """Stop the rollout, recording who said no, and raise unless approved."""
+    if not approval.approve:
+        reason = f"not approved by {approval.approver}: {approval.comment}"
+        ctx.registry.record(version, "Staging", "Staging", reason, None, who=approval.approver, flow_run_id=flow_run_id)
+        abort_rollout(ctx, version, reason, flow_run_id)
+        raise RolloutFailed(reason)
+
+
+def load_gate_verdict(ctx: Context, version: str) -> dict[str, Any]:
+    """The version's stored gate verdict (evidence for the approval form)."""
+    return dict(load_release(ctx.config, ctx.registry, version=version).file("gate_verdict.json"))
+
+
+def promote_to_production(ctx: Context, version: str, approval: Approval, flow_run_id: str | None) -> dict[str, Any]:
+    """Staging -> Production (the old Production -> Archived), rollout tags cleared, gateway reloaded."""
+    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off"})
+    why = f"approved by {approval.approver}: {approval.comment}"
+    ctx.registry.transition(version, "Production", why, None, who=approval.approver, flow_run_id=flow_run_id)
+    state = ctx.gateway().reload()
+    if state["champion"] != version:
+        raise RolloutFailed(f"gateway still serves v{state['champion']} after promoting v{version}")
+    return state
+
+
+def smoke_test(ctx: Context, version: str) -> dict[str, Any]:
+    """Send the release's smoke records through the gateway: every answer must come from `version` with a valid
+    score; raise RolloutFailed otherwise."""
+    records = load_release(ctx.config, ctx.registry, version=version).file("smoke_records.json")
+    answers = ctx.gateway().predict(records)
+    wrong = [a for a in answers if a["model_version"] != version or not 0.0 <= a["score"] <= 1.0]
+    if len(answers) != len(records) or wrong:
+        raise RolloutFailed(f"smoke test: {len(wrong)} of {len(records)} answers wrong, e.g. {wrong[:2]}")
+    return {"requests": len(records), "ok": len(answers)}
+
+
+def rollback_via_gateway(
+    ctx: Context, to: str | None, reason: str, flow_run_id: str | None, who: str | None = None
+) -> dict[str, Any]:
+    """Make the previous (or the named) release Production: through the gateway, which swaps to the warm release
+    at once, or in the registry directly when the gateway is unreachable (it serves the release when it starts).
+    Both run tollgate.registry.rollback_release. Returns {"from", "to", "served", ...}."""
+    try:
+        return ctx.gateway().rollback(to, reason, flow_run_id, who)
+    except GatewayError as exc:
+        if not exc.unreachable:
+            raise  # the gateway answered (refused, or failed after acting): rolling back again could go too far
+        _log().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
+    before, after = rollback_release(ctx.registry, to, reason, who, flow_run_id)
+    return {"from": before, "to": after, "served": False}
+
+
+def verify_release(ctx: Context, version: str, flow_run_id: str | None) -> dict[str, Any]:
+    """Smoke-test the new Production; on failure restore the previous release (or, for a first release, archive
+    it so nothing serves) and raise RolloutFailed."""
+    try:
+        return smoke_test(ctx, version)
+    except Exception as exc:
+        why = f"automatic: smoke test of v{version} failed: {exc}"
+        try:
+            previous_production(ctx.registry, version)
+        except RegistryError:
+            ctx.registry.transition(version, "Archived", why, None, flow_run_id=flow_run_id)
+            ctx.gateway().reload()
+            raise RolloutFailed(f"smoke test of v{version} failed ({exc}); it was archived") from exc
+        done = rollback_via_gateway(ctx, None, why, flow_run_id)
+        raise RolloutFailed(f"smoke test of v{version} failed ({exc}); rolled back to v{done['to']}") from exc

@@ -1,0 +1,127 @@
+"""Commands that move releases: deploy (deploy_model), approve (a paused approval), rollback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from tollgate.app.commands.base import EXIT_OK, CheckFailed, Command, UserError, arg, require_stack, warn
+from tollgate.context import Context
+from tollgate.gateway_client import GatewayError
+
+
+def deploy(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from flows.deploy import deploy_model
+    from tasks.deployment import RolloutFailed
+    from tollgate.registry import RegistryError
+
+    print(
+        f"deploying {ctx.config.project.registered_model} v{args.version}: shadow -> canary -> approval -> "
+        f"production (Prefect UI: {ctx.config.servers.prefect_ui_url})",
+        flush=True,
+    )
+    try:
+        result = deploy_model(version=args.version, config=ctx)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    except RolloutFailed as exc:
+        raise CheckFailed(f"rollout of v{args.version} stopped: {exc}. Production is as it was before.") from None
+    replaced = result["replaced"] or "none"
+    print(f"v{result['version']} is Production (replaced v{replaced}; approved by {result['approved_by']})")
+    return EXIT_OK
+
+
+def approve(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from tasks.approvals import ApprovalError, answer_approval
+
+    try:
+        outcome = answer_approval(args.version, args.by, not args.reject, args.comment)
+    except ApprovalError as exc:
+        raise CheckFailed(str(exc)) from None
+    print(outcome)
+    return EXIT_OK
+
+
+def _rollback_without_gateway(ctx: Context, args: argparse.Namespace, why: str) -> dict[str, Any]:
+    """The rollback flow (registry + ledger); the gateway serves the release when it starts."""
+    warn(
+        f"gateway at {ctx.config.servers.gateway_url} is not reachable ({why}); rolling back through the "
+        "rollback flow instead (the gateway will serve it when it starts)"
+    )
+    require_stack(ctx)
+    from flows.rollback import rollback as rollback_flow
+    from tollgate.registry import RegistryError
+
+    try:
+        return rollback_flow(to_version=args.to, reason=args.reason, config=ctx)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+
+
+def rollback(ctx: Context, args: argparse.Namespace) -> int:
+
+    from tollgate.ledger import current_actor
+
+    start = time.perf_counter()
+    gateway = ctx.gateway()
+    try:
+        result = gateway.rollback(args.to, args.reason, who=current_actor())
+    except GatewayError as exc:
+        if exc.status is not None:  # it answered, and said no
+            raise _refusal(exc) from None
+        if not exc.unreachable:
+            # It may still be rolling back: rolling back again through the flow would go one release further.
+            raise CheckFailed(f"no answer from the gateway ({exc}); see `tollgate history` for what happened") from None
+        result = _rollback_without_gateway(ctx, args, str(exc))
+    finally:
+        gateway.close()
+    took = time.perf_counter() - start
+    served = "and the gateway serves it" if result.get("served") else "(gateway not updated)"
+    print(f"rolled back: v{result['from']} -> v{result['to']} is Production {served}; {took:.2f} s")
+    return EXIT_OK
+
+
+def _refusal(exc: GatewayError) -> Exception:
+    """409 is the registry saying no (no such version, nothing to go back to): a usage error, exit 2; any other
+    answer is the gateway refusing (bad token, a failure): exit 1."""
+    if exc.status != 409:
+        return CheckFailed(f"gateway refused the rollback: {exc}")
+    try:
+        return UserError(str(json.loads(exc.body).get("error", exc.body)))
+    except (ValueError, AttributeError):
+        return UserError(exc.body)
+
+
+COMMANDS = [
+    Command(
+        "deploy",
+        "run deploy_model: shadow -> canary -> approval -> production, automatic rollback on a failed "
+        "smoke test; exit 1 if any phase says no",
+        deploy,
+        (arg("version", help="the Staging version to roll out"),),
+    ),
+    Command(
+        "approve",
+        "answer the paused approval of a deploy_model run (the same form as in the Prefect UI)",
+        approve,
+        (
+            arg("version", help="the version awaiting approval"),
+            arg("--by", required=True, help="approver name (must be on rollout.approvers)"),
+            arg("--reject", action="store_true", help="reject instead of approve"),
+            arg("--comment", default="", help="why"),
+        ),
+    ),
+    Command(
+        "rollback",
+        "restore the previous (or the named) Production release whole; the gateway serves it when the command returns",
+        rollback,
+        (
+            arg("--to", default=None, help="the version to restore (default: the previous Production)"),
+            arg("--reason", default="manual rollback", help="recorded in the ledger"),
+        ),
+    ),
+]

@@ -1,0 +1,134 @@
+"""Commands for the local stack: up, down, status, serve, and the git hook that starts ci_pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, UserError, arg, print_json, table
+from tollgate.app.githook import HookError, install_pre_push
+from tollgate.app.stack import Stack, apply_deployments
+from tollgate.context import Context
+from tollgate.signals import alert_failures, read_signals
+
+SERVICE_COLUMNS = ("service", "url", "pid", "healthy", "rss_mb")
+MODEL_COLUMNS = ("model", "failed_alerts", "last_failed_alert", "signals", "signals_updated")
+
+
+def stack_of(ctx: Context) -> Stack:
+    """The stack of this context's state folder (its gateway serves this config)."""
+    return Stack(ctx.config.servers, ctx.paths, config_path=ctx.loaded.path, env=ctx.env)
+
+
+def up(ctx: Context, args: argparse.Namespace) -> int:
+    stack = stack_of(ctx)
+    stack.up()
+    if not args.no_deployments and ctx.config.servers.prefect_api_url is None:
+        apply_deployments(ctx.root, ctx.config.servers, ctx.paths)
+    print(table(stack.status(), SERVICE_COLUMNS))
+    return EXIT_OK
+
+
+def down(ctx: Context, args: argparse.Namespace) -> int:
+    stack_of(ctx).down()
+    return EXIT_OK
+
+
+def _when(epoch: float | None) -> str | None:
+    return None if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def model_signals(ctx: Context) -> list[dict[str, Any]]:
+    """Per registered model of the config: failed alert deliveries and the latest drift/live signals."""
+    rows = []
+    for model in (ctx.config.project.registered_model,):
+        failures = alert_failures(ctx.paths, model)
+        signals = read_signals(ctx.paths, model)
+        updated = signals.pop("updated_at", None)
+        rows.append(
+            {
+                "model": model,
+                "failed_alerts": len(failures),
+                "last_failed_alert": failures[-1] if failures else None,
+                "signals": signals,
+                "signals_updated": _when(updated),
+            }
+        )
+    return rows
+
+
+def _signal_text(signals: dict[str, Any]) -> str:
+    shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(signals.items()))
+    return ", ".join(shown) or "none recorded yet"
+
+
+def _failure_text(failure: dict[str, Any] | None) -> str | None:
+    return None if failure is None else f"{failure.get('event')} at {_when(failure.get('at'))}"
+
+
+def status(ctx: Context, args: argparse.Namespace) -> int:
+    services = stack_of(ctx).status()
+    models = model_signals(ctx)
+    if args.json:
+        print_json({"services": services, "models": models, "state_folder": str(ctx.paths.home)})
+    else:
+        print(table(services, SERVICE_COLUMNS))
+        rows = [
+            {**m, "last_failed_alert": _failure_text(m["last_failed_alert"]), "signals": _signal_text(m["signals"])}
+            for m in models
+        ]
+        print()
+        print(table(rows, MODEL_COLUMNS))
+        print(f"state folder: {ctx.paths.home}")
+    return EXIT_OK if all(r["healthy"] for r in services) else EXIT_NO
+
+
+def serve(ctx: Context, args: argparse.Namespace) -> int:
+    from serving.app import serve as serve_gateway
+
+    serve_gateway(ctx.config, ctx.paths)
+    return EXIT_OK
+
+
+def hooks_install(ctx: Context, args: argparse.Namespace) -> int:
+    try:
+        target = install_pre_push(ctx.root, force=args.force)
+    except HookError as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"installed {target}: pushing main emits tollgate.git.push -> the `ci` deployment "
+        f"(needs `tollgate up` so the server and worker run)"
+    )
+    return EXIT_OK
+
+
+COMMANDS = [
+    Command(
+        "up",
+        "start the local stack (Prefect server, MLflow server, Prefect worker, gateway), wait until healthy, and "
+        "apply deployments/prefect.yaml (schedules, event triggers)",
+        up,
+        (arg("--no-deployments", action="store_true", help="do not apply deployments/prefect.yaml"),),
+    ),
+    Command("down", "stop every service `up` started (by pid) and free their ports", down),
+    Command(
+        "status",
+        "print each service, its URL, pid, health and memory, and per model the failed alert deliveries and the "
+        "latest drift and live-performance signals; exit 1 if any service is unhealthy",
+        status,
+        (JSON,),
+    ),
+    Command(
+        "serve",
+        "the prediction gateway in the foreground on servers.gateway_port (tollgate up also starts it)",
+        serve,
+    ),
+    Command(
+        "hooks install",
+        "install the pre-push hook: pushing main emits tollgate.git.push (starts ci_pipeline)",
+        hooks_install,
+        (arg("--force", action="store_true", help="replace an existing pre-push hook"),),
+        activate=False,
+    ),
+]
