@@ -1,16 +1,17 @@
 """Automatic actions on monitoring verdicts, done before anyone is told: the latest verdicts in the signals
-file, the Prefect events that trigger retrains, and the rollback of a severely degraded release. What to tell
-people comes back as alerts for tasks.alerts to deliver afterwards."""
+file, the Prefect events that trigger retrains, and the rollback of a severely degraded release (the same
+tasks.rollout.rollback_via_gateway a failed rollout uses). What to tell people comes back as alerts for
+tasks.alerts to deliver afterwards."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from tasks.alerts import Alert, emit_all, run_logger
+from tasks.alerts import Alert, emit_all
 from tasks.common import tollgate_task
 from tasks.drift import DriftCheck
 from tasks.ground_truth import LiveVerdict
+from tasks.rollout import rollback_via_gateway
 from tollgate.context import Context
 from tollgate.release import Release
 from tollgate.signals import record_signals
@@ -34,23 +35,6 @@ class Acted:
     alerts: list[Alert] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     error: str | None = None
-
-
-def rollback_now(ctx: Context, reason: str, flow_run_id: str | None, to_version: str | None = None) -> dict[str, Any]:
-    """Roll back through the gateway (it swaps to the warm release at once), or in the registry directly when
-    the gateway is unreachable; returns {from, to, served}."""
-    from tollgate.gateway_client import GatewayError
-    from tollgate.registry import rollback_release
-
-    gateway = ctx.gateway()
-    try:
-        return gateway.rollback(to_version, reason, flow_run_id)
-    except GatewayError as exc:
-        run_logger().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
-        before, after = rollback_release(ctx.registry, to_version, reason, None, flow_run_id)
-        return {"from": before, "to": after, "served": False}
-    finally:
-        gateway.close()
 
 
 def drift_alerts(release: Release, check: DriftCheck, run_id: str) -> list[Alert]:
@@ -97,7 +81,8 @@ def performance_action(
     if verdict.status != "severe":
         return Acted("alerted", alerts, failed)
     try:
-        done = rollback_now(ctx, f"automatic: severe degradation of v{release.version}: {verdict.reason}", flow_run_id)
+        why = f"automatic: severe degradation of v{release.version}: {verdict.reason}"
+        done = rollback_via_gateway(ctx, None, why, flow_run_id)
     except Exception as exc:  # told to people below, then raised by confirm_action
         error = f"automatic rollback of v{release.version} failed: {exc}"
         after = Alert(ROLLBACK_FAILED, model, f"{model}: {error}", {**payload, "error": str(exc)})

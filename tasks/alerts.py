@@ -8,6 +8,7 @@ a line in the flow's summary), never raised.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -94,8 +95,6 @@ def webhook_body(alert: Alert) -> dict[str, Any]:
 
 def post_webhook(url: str, alert: Alert, policy: DeliveryPolicy) -> str | None:
     """POST the alert, retrying on errors, 5xx and timeouts; None when delivered, else the last error."""
-    import json
-
     body = json.dumps(webhook_body(alert), default=str)
     error = "not attempted"
     for attempt in range(1, policy.attempts + 1):
@@ -106,7 +105,7 @@ def post_webhook(url: str, alert: Alert, policy: DeliveryPolicy) -> str | None:
             error = f"webhook answered {resp.status_code}"
             if resp.status_code < 500 and resp.status_code != 429:
                 break  # a refusal, not a hiccup: asking again gets the same answer
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # any failure of the channel (network, timeout, a malformed URL) is a failed try
             error = f"{type(exc).__name__}: {exc}"
         if attempt < policy.attempts:
             time.sleep(policy.retry_delay_s)
@@ -139,13 +138,15 @@ def deliver(
     """Post each alert to the webhook (when one is configured); {"delivered": n, "failed": [...]} including
     the earlier `failed` (events that could not be emitted). Never raises."""
     delivered, failures = 0, list(failed)
-    for alert in alerts if url else []:
-        error = post_webhook(url or "", alert, policy)
+    if not url:
+        return {"delivered": 0, "failed": failures, "webhook": False}
+    for alert in alerts:
+        error = post_webhook(url, alert, policy)
         if error is None:
             delivered += 1
         else:
             failures.append(record_failure(paths, alert, "webhook", error))
-    return {"delivered": delivered, "failed": failures, "webhook": bool(url)}
+    return {"delivered": delivered, "failed": failures, "webhook": True}
 
 
 @tollgate_task

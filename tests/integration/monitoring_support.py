@@ -14,7 +14,8 @@ import httpx
 import pandas as pd
 
 from tests.helpers import bundled_config
-from tests.integration.live import free_port, records
+from tests.integration.live import records
+from tollgate.procs import free_port
 from tollgate.synthetic import generate
 
 ROWS = 2000

@@ -20,15 +20,25 @@ import pytest
 from flows.backfill import ground_truth_backfill
 from flows.deploy import deploy_model
 from flows.drift import drift_check
-from flows.training import training_pipeline
-from tasks.actions import DRIFT_DETECTED, PERFORMANCE_DEGRADED, ROLLBACK_AUTOMATIC, rollback_now
+from tasks.actions import (
+    DRIFT_DETECTED,
+    PERFORMANCE_DEGRADED,
+    ROLLBACK_AUTOMATIC,
+    ROLLBACK_FAILED,
+    AutomaticActionFailed,
+    confirm_action,
+    performance_action,
+)
 from tasks.alerts import ALERT_FAILED, Alert, DeliveryPolicy, delivery_policy, post_webhook
-from tasks.ground_truth import labels_from_period
+from tasks.ground_truth import LiveVerdict, labels_from_period
+from tasks.rollout import rollback_via_gateway
 from tests.helpers import bundled_config
-from tests.integration.live import CONFIG, Traffic, running_gateway
+from tests.integration.live import Traffic, model_context, running_gateway, train
 from tests.integration.monitoring_support import Sink, closed_port_url, period, prefect_events, replay
-from tollgate.context import Context, make_context
+from tollgate.context import Context
+from tollgate.procs import free_port
 from tollgate.registry import ledger_entries
+from tollgate.release import Release
 from tollgate.signals import alert_failures, read_signals, record_signals
 
 MODEL = "alerts-churn"
@@ -39,10 +49,10 @@ VERDICT_KEYS = ("version", "rows", "detected", "overall_detected", "drifted", "p
 @pytest.fixture(scope="module")
 def stage(live_stack: dict[str, str]) -> Iterator[dict[str, Any]]:
     """A gateway serving MODEL, v1 in Production, and the context the flows run with (no webhook configured)."""
-    with pytest.MonkeyPatch.context() as mp, running_gateway(live_stack, mp, MODEL) as gw:
-        ctx = make_context(CONFIG, "dev").with_config(rollout={"auto_approve": True})
+    with running_gateway(live_stack, MODEL) as gw:
+        ctx = gw["ctx"].with_config(rollout={"auto_approve": True})
         assert ctx.config.alerts.webhook_url is None
-        v1 = training_pipeline(config=ctx, allow_dirty=True)
+        v1 = train(ctx)
         deploy_model(version=v1.version, config=ctx)
         yield {"gw": gw, "ctx": ctx, "v1": v1.version}
 
@@ -67,6 +77,7 @@ def test_delivery_retries_errors_and_timeouts_but_not_refusals() -> None:
     try:
         errors = {name: post_webhook(sink.url, alert, policy) for name, sink in sinks.items()}
         errors["closed"] = post_webhook(closed_port_url(), alert, policy)
+        errors["malformed"] = post_webhook("not a url", alert, policy)
         posts = {name: len(sink.bodies) for name, sink in sinks.items()}
     finally:
         for sink in sinks.values():
@@ -80,6 +91,22 @@ def test_delivery_retries_errors_and_timeouts_but_not_refusals() -> None:
     assert errors["refused"] == "webhook answered 404 (after 1 attempt(s))"
     assert errors["failing"] == "webhook answered 500 (after 3 attempt(s))"
     assert "Timeout" in str(errors["slow"]) and "ConnectError" in str(errors["closed"])
+    assert str(errors["malformed"]).endswith("(after 3 attempt(s))")  # a bad setting is a failed delivery too
+
+
+def test_a_failed_rollback_is_told_then_raised(live_stack: dict[str, str]) -> None:
+    """Nothing to roll back to (and no gateway): the degraded event still goes out, the failure becomes an
+    alert to deliver, and only confirm_action (after delivery) fails the run."""
+    lonely = "alerts-lonely"
+    ctx = model_context(lonely, servers={"gateway_port": free_port()})
+    release = Release(lonely, "1", "run", "Production", {}, ctx.config, ctx.config.servers.mlflow_url)
+    verdict = LiveVerdict("1", 500, 0.5, "severe", "live AUC 0.5000 < severe_live_auc 0.55")
+    acted = performance_action(ctx, release, verdict, "monitoring-run", None)
+    assert acted.action == "rollback_failed" and "no earlier Production version" in str(acted.error)
+    assert [a.event for a in acted.alerts] == [PERFORMANCE_DEGRADED, ROLLBACK_FAILED] and acted.failed == []
+    assert read_signals(ctx.paths, lonely)["live_status"] == "severe"
+    with pytest.raises(AutomaticActionFailed, match="no earlier Production version"):
+        confirm_action.fn(acted)
 
 
 def test_drift_verdict_and_event_do_not_depend_on_the_webhook(
@@ -123,9 +150,7 @@ def test_severe_degradation_rolls_back_before_any_webhook_is_called(
     ctx, gw, v1 = stage["ctx"], stage["gw"], stage["v1"]
     reg = gw["registry"]
     # v2: the same model, but its release treats a live AUC under 0.8 as severe
-    v2 = training_pipeline(
-        config=ctx.with_config(monitoring={"min_live_auc": 0.85, "severe_live_auc": 0.8}), allow_dirty=True
-    ).version
+    v2 = train(ctx, monitoring={"min_live_auc": 0.85, "severe_live_auc": 0.8}).version
     with Traffic(gw["url"]):
         deploy_model(version=v2, config=ctx)
     frame = period("concept_drift", ROWS)
@@ -138,7 +163,7 @@ def test_severe_degradation_rolls_back_before_any_webhook_is_called(
     try:
         for name, url in {"none": None, "closed": closed_port_url(), "slow": sink.url}.items():
             if name != "none":  # v2 back in Production for the next run
-                rollback_now(ctx, f"test: v{v2} again for the {name} webhook", None, to_version=v2)
+                rollback_via_gateway(ctx, v2, f"test: v{v2} again for the {name} webhook", None)
             assert reg.one("Production").version == v2
             runs[name] = ground_truth_backfill(
                 labels=str(labels) if name == "none" else None, config=_webhook(ctx, url)

@@ -19,7 +19,7 @@ from flows.drift import drift_check
 from tasks.ground_truth import labels_from_period
 from tasks.reporting import evidently_verdicts
 from tests.helpers import bundled_config
-from tests.integration.live import CONFIG, Traffic, running_gateway, train
+from tests.integration.live import Traffic, running_gateway, train
 from tests.integration.monitoring_support import ROWS, Sink, prefect_events, replay
 from tests.integration.monitoring_support import period as _period
 from tollgate import ledger
@@ -30,20 +30,20 @@ COVARIATE = {"monthly_charges", "last_login_days", "usage_gb"}
 @pytest.fixture(scope="module")
 def world(live_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     sink = Sink()
-    with pytest.MonkeyPatch.context() as mp, running_gateway(live_stack, mp, "monitoring-churn") as gw:
-        mp.setenv("TOLLGATE__ALERTS__WEBHOOK_URL", sink.url)
-        v1 = train(mp, TOLLGATE__ROLLOUT__AUTO_APPROVE="true", TOLLGATE__MONITORING__MIN_LIVE_AUC="0.7")
-        deploy_model(version=v1.version, config=CONFIG, env="dev")
-        yield {"gw": gw, "sink": sink, "v1": v1, "mp": mp, "tmp": tmp_path_factory.mktemp("labels")}
+    with running_gateway(live_stack, "monitoring-churn") as gw:
+        ctx = gw["ctx"].with_config(alerts={"webhook_url": sink.url}, rollout={"auto_approve": True})
+        v1 = train(ctx, monitoring={"min_live_auc": 0.7})
+        deploy_model(version=v1.version, config=ctx)
+        yield {"gw": gw, "ctx": ctx, "sink": sink, "v1": v1, "tmp": tmp_path_factory.mktemp("labels")}
     sink.close()
 
 
-def _drift(since: float) -> dict[str, Any]:
-    return drift_check(since=since, config=CONFIG, env="dev")
+def _drift(world: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    return drift_check(since=replay(world["gw"]["url"], frame), config=world["ctx"])
 
 
 def test_no_drift_period_raises_no_alert(world: dict[str, Any]) -> None:
-    result = _drift(replay(world["gw"]["url"], _period("none")))
+    result = _drift(world, _period("none"))
     assert result["rows"] == ROWS
     assert not result["detected"] and result["drifted"] == [] and result["segments"] == []
     assert not result["alerted"] and world["sink"].bodies == []
@@ -52,7 +52,7 @@ def test_no_drift_period_raises_no_alert(world: dict[str, Any]) -> None:
 
 def test_covariate_drift_is_found_on_the_shifted_features_only(world: dict[str, Any]) -> None:
     before = len(world["sink"].bodies)
-    result = _drift(replay(world["gw"]["url"], _period("covariate_drift")))
+    result = _drift(world, _period("covariate_drift"))
     assert result["detected"] and set(result["drifted"]) == COVARIATE
     assert evidently_verdicts(result["evidently"], bundled_config()) == COVARIATE  # Evidently agrees
     new = world["sink"].bodies[before:]
@@ -62,26 +62,26 @@ def test_covariate_drift_is_found_on_the_shifted_features_only(world: dict[str, 
 
 
 def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:
-    result = _drift(replay(world["gw"]["url"], _period("segment_shift")))
+    result = _drift(world, _period("segment_shift"))
     assert "region=south" in result["segments"]
     assert not {s for s in result["segments"] if s.startswith("region=")} - {"region=south"}
 
 
 def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(world: dict[str, Any]) -> None:
     period = _period("concept_drift")
-    result = _drift(replay(world["gw"]["url"], period))
+    result = _drift(world, period)
     assert result["drifted"] == [] and not result["detected"]
     labels = world["tmp"] / "concept_labels.csv"
     labels_from_period(period, bundled_config()).to_csv(labels, index=False)
     before = len(world["sink"].bodies)
-    first = ground_truth_backfill(labels=str(labels), config=CONFIG, env="dev")
+    first = ground_truth_backfill(labels=str(labels), config=world["ctx"])
     assert first["ingested"]["changed"] == ROWS
     assert first["verdict"]["status"] == "degraded" and first["verdict"]["labelled"] == ROWS
     assert first["action"] == "alerted"
     assert world["sink"].events()[before:] == ["tollgate.performance.degraded"]
     seg = {r["scope"] for r in first["rows"] if r["day"] == "all"}
     assert {"overall", "tier=gold", "region=south"} <= seg
-    again = ground_truth_backfill(labels=str(labels), config=CONFIG, env="dev")  # idempotent
+    again = ground_truth_backfill(labels=str(labels), config=world["ctx"])  # idempotent
     assert again["ingested"]["changed"] == 0
     assert again["verdict"] == first["verdict"]
 
@@ -89,21 +89,15 @@ def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(wo
 def test_severe_degradation_rolls_back_to_the_previous_release(
     world: dict[str, Any], live_stack: dict[str, str]
 ) -> None:
-    mp, gw = world["mp"], world["gw"]
-    v1 = world["v1"]
+    ctx, gw, v1 = world["ctx"], world["gw"], world["v1"]
     # v2: the same model, but its release treats a live AUC under 0.8 as severe
-    v2 = train(
-        mp,
-        TOLLGATE__ROLLOUT__AUTO_APPROVE="true",
-        TOLLGATE__MONITORING__MIN_LIVE_AUC="0.85",
-        TOLLGATE__MONITORING__SEVERE_LIVE_AUC="0.8",
-    )
+    v2 = train(ctx, monitoring={"min_live_auc": 0.85, "severe_live_auc": 0.8})
     with Traffic(gw["url"]):
-        deploy_model(version=v2.version, config=CONFIG, env="dev")
+        deploy_model(version=v2.version, config=ctx)
     assert httpx.get(f"{gw['url']}/health").json()["champion"] == v2.version
     replay(gw["url"], _period("concept_drift"))  # v2 now answers the same (labelled) customers
     before = len(world["sink"].bodies)
-    result = ground_truth_backfill(labels=None, config=CONFIG, env="dev")
+    result = ground_truth_backfill(labels=None, config=ctx)
     assert result["verdict"]["version"] == v2.version and result["verdict"]["status"] == "severe"
     assert result["action"] == "rolled_back"
     assert httpx.get(f"{gw['url']}/health").json()["champion"] == v1.version
@@ -126,14 +120,13 @@ def test_retrain_uses_backfilled_labels_goes_through_the_gates_and_is_guarded(
     from flows.retrain import retrain
     from tasks.gates import GateRejected
 
-    mp, gw = world["mp"], world["gw"]
+    ctx, gw = world["ctx"], world["gw"]
     reg = gw["registry"]
     champion = reg.one("Production").version
-    mp.setenv("TOLLGATE__ROLLOUT__AUTO_APPROVE", "true")
     outcome: dict[str, Any] = {}
     with Traffic(gw["url"]):
         try:
-            outcome = retrain(reason="test: performance degraded", config=CONFIG, env="dev")
+            outcome = retrain(reason="test: performance degraded", config=ctx)
         except GateRejected as exc:
             outcome = {"status": "rejected", "version": exc.version}
     assert outcome["status"] in ("deployed", "rejected"), outcome  # not skipped: this model never retrained
@@ -148,5 +141,5 @@ def test_retrain_uses_backfilled_labels_goes_through_the_gates_and_is_guarded(
     else:
         assert outcome["status"] == "deployed" and reg.one("Production").version == new.version
     assert httpx.get(f"{gw['url']}/health").json()["champion"] == reg.one("Production").version
-    again = retrain(reason="test: again", config=CONFIG, env="dev")
+    again = retrain(reason="test: again", config=ctx)
     assert again["status"] == "skipped" and again["why"].startswith("cooldown")
