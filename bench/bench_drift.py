@@ -54,7 +54,7 @@ def _write_child(folder: str) -> None:
 
 def _stream_child(folder: str, profile_path: str) -> None:
     """Child process: the streamed drift check over the Parquet parts; its peak RSS is the figure reported."""
-    from tasks.monitoring import DriftAccumulator
+    from tasks.drift import DriftAccumulator
 
     paths = sorted(Path(folder).glob("part-*.parquet"))
     profile = json.loads(Path(profile_path).read_text())
@@ -69,7 +69,9 @@ def _stream_child(folder: str, profile_path: str) -> None:
 
 
 def main(stack: object = None) -> None:
-    from tasks.monitoring import DriftAccumulator, evidently_drift, evidently_verdicts, reference_profile
+    from tasks.drift import DriftAccumulator
+    from tasks.profiling import reference_profile
+    from tasks.reporting import evidently_drift, evidently_verdicts
 
     rng = np.random.default_rng(1)
     print(f"generating reference and current data, {ROWS:,} x {len(COLUMNS)} each ...", flush=True)
