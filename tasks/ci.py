@@ -23,9 +23,8 @@ def _run(cmd: list[str], cwd: Path, home: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
-@tollgate_task(idempotent_io=True, retries=3, retry_delay_s=5)
-def checkout_commit(repo: str, sha: str, work: str) -> str:
-    """A fresh clone of `repo` at `sha` (retried: a pre-push event can arrive before the push lands)."""
+def clone_at(repo: str, sha: str, work: str) -> str:
+    """A fresh clone of `repo` at `sha` under `work` (an earlier clone of the same sha is replaced)."""
     dest = Path(work) / f"ci-{sha[:12]}"
     if dest.exists():
         subprocess.run(["rm", "-rf", str(dest)], check=True)
@@ -38,6 +37,12 @@ def checkout_commit(repo: str, sha: str, work: str) -> str:
         if proc.returncode != 0:
             raise CIFailed(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
     return str(dest)
+
+
+@tollgate_task(idempotent_io=True, retries=3, retry_delay_s=5)
+def checkout_commit(repo: str, sha: str, work: str) -> str:
+    """A fresh clone of `repo` at `sha` (retried: a pre-push event can arrive before the push lands)."""
+    return clone_at(repo, sha, work)
 
 
 @tollgate_task
