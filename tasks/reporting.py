@@ -18,6 +18,7 @@ from tasks.ground_truth import LiveVerdict
 from tasks.tracking import artifact_key
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
+from tollgate.keys import key_part
 from tollgate.release import RELEASE_DIR, Release
 
 
@@ -132,16 +133,17 @@ def drift_metrics(check: DriftCheck) -> dict[str, float]:
     """The drift check's numbers as MLflow metrics."""
     overall = check.overall
     metrics = {"rows": float(overall.rows), "drift_share": overall.drift_share, "detected": float(check.detected)}
-    metrics.update({f"drift.{f.feature}": f.statistic for f in overall.features})
-    metrics.update({f"null_fraction.{f.feature}": f.null_fraction for f in overall.features})
+    metrics.update({f"drift.{key_part(f.feature)}": f.statistic for f in overall.features})
+    metrics.update({f"null_fraction.{key_part(f.feature)}": f.null_fraction for f in overall.features})
     if overall.prediction:
         metrics["drift.prediction"] = overall.prediction.statistic
-    metrics.update({f"segment_drift_share.{k.replace('=', '.')}": v.drift_share for k, v in check.segments.items()})
+    for scope, report in check.segments.items():
+        column, _, value = scope.partition("=")
+        metrics[f"segment_drift_share.{key_part(column)}.{key_part(value)}"] = report.drift_share
     return metrics
 
 
-@tollgate_task
-def record_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport) -> str:
+def store_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport) -> str:
     """A monitoring run in MLflow (metrics, the Evidently HTML, the JSON report) and Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -174,8 +176,7 @@ def record_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport
     return run_id
 
 
-@tollgate_task
-def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
+def store_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
     """A monitoring run in MLflow with the live metrics, and a Prefect table artifact."""
     from prefect.artifacts import create_table_artifact
 
@@ -192,3 +193,16 @@ def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: L
         description=f"Live metrics (matured labels): v{release.version} {verdict.status}: {verdict.reason}",
     )
     return run_id
+
+
+# -- tasks (not retried: each creates an MLflow run) -----------------------------------------------------------
+@tollgate_task
+def record_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport) -> str:
+    """Record the drift check (MLflow monitoring run, Prefect artifacts); returns the run id."""
+    return store_drift(release, check, evidently)
+
+
+@tollgate_task
+def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
+    """Record the live metrics (MLflow monitoring run, Prefect table); returns the run id."""
+    return store_live_metrics(release, rows, verdict)
