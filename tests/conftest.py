@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tollgate.procs import free_port  # no Prefect import: safe before the environment is set
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 _HOME = Path(tempfile.mkdtemp(prefix="tollgate-test-"))
-_PORTS = {name: _free_port() for name in ("PREFECT_PORT", "MLFLOW_PORT", "GATEWAY_PORT", "WORKER_HEALTH_PORT")}
+_PORTS = {name: free_port() for name in ("PREFECT_PORT", "MLFLOW_PORT", "GATEWAY_PORT", "WORKER_HEALTH_PORT")}
 os.environ["TOLLGATE_HOME"] = str(_HOME)
 for _name, _port in _PORTS.items():
     os.environ[f"TOLLGATE__SERVERS__{_name}"] = str(_port)

@@ -15,21 +15,16 @@ import pytest
 from tollgate.app.stack import Stack, StackError, group_pids, port_in_use
 from tollgate.config import load_config
 from tollgate.paths import StatePaths
+from tollgate.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TG = [sys.executable, "-m", "tollgate.app.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _isolated_env(home: Path) -> dict[str, str]:
     env = dict(os.environ, TOLLGATE_HOME=str(home))
     for key in ("PREFECT_PORT", "MLFLOW_PORT", "WORKER_HEALTH_PORT", "GATEWAY_PORT"):
-        env[f"TOLLGATE__SERVERS__{key}"] = str(_free_port())
+        env[f"TOLLGATE__SERVERS__{key}"] = str(free_port())
     return env
 
 
@@ -115,7 +110,7 @@ def test_a_stack_from_a_config_variant_runs_every_service_on_the_variant_ports(t
     gateway and worker load the config from its path and still reach this stack (servers_env)."""
     from tollgate.context import make_context
 
-    ports = {key: _free_port() for key in ("prefect_port", "mlflow_port", "worker_health_port", "gateway_port")}
+    ports = {key: free_port() for key in ("prefect_port", "mlflow_port", "worker_health_port", "gateway_port")}
     ctx = make_context(ROOT / "configs" / "pipeline.yaml", "dev", home=tmp_path / "home").with_config(servers=ports)
     stack = Stack(ctx.config.servers, ctx.paths, say=lambda _m: None, config_path=ctx.loaded.path)
     stack.up()
