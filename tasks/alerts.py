@@ -19,13 +19,12 @@ import httpx
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
-from tasks.common import IO_RETRIES, IO_RETRY_DELAY_S, tollgate_task
+from tasks.common import tollgate_task
 from tollgate.config import AlertsConfig
 from tollgate.context import Context
 from tollgate.paths import StatePaths
 from tollgate.signals import record_alert_failure
 
-WEBHOOK_TIMEOUT_S = 5.0  # per attempt: connect + answer (until AlertsConfig has timeout_s)
 ALERT_FAILED = "tollgate.alert.failed"
 
 
@@ -49,13 +48,8 @@ class DeliveryPolicy:
 
 
 def delivery_policy(alerts: AlertsConfig) -> DeliveryPolicy:
-    """The webhook delivery policy: `alerts.timeout_s|retries|retry_delay_s` when the config has them, else a
-    5 s timeout and the project's I/O retry settings (tasks.common)."""
-    return DeliveryPolicy(
-        float(getattr(alerts, "timeout_s", WEBHOOK_TIMEOUT_S)),
-        1 + int(getattr(alerts, "retries", IO_RETRIES)),
-        float(getattr(alerts, "retry_delay_s", IO_RETRY_DELAY_S)),
-    )
+    """The webhook delivery policy from `alerts.timeout_s`, `alerts.retries` and `alerts.retry_delay_s`."""
+    return DeliveryPolicy(alerts.timeout_s, 1 + alerts.retries, alerts.retry_delay_s)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -184,6 +184,10 @@ class ServingConfig(_Strict):
 
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
+    # Delivery is tried after the action it reports: each attempt waits at most timeout_s; a failure is recorded.
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_delay_s: float = Field(default=2.0, ge=0)
 
 
 class GenerationConfig(_Strict):
