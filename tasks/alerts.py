@@ -9,17 +9,14 @@ a line in the flow's summary), never raised.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
 
-from tasks.common import tollgate_task
+from tasks.common import run_logger, tollgate_task
 from tollgate.config import AlertsConfig
 from tollgate.context import Context
 from tollgate.paths import StatePaths
@@ -50,14 +47,6 @@ class DeliveryPolicy:
 def delivery_policy(alerts: AlertsConfig) -> DeliveryPolicy:
     """The webhook delivery policy from `alerts.timeout_s`, `alerts.retries` and `alerts.retry_delay_s`."""
     return DeliveryPolicy(alerts.timeout_s, 1 + alerts.retries, alerts.retry_delay_s)
-
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The Prefect run logger inside a flow or task run, else this module's logger (unit tests, the CLI)."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("tollgate.alerts")
 
 
 def emit(alert: Alert) -> str | None:

@@ -7,13 +7,13 @@ promotion state is the registry stage. Every move is in the ledger. Nothing here
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tasks.analysis import Phase, analyze_phase_log
 from tasks.approvals import Approval
+from tasks.common import run_logger
 from tasks.gates import GateVerdict
 from tollgate.config import RolloutConfig
 from tollgate.context import Context
@@ -44,17 +44,6 @@ class PhaseWindow:
     phase: Phase
     since: float
     errors_before: int
-
-
-def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The Prefect run logger inside a run, this module's logger outside one."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 def release_policy(ctx: Context, version: str) -> Context:
@@ -123,7 +112,7 @@ def wait_for_traffic(
         seen = int(((log["role"] == window.phase) & (log["model_version"] == version)).sum()) if len(log) else 0
         if seen >= needed:
             return seen
-        _log().info("%s: %d of %d predictions so far", window.phase, seen, needed)
+        run_logger().info("%s: %d of %d predictions so far", window.phase, seen, needed)
         time.sleep(ctx.config.serving.rollout_poll_s)
     reason = f"{window.phase} phase saw {seen} of {needed} predictions in {limit:.0f} s (serving.rollout_max_wait_s)"
     abort_rollout(ctx, version, reason, flow_run_id)
@@ -201,7 +190,7 @@ def rollback_via_gateway(
     except GatewayError as exc:
         if not exc.unreachable:
             raise  # the gateway answered (refused, or failed after acting): rolling back again could go too far
-        _log().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
+        run_logger().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
     before, after = rollback_release(ctx.registry, to, reason, who, flow_run_id)
     return {"from": before, "to": after, "served": False}
 

@@ -50,12 +50,30 @@ def test_no_drift_period_raises_no_alert(world: dict[str, Any]) -> None:
     assert Path(result["report"]).exists()  # the Evidently HTML report
 
 
-def test_covariate_drift_is_found_on_the_shifted_features_only(world: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def covariate(world: dict[str, Any]) -> dict[str, Any]:
+    """The covariate-drift period replayed and checked once (its webhook posts counted from before it)."""
     before = len(world["sink"].bodies)
     result = _drift(world, _period("covariate_drift"))
+    return {"result": result, "posts": world["sink"].bodies[before:]}
+
+
+@pytest.fixture(scope="module")
+def concept(world: dict[str, Any]) -> dict[str, Any]:
+    """The concept-drift period replayed, drift-checked, and its labels ingested by a first backfill, once."""
+    period = _period("concept_drift")
+    drift = _drift(world, period)
+    labels = world["tmp"] / "concept_labels.csv"
+    labels_from_period(period, bundled_config()).to_csv(labels, index=False)
+    before = len(world["sink"].bodies)
+    first = ground_truth_backfill(labels=str(labels), config=world["ctx"])
+    return {"drift": drift, "labels": labels, "first": first, "events": world["sink"].events()[before:]}
+
+
+def test_covariate_drift_is_found_on_the_shifted_features_only(covariate: dict[str, Any]) -> None:
+    result, new = covariate["result"], covariate["posts"]
     assert result["detected"] and set(result["drifted"]) == COVARIATE
     assert evidently_verdicts(result["evidently"], bundled_config()) == COVARIATE  # Evidently agrees
-    new = world["sink"].bodies[before:]
     assert [b["tollgate"]["event"] for b in new] == ["tollgate.drift.detected"]
     assert set(new[0]["tollgate"]["drifted"]) == COVARIATE and "Drift on monitoring-churn" in new[0]["text"]
     assert result["alerts"] == {"delivered": 1, "failed": [], "webhook": True}
@@ -67,27 +85,25 @@ def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) ->
     assert not {s for s in result["segments"] if s.startswith("region=")} - {"region=south"}
 
 
-def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(world: dict[str, Any]) -> None:
-    period = _period("concept_drift")
-    result = _drift(world, period)
+def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(
+    world: dict[str, Any], concept: dict[str, Any]
+) -> None:
+    result, first = concept["drift"], concept["first"]
     assert result["drifted"] == [] and not result["detected"]
-    labels = world["tmp"] / "concept_labels.csv"
-    labels_from_period(period, bundled_config()).to_csv(labels, index=False)
-    before = len(world["sink"].bodies)
-    first = ground_truth_backfill(labels=str(labels), config=world["ctx"])
     assert first["ingested"]["changed"] == ROWS
     assert first["verdict"]["status"] == "degraded" and first["verdict"]["labelled"] == ROWS
     assert first["action"] == "alerted"
-    assert world["sink"].events()[before:] == ["tollgate.performance.degraded"]
+    assert concept["events"] == ["tollgate.performance.degraded"]
     seg = {r["scope"] for r in first["rows"] if r["day"] == "all"}
     assert {"overall", "tier=gold", "region=south"} <= seg
-    again = ground_truth_backfill(labels=str(labels), config=world["ctx"])  # idempotent
+    again = ground_truth_backfill(labels=str(concept["labels"]), config=world["ctx"])  # idempotent
     assert again["ingested"]["changed"] == 0
-    assert again["verdict"] == first["verdict"]
+    assert again["verdict"]["status"] == first["verdict"]["status"]
+    assert again["verdict"]["labelled"] == first["verdict"]["labelled"]
 
 
 def test_severe_degradation_rolls_back_to_the_previous_release(
-    world: dict[str, Any], live_stack: dict[str, str]
+    world: dict[str, Any], concept: dict[str, Any], live_stack: dict[str, str]
 ) -> None:
     ctx, gw, v1 = world["ctx"], world["gw"], world["v1"]
     # v2: the same model, but its release treats a live AUC under 0.8 as severe
@@ -108,14 +124,16 @@ def test_severe_degradation_rolls_back_to_the_previous_release(
     assert last.version == v1.version and last.reason.startswith("rollback: automatic: severe degradation")
 
 
-def test_events_reach_the_prefect_server(world: dict[str, Any], live_stack: dict[str, str]) -> None:
+def test_events_reach_the_prefect_server(
+    covariate: dict[str, Any], concept: dict[str, Any], live_stack: dict[str, str]
+) -> None:
     wanted = {"tollgate.drift.detected", "tollgate.performance.degraded"}
     events = prefect_events(live_stack["prefect"], "monitoring-churn", lambda ev: wanted <= {e["event"] for e in ev})
     assert wanted <= {e["event"] for e in events}
 
 
 def test_retrain_uses_backfilled_labels_goes_through_the_gates_and_is_guarded(
-    world: dict[str, Any], live_stack: dict[str, str]
+    world: dict[str, Any], concept: dict[str, Any], live_stack: dict[str, str]
 ) -> None:
     from flows.retrain import retrain
     from tasks.gates import GateRejected
