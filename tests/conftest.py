@@ -30,6 +30,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{_PORTS['MLFLOW_PORT']}"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

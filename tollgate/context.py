@@ -32,6 +32,9 @@ def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_URL": servers.prefect_ui_url,
         "MLFLOW_TRACKING_URI": servers.mlflow_url,
+        # No network but the stack's own: MLflow's usage telemetry only adds a background thread (and a race on
+        # its session variable seen under load).
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "TOLLGATE_HOME": str(paths.home),
     }
 

@@ -28,11 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.metrics import OTHER_ROUTE, ROUTES
 from tests.helpers import ROOT
 from tests.integration.live import free_port, records, running_gateway, train
-from tollgate.paths import StatePaths
 from tollgate.signals import record_signals
 
 SHIPPED = ROOT / "deployments" / "prometheus"
-TOKEN = {"Authorization": "Bearer test-token"}  # the token running_gateway sets
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +155,7 @@ def _hostile(gw_url: str) -> None:
 
 
 def test_prometheus_scrapes_the_gateway_whatever_clients_send(
-    live_stack: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, promtools: dict[str, str]
+    live_stack: dict[str, str], tmp_path: Path, promtools: dict[str, str]
 ) -> None:
     for check in (["check", "config", str(SHIPPED / "prometheus.yml")], ["check", "rules", str(SHIPPED / "rules.yml")]):
         done = subprocess.run([promtools["promtool"], *check], capture_output=True, text=True, timeout=60)
@@ -167,10 +165,10 @@ def test_prometheus_scrapes_the_gateway_whatever_clients_send(
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
-    with running_gateway(live_stack, monkeypatch, "prometheus-scrape") as gw:
-        version = train(monkeypatch).version
+    with running_gateway(live_stack, "prometheus-scrape") as gw:
+        version = train(gw["ctx"]).version
         gw["registry"].transition(version, "Production", "test: serve it for the scrape", None)
-        assert httpx.post(f"{gw['url']}/admin/reload", headers=TOKEN, timeout=60).json()["champion"] == version
+        assert gw["ctx"].gateway().reload()["champion"] == version
         target = gw["url"].removeprefix("http://")
         with running_prometheus(promtools["prometheus"], tmp_path, target) as prom:
             acked = 0
@@ -215,7 +213,7 @@ def test_prometheus_scrapes_the_gateway_whatever_clients_send(
             assert (_scalar(prom, "sum(tollgate_admin_refused_total)") or 0) >= 3
 
             # a drift verdict recorded by monitoring reaches Prometheus at the next scrape and fires the alert
-            record_signals(StatePaths.from_env(), gw["name"], drift_detected=1)
+            record_signals(gw["ctx"].paths, gw["name"], drift_detected=1)
 
             def drift_alert_fires() -> bool:
                 alerts = httpx.get(f"{prom}/api/v1/alerts").json()["data"]["alerts"]
