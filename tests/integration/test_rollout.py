@@ -174,4 +174,6 @@ def test_bad_requests_get_422_naming_each_field(gateway: dict[str, Any]) -> None
     ok = httpx.post(f"{gateway['url']}/predict", json=good)
     assert ok.status_code == 200 and ok.json()["model_version"] == v1.version  # the worker survived it all
     metrics = httpx.get(f"{gateway['url']}/metrics").text
-    assert 'tollgate_errors_total{kind="validation"}' in metrics and "tollgate_request_latency_seconds_bucket" in metrics
+    assert (
+        'tollgate_errors_total{kind="validation"}' in metrics and "tollgate_request_latency_seconds_bucket" in metrics
+    )
