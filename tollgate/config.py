@@ -39,7 +39,7 @@ class ColumnSpec(_Strict):
     min: float | None = None
     max: float | None = None
     categories: list[str] | None = None
-    values: list[int] | None = None
+    values: list[int] | None = None  # label columns of classification tasks: the class values
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     unique: bool = False
     # timestamp columns only: how stored values are read ("auto": datetime dtype or ISO text; "epoch_s"/"epoch_ms":
@@ -52,8 +52,12 @@ class ColumnSpec(_Strict):
             raise ValueError("a category column needs a non-empty 'categories' list")
         if self.type != "category" and self.categories is not None:
             raise ValueError(f"'categories' is only for category columns, not {self.type}")
-        if self.type == "label" and sorted(self.values or []) != [0, 1]:
-            raise ValueError("a label column needs 'values: [0, 1]' (binary classification)")
+        if self.type == "label" and len(set(self.values or [])) < 2:
+            raise ValueError("a label column needs 'values': its class values, e.g. [0, 1] (binary) or [0, 1, 2]")
+        if self.type == "label" and len(set(self.values or [])) != len(self.values or []):
+            raise ValueError("a label column's 'values' must be distinct")
+        if self.type != "label" and self.values is not None:
+            raise ValueError(f"'values' is only for label columns, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if self.format != "auto" and self.type != "timestamp":
@@ -74,14 +78,16 @@ class DatasetConfig(_Strict):
     timestamp: str
     target: str
     label_delay_days: float = Field(default=0, ge=0)
-    segments: list[str] = []  # zero or more category columns; metrics and gates are also computed per value
+    segments: list[str] = []  # zero or more columns; metrics, gates and drift are also computed per value
+    # Numeric segment columns: interior bin edges, e.g. {age: [30, 50]} -> segments "< 30", "[30, 50)", ">= 50".
+    segment_bins: dict[str, list[float]] = {}
     extra_columns: Literal["forbid", "allow"] = "forbid"
     row_count: RowCount = RowCount()
     columns: dict[str, ColumnSpec] = Field(min_length=3)
 
     @model_validator(mode="after")
     def _roles_exist(self) -> DatasetConfig:
-        expected = {"id": ("string", "int"), "timestamp": ("timestamp",), "target": ("label",)}
+        expected = {"id": ("string", "int"), "timestamp": ("timestamp",), "target": ("label", "int", "float")}
         for role, types in expected.items():
             col = getattr(self, role)
             if col not in self.columns:
@@ -91,8 +97,21 @@ class DatasetConfig(_Strict):
         for seg in self.segments:
             if seg not in self.columns:
                 raise ValueError(f"segment column '{seg}' is not in dataset.columns")
-            if self.columns[seg].type != "category":
-                raise ValueError(f"segment column '{seg}' must be a category column")
+            kind = self.columns[seg].type
+            if kind in ("int", "float"):
+                if seg not in self.segment_bins:
+                    raise ValueError(f"numeric segment column '{seg}' needs its bin edges in dataset.segment_bins")
+            elif kind not in ("category", "string", "bool"):
+                raise ValueError(f"segment column '{seg}' has type {kind}: segments are category/string/bool columns")
+            if seg == self.target:
+                raise ValueError(f"segment column '{seg}' is the target")
+        for col, edges in self.segment_bins.items():
+            if col not in self.segments:
+                raise ValueError(f"segment_bins: '{col}' is not listed in dataset.segments")
+            if self.columns[col].type not in ("int", "float"):
+                raise ValueError(f"segment_bins: '{col}' is a {self.columns[col].type} column, bins are for int/float")
+            if not edges or sorted(set(edges)) != list(edges):
+                raise ValueError(f"segment_bins: '{col}' needs strictly increasing edges, got {edges}")
         return self
 
 
@@ -109,10 +128,20 @@ class FeaturesConfig(_Strict):
         return [*self.numeric, *self.categorical, *self.boolean]
 
 
+TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+# Which estimators fit which task: "linear" is LogisticRegression for classification and Ridge for regression.
+MODEL_KINDS: dict[str, tuple[str, ...]] = {
+    "binary": ("hist_gradient_boosting", "logistic_regression"),
+    "multiclass": ("hist_gradient_boosting", "logistic_regression"),
+    "regression": ("hist_gradient_boosting", "ridge"),
+}
+
+
 class ModelConfig(_Strict):
-    kind: Literal["hist_gradient_boosting", "logistic_regression"] = "hist_gradient_boosting"
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    kind: Literal["hist_gradient_boosting", "logistic_regression", "ridge"] = "hist_gradient_boosting"
     seed: int
-    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # binary only: score >= threshold -> 1
     hyperparameters: dict[str, float | int | str | bool | None] = {}
 
 
@@ -122,14 +151,18 @@ class SplitConfig(_Strict):
 
 
 class GatesConfig(_Strict):
-    min_auc: float = Fraction
-    max_log_loss: float = Field(gt=0.0)
-    non_inferiority_margin: float = Field(ge=0.0, le=0.5)
+    # Absolute floors and ceilings on holdout metrics of the model's task (tollgate.objective.METRICS), e.g.
+    # binary {auc: 0.7} / {log_loss: 0.6}; regression {r2: 0.3} / {rmse: 60}.
+    minimums: dict[str, float] = {}
+    maximums: dict[str, float] = {}
+    # In the primary metric's units (auc, auc_ovr or rmse): how much worse the challenger may be than the baseline.
+    non_inferiority_margin: float = Field(ge=0.0)
     confidence: float = Field(gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(ge=50, le=100_000)
     min_segment_size: int = Field(ge=1)
-    # Per segment: "harm" fails when the whole CI of (challenger - baseline) AUC lies below -margin (confidently
-    # worse); "non_inferiority" applies the overall rule (CI lower bound >= -margin) to every segment.
+    # Per segment: "harm" fails when the whole CI of the challenger's improvement in the primary metric lies below
+    # -margin (confidently worse); "non_inferiority" applies the overall rule (CI lower bound >= -margin) to every
+    # segment.
     segment_test: Literal["harm", "non_inferiority"] = "harm"
 
 
@@ -142,19 +175,14 @@ class MonitoringConfig(_Strict):
     drift_share_threshold: float = Field(gt=0.0, le=1.0)
     reference_bins: int = Field(ge=2, le=100)
     report_sample_rows: int = Field(ge=100)
-    min_live_auc: float = Fraction
-    severe_live_auc: float = Fraction
+    # Live primary metric (auc, auc_ovr or rmse) over matured labels: worse than live_degraded_at is "degraded"
+    # (alert, retrain), worse than live_severe_at is "severe" (automatic rollback). "Worse" follows the metric:
+    # lower for auc/auc_ovr, higher for rmse.
+    live_degraded_at: float
+    live_severe_at: float
     min_labelled_rows: int = Field(ge=1)
     retrain_cooldown_hours: float = Field(ge=0)
     max_retrains_per_week: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> MonitoringConfig:
-        if self.severe_live_auc > self.min_live_auc:
-            raise ValueError(
-                f"severe_live_auc ({self.severe_live_auc}) must not exceed min_live_auc ({self.min_live_auc})"
-            )
-        return self
 
 
 class RolloutConfig(_Strict):
@@ -269,7 +297,40 @@ class TollgateConfig(_Strict):
         roles = {self.dataset.id, self.dataset.target, self.dataset.timestamp}
         if roles & seen:
             raise ValueError(f"features: {sorted(roles & seen)} are id/target/timestamp columns, not features")
+        self._task_coherent()
         return self
+
+    def _task_coherent(self) -> None:
+        from tollgate.objective import METRICS, PRIMARY, higher_is_better
+
+        task, target = self.model.task, self.dataset.columns[self.dataset.target]
+        if task == "regression" and target.type not in ("int", "float"):
+            raise ValueError(f"model.task regression needs a numeric target; '{self.dataset.target}' is {target.type}")
+        if task != "regression" and target.type != "label":
+            raise ValueError(
+                f"model.task {task} needs a target of type label with its class 'values'; "
+                f"'{self.dataset.target}' is {target.type}"
+            )
+        classes = len(target.values or [])
+        if task == "binary" and sorted(target.values or []) != [0, 1]:
+            raise ValueError(f"model.task binary needs label values [0, 1]; '{self.dataset.target}' has {target.values}")
+        if task == "multiclass" and classes < 3:
+            raise ValueError(f"model.task multiclass needs 3 or more label values; got {target.values} (use binary)")
+        if self.model.kind not in MODEL_KINDS[task]:
+            raise ValueError(f"model.kind {self.model.kind} does not fit task {task}: use {' or '.join(MODEL_KINDS[task])}")
+        for group in ("minimums", "maximums"):
+            for metric in getattr(self.gates, group):
+                if metric not in METRICS[task]:
+                    raise ValueError(
+                        f"gates.{group}: '{metric}' is not a {task} metric; expected one of {', '.join(METRICS[task])}"
+                    )
+        mon, primary = self.monitoring, PRIMARY[task]
+        worse_first = mon.live_severe_at > mon.live_degraded_at if higher_is_better(primary) else mon.live_severe_at < mon.live_degraded_at
+        if worse_first:
+            raise ValueError(
+                f"monitoring.live_severe_at ({mon.live_severe_at}) must be worse than live_degraded_at "
+                f"({mon.live_degraded_at}) for {primary} ({'higher' if higher_is_better(primary) else 'lower'} is better)"
+            )
 
     def digest(self) -> str:
         """A stable sha256 of the resolved config (servers excluded: they do not change a model)."""
@@ -328,7 +389,7 @@ def _merge(base: dict[str, Any], top: dict[str, Any], source: str, sources: dict
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """TOLLGATE__GATES__MIN_AUC=0.8 -> {"gates.min_auc": ("TOLLGATE__GATES__MIN_AUC", 0.8)} as nested dicts."""
+    """TOLLGATE__GATES__CONFIDENCE=0.9 -> {"gates.confidence": ("TOLLGATE__GATES__CONFIDENCE", 0.9)} as nested dicts."""
     out: dict[str, dict[str, Any]] = {}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):

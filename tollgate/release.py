@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tollgate.config import TollgateConfig
+from tollgate.objective import Objective
 from tollgate.registry import Registry, RegistryError, VersionInfo
 
 RELEASE_DIR = "release"  # the run artifact folder holding the release context
@@ -69,14 +70,32 @@ class Release:
     def features(self) -> list[str]:
         return self.config.features.all
 
+    @property
+    def objective(self) -> Objective:
+        """The task of this version (binary, multiclass, regression) with its classes and threshold."""
+        return Objective.from_config(self.config)
+
     def load_model(self) -> Any:
         """The fitted pipeline of this version."""
         return load_model(self.tracking_uri, self.model_name, self.version)
 
 
+def upgrade_release_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A release config stored before task types (binary only: gates.min_auc/max_log_loss, monitoring
+    min_live_auc/severe_live_auc) in today's keys; a current one unchanged."""
+    gates, mon = dict(body.get("gates", {})), dict(body.get("monitoring", {}))
+    if "min_auc" in gates or "max_log_loss" in gates:
+        gates.setdefault("minimums", {"auc": gates.pop("min_auc")} if "min_auc" in gates else {})
+        gates.setdefault("maximums", {"log_loss": gates.pop("max_log_loss")} if "max_log_loss" in gates else {})
+    if "min_live_auc" in mon:
+        mon["live_degraded_at"] = mon.pop("min_live_auc")
+        mon["live_severe_at"] = mon.pop("severe_live_auc", mon["live_degraded_at"])
+    return {**body, "gates": gates, "monitoring": mon} if gates or mon else body
+
+
 def release_config(body: dict[str, Any], current: TollgateConfig) -> TollgateConfig:
     """A stored release config, with the servers of the environment it is loaded in."""
-    return TollgateConfig.model_validate({**body, "servers": current.servers.model_dump()})
+    return TollgateConfig.model_validate({**upgrade_release_body(body), "servers": current.servers.model_dump()})
 
 
 def load_release(

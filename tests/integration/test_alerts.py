@@ -150,7 +150,7 @@ def test_severe_degradation_rolls_back_before_any_webhook_is_called(
     ctx, gw, v1 = stage["ctx"], stage["gw"], stage["v1"]
     reg = gw["registry"]
     # v2: the same model, but its release treats a live AUC under 0.8 as severe
-    v2 = train(ctx, monitoring={"min_live_auc": 0.85, "severe_live_auc": 0.8}).version
+    v2 = train(ctx, monitoring={"live_degraded_at": 0.85, "live_severe_at": 0.8}).version
     with Traffic(gw["url"]):
         deploy_model(version=v2, config=ctx)
     frame = period("concept_drift", ROWS)

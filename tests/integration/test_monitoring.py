@@ -32,7 +32,7 @@ def world(live_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     sink = Sink()
     with running_gateway(live_stack, "monitoring-churn") as gw:
         ctx = gw["ctx"].with_config(alerts={"webhook_url": sink.url}, rollout={"auto_approve": True})
-        v1 = train(ctx, monitoring={"min_live_auc": 0.7})
+        v1 = train(ctx, monitoring={"live_degraded_at": 0.7})
         deploy_model(version=v1.version, config=ctx)
         yield {"gw": gw, "ctx": ctx, "sink": sink, "v1": v1, "tmp": tmp_path_factory.mktemp("labels")}
     sink.close()
@@ -107,7 +107,7 @@ def test_severe_degradation_rolls_back_to_the_previous_release(
 ) -> None:
     ctx, gw, v1 = world["ctx"], world["gw"], world["v1"]
     # v2: the same model, but its release treats a live AUC under 0.8 as severe
-    v2 = train(ctx, monitoring={"min_live_auc": 0.85, "severe_live_auc": 0.8})
+    v2 = train(ctx, monitoring={"live_degraded_at": 0.85, "live_severe_at": 0.8})
     with Traffic(gw["url"]):
         deploy_model(version=v2.version, config=ctx)
     assert httpx.get(f"{gw['url']}/health").json()["champion"] == v2.version

@@ -89,7 +89,7 @@ def test_first_model_reaches_staging_with_its_whole_release_context(
     for name in RELEASE_FILES:
         assert load_release_file(live_stack["mlflow"], result.run_id, name)
     cfg = load_release_file(live_stack["mlflow"], result.run_id, "config.json")
-    assert cfg["gates"]["min_auc"] == bundled_config().gates.min_auc and cfg["rollout"]["approvers"]
+    assert cfg["gates"]["minimums"] == bundled_config().gates.minimums and cfg["rollout"]["approvers"]
     profile = load_release_file(live_stack["mlflow"], result.run_id, "reference_profile.json")
     assert set(profile["features"]) == set(bundled_config().features.all) and profile["prediction"]["edges"]
     card = load_release_file(live_stack["mlflow"], result.run_id, "model_card.md")

@@ -24,7 +24,7 @@ def test_bundled_config_is_valid_in_every_environment(project_root: Path) -> Non
         loaded = load_config(project_root / "configs" / "pipeline.yaml", env, environ={})
         assert loaded.config.dataset.target == "churned"
     staging = load_config(project_root / "configs" / "pipeline.yaml", "staging", environ={})
-    assert staging.config.gates.min_auc == 0.72  # overlay wins over pipeline.yaml
+    assert staging.config.gates.minimums["auc"] == 0.72  # overlay wins over pipeline.yaml
     prod = load_config(project_root / "configs" / "pipeline.yaml", "prod", environ={})
     assert prod.config.servers.mlflow_url == "http://mlflow.internal:5000"
 
@@ -33,14 +33,19 @@ def test_bundled_config_is_valid_in_every_environment(project_root: Path) -> Non
     ("edit", "key", "reason"),
     [
         (lambda d: d["model"].update(learning_rate_typo=1), "model.learning_rate_typo", "unknown key"),
-        (lambda d: d["gates"].update(min_auc="high"), "gates.min_auc", "valid number"),
-        (lambda d: d["gates"].pop("min_auc"), "gates.min_auc", "required key is missing"),
-        (lambda d: d["gates"].update(min_auc=1.7), "gates.min_auc", "less than or equal to 1"),
+        (lambda d: d["gates"].update(minimums={"auc": "high"}), "gates.minimums.auc", "valid number"),
+        (lambda d: d["gates"].pop("non_inferiority_margin"), "gates.non_inferiority_margin", "required key is missing"),
+        (lambda d: d["gates"].update(minimums={"rmse": 3}), "gates.minimums", "'rmse' is not a binary metric"),
+        (lambda d: d["model"].update(task="regression"), "model.task regression", "needs a numeric target"),
+        (lambda d: d["model"].update(task="multiclass"), "model.task multiclass", "3 or more label values"),
+        (lambda d: d["model"].update(kind="ridge"), "model.kind ridge", "does not fit task binary"),
+        (lambda d: d["dataset"].update(segment_bins={"tenure_months": [12, 6]}), "segment_bins", "is not listed"),
         (lambda d: d["rollout"].update(canary_share=0), "rollout.canary_share", "greater than 0"),
         (lambda d: d["dataset"]["columns"]["tenure_months"].update(min=10, max=1), "tenure_months", "greater than max"),
         (lambda d: d["features"]["numeric"].append("nope"), "features.numeric", "'nope' is not in dataset.columns"),
-        (lambda d: d["dataset"].update(segments=["tenure_months"]), "segment column", "must be a category column"),
-        (lambda d: d["monitoring"].update(severe_live_auc=0.9), "severe_live_auc", "must not exceed"),
+        (lambda d: d["dataset"].update(segments=["tenure_months"]), "numeric segment column", "needs its bin edges"),
+        (lambda d: d["dataset"].update(segments=["event_time"]), "segment column", "segments are category"),
+        (lambda d: d["monitoring"].update(live_severe_at=0.9), "live_severe_at", "must be worse than"),
     ],
 )
 def test_each_error_names_file_key_and_reason(config_dir: Path, edit, key: str, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -54,7 +59,7 @@ def test_each_error_names_file_key_and_reason(config_dir: Path, edit, key: str, 
 
 def test_every_error_is_reported_not_just_the_first(config_dir: Path) -> None:
     def two(d: dict) -> None:  # type: ignore[type-arg]
-        d["gates"]["min_auc"] = 3
+        d["gates"]["confidence"] = 3
         d["rollout"]["bogus"] = True
 
     with pytest.raises(ConfigError) as err:
@@ -97,10 +102,10 @@ def test_missing_file_and_unknown_env(tmp_path: Path, project_root: Path) -> Non
 def test_cli_config_check_exits_2_and_prints_every_problem(
     config_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _edit(config_dir, lambda d: d["gates"].update(min_auc=9, nonsense=1))
+    path = _edit(config_dir, lambda d: d["gates"].update(confidence=9, nonsense=1))
     assert main(["--config", str(path), "config", "check"]) == 2
     err = capsys.readouterr().err
-    assert "gates.min_auc" in err and "gates.nonsense: unknown key" in err
+    assert "gates.confidence" in err and "gates.nonsense: unknown key" in err
 
 
 def test_cli_config_show_json_is_the_resolved_config(project_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,11 +113,28 @@ def test_cli_config_show_json_is_the_resolved_config(project_root: Path, capsys:
 
     assert main(["--env", "staging", "config", "show", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
-    assert body["gates"]["min_auc"] == 0.72 and body["dataset"]["id"] == "customer_id"
+    assert body["gates"]["minimums"]["auc"] == 0.72 and body["dataset"]["id"] == "customer_id"
 
 
 def test_digest_changes_with_a_threshold_not_with_servers(project_root: Path) -> None:
     path = project_root / "configs" / "pipeline.yaml"
     base = load_config(path, environ={}).config.digest()
     assert load_config(path, environ={"TOLLGATE__SERVERS__MLFLOW_PORT": "5001"}).config.digest() == base
-    assert load_config(path, environ={"TOLLGATE__GATES__MIN_AUC": "0.71"}).config.digest() != base
+    assert load_config(path, environ={"TOLLGATE__GATES__MINIMUMS__AUC": "0.71"}).config.digest() != base
+
+
+def test_numeric_segment_through_bins_and_task_types(config_dir: Path) -> None:
+    def binned(d: dict) -> None:  # type: ignore[type-arg]
+        d["dataset"].update(segments=["tier", "tenure_months"], segment_bins={"tenure_months": [12, 36]})
+
+    cfg = load_config(_edit(config_dir, binned), "dev", environ={}).config
+    assert cfg.dataset.segment_bins == {"tenure_months": [12.0, 36.0]}
+
+    def regression(d: dict) -> None:  # type: ignore[type-arg]
+        d["dataset"]["columns"]["churned"] = {"type": "float", "min": 0, "max": 1}
+        d["model"].update(task="regression", kind="ridge")
+        d["gates"].update(minimums={"r2": 0.1}, maximums={"rmse": 0.5})
+        d["monitoring"].update(live_degraded_at=0.5, live_severe_at=0.6)  # rmse: higher is worse
+
+    cfg = load_config(_edit(config_dir, regression), "dev", environ={}).config
+    assert cfg.model.task == "regression" and cfg.gates.maximums == {"rmse": 0.5}

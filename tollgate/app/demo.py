@@ -16,7 +16,7 @@ from tollgate.gateway_client import GatewayClient, GatewayError
 
 PERIOD_ROWS = 1500
 BATCH = 250
-BAD_RELEASE_SLO = {"min_live_auc": 0.75, "severe_live_auc": 0.70}
+BAD_RELEASE_SLO = {"live_degraded_at": 0.75, "live_severe_at": 0.70}
 
 
 class DemoError(Exception):

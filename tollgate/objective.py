@@ -1,0 +1,310 @@
+"""What a model predicts and how it is judged, per task type: binary, multiclass and regression.
+
+One object (`Objective`) answers every task-dependent question the pipeline asks, so training, the gate,
+serving, drift and backfill agree on it:
+- `outputs(model, X)`: the model's raw answer. Binary: the positive-class probability (n,); multiclass: the
+  class probabilities (n, k) in `classes` order; regression: the predicted value (n,).
+- `score(out)`: one number per row, logged as `score` and used for score drift and rollout PSI. Binary: the
+  positive-class probability; multiclass: the probability of the predicted class; regression: the value.
+- `decision(out)`: what the gateway decides. Binary: 1 when score >= threshold; multiclass: the predicted
+  class; regression: the value.
+- `metrics(y, out)`: the task's metrics (`METRICS`); `primary` names the one the gate compares with a paired
+  bootstrap and live monitoring judges (binary `auc`, multiclass `auc_ovr`: macro one-vs-rest AUC,
+  regression `rmse`); `improvement(a, b)` is a - b signed so that positive is better.
+- `statistic(y, out)`: the primary metric as a resampling statistic (`Statistic.value(rows)`), O(n) memory.
+Pure functions of arrays: no config file, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tollgate.config import TollgateConfig
+
+PRIMARY: dict[str, str] = {"binary": "auc", "multiclass": "auc_ovr", "regression": "rmse"}
+METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("n", "positives", "auc", "log_loss", "precision", "recall", "brier", "calibration_error"),
+    "multiclass": ("n", "auc_ovr", "log_loss", "accuracy"),  # plus recall.<class> per class
+    "regression": ("n", "rmse", "mae", "r2"),
+}
+_LOWER_IS_BETTER = {"log_loss", "brier", "calibration_error", "rmse", "mae"}
+PROB_EPS = 1e-7
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` is better (AUC, R2, accuracy) or worse (log loss, RMSE)."""
+    return metric.split(".")[0] not in _LOWER_IS_BETTER
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of binary probabilities over equal-width bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    err = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            err += mask.mean() * abs(float(y[mask].mean()) - float(p[mask].mean()))
+    return float(err)
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """AUC, log loss, precision/recall at threshold, Brier score and calibration error (AUC NaN if one class)."""
+    from sklearn.metrics import brier_score_loss, log_loss, precision_score, recall_score, roc_auc_score
+
+    y = np.asarray(y, dtype="int64")
+    p = np.asarray(p, dtype="float64")
+    if len(y) == 0:
+        return {"n": 0.0, **{k: float("nan") for k in METRICS["binary"] if k != "n"}}
+    clipped = np.clip(p, PROB_EPS, 1 - PROB_EPS)
+    decided = (p >= threshold).astype("int64")
+    both = len(np.unique(y)) == 2
+    return {
+        "n": float(len(y)),
+        "positives": float(y.sum()),
+        "auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "log_loss": float(log_loss(y, clipped, labels=[0, 1])),
+        "precision": float(precision_score(y, decided, zero_division=0)),
+        "recall": float(recall_score(y, decided, zero_division=0)),
+        "brier": float(brier_score_loss(y, p)),
+        "calibration_error": calibration_error(y, p),
+    }
+
+
+def multiclass_metrics(y: np.ndarray, proba: np.ndarray, classes: tuple[int, ...]) -> dict[str, float]:
+    """Macro one-vs-rest AUC (NaN unless every class is present), log loss, accuracy and per-class recall."""
+    from sklearn.metrics import accuracy_score, log_loss, recall_score, roc_auc_score
+
+    y = np.asarray(y, dtype="int64")
+    proba = np.asarray(proba, dtype="float64").reshape(len(y), len(classes))
+    labels = list(classes)
+    if len(y) == 0:
+        return {"n": 0.0, "auc_ovr": math.nan, "log_loss": math.nan, "accuracy": math.nan}
+    predicted = np.asarray(classes)[np.argmax(proba, axis=1)]
+    all_present = set(np.unique(y)) == set(labels)
+    auc = float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=labels)) if all_present else math.nan
+    recalls = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
+    return {
+        "n": float(len(y)),
+        "auc_ovr": auc,
+        "log_loss": float(log_loss(y, np.clip(proba, PROB_EPS, 1.0), labels=labels)),
+        "accuracy": float(accuracy_score(y, predicted)),
+        **{f"recall.{c}": float(r) for c, r in zip(labels, recalls, strict=True)},
+    }
+
+
+def regression_metrics(y: np.ndarray, value: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R2 (R2 NaN with fewer than two rows or a constant target)."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y = np.asarray(y, dtype="float64")
+    value = np.asarray(value, dtype="float64")
+    if len(y) == 0:
+        return {"n": 0.0, "rmse": math.nan, "mae": math.nan, "r2": math.nan}
+    r2 = float(r2_score(y, value)) if len(y) >= 2 and np.ptp(y) > 0 else math.nan
+    return {
+        "n": float(len(y)),
+        "rmse": float(math.sqrt(mean_squared_error(y, value))),
+        "mae": float(mean_absolute_error(y, value)),
+        "r2": r2,
+    }
+
+
+class Statistic(Protocol):
+    """The primary metric of one scored sample, evaluable on a resample of its rows."""
+
+    def value(self, rows: np.ndarray | None = None) -> float:
+        """The metric over the drawn `rows` (indices, with repeats; all rows when None)."""
+        ...
+
+
+class TieGroups:
+    """Binary AUC as a resampling statistic: the score vector is reduced once to its sorted tie groups, each
+    row's key is (group, label), so a resample needs one gather and one bincount, then O(groups) work."""
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray):
+        uniq, group = np.unique(np.asarray(scores, dtype="float64"), return_inverse=True)
+        self.groups = len(uniq)
+        keys = group.astype("int64") * 2 + np.asarray(y).astype("int64")
+        self.key = keys.astype("int32" if 2 * len(uniq) < 2**31 else "int64")
+
+    def value(self, rows: np.ndarray | None = None) -> float:
+        """AUC over the drawn rows; ties count one half, as midranks do; NaN when a class is missing."""
+        keys = self.key if rows is None else self.key[rows]
+        counts = np.bincount(keys, minlength=2 * self.groups).reshape(self.groups, 2).astype("float64")
+        neg, pos = counts[:, 0], counts[:, 1]
+        p, q = pos.sum(), neg.sum()
+        if p == 0 or q == 0:
+            return float("nan")
+        return float(np.dot(pos, np.cumsum(neg) - 0.5 * neg) / (p * q))
+
+    auc = value
+
+
+class OneVsRestAuc:
+    """Macro one-vs-rest AUC: the mean of each class's binary AUC (class vs rest, on that class's probability),
+    over the classes present with both sides in the drawn rows."""
+
+    def __init__(self, y: np.ndarray, proba: np.ndarray, classes: tuple[int, ...]):
+        y = np.asarray(y)
+        self.parts = [TieGroups((y == c).astype("int64"), proba[:, k]) for k, c in enumerate(classes)]
+
+    def value(self, rows: np.ndarray | None = None) -> float:
+        aucs = [p.value(rows) for p in self.parts]
+        present = [a for a in aucs if not math.isnan(a)]
+        return float(np.mean(present)) if len(present) >= 2 else float("nan")
+
+
+class Rmse:
+    """Root mean squared error as a resampling statistic (squared errors computed once)."""
+
+    def __init__(self, y: np.ndarray, value: np.ndarray):
+        self.sq = (np.asarray(y, dtype="float64") - np.asarray(value, dtype="float64")) ** 2
+
+    def value(self, rows: np.ndarray | None = None) -> float:
+        sq = self.sq if rows is None else self.sq[rows]
+        return float(math.sqrt(sq.mean())) if len(sq) else float("nan")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The task-dependent behaviour of one model (see the module docstring)."""
+
+    task: str  # binary | multiclass | regression
+    classes: tuple[int, ...] = ()
+    threshold: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: TollgateConfig) -> Objective:
+        """The objective of a (release's) config."""
+        task = cfg.model.task
+        spec = cfg.dataset.columns[cfg.dataset.target]
+        classes = tuple(sorted(int(v) for v in spec.values or [])) if task != "regression" else ()
+        return cls(task, classes, cfg.model.decision_threshold)
+
+    @property
+    def primary(self) -> str:
+        """The metric the gate compares and live monitoring judges."""
+        return PRIMARY[self.task]
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric `metrics` returns (multiclass adds recall.<class>)."""
+        extra = tuple(f"recall.{c}" for c in self.classes) if self.task == "multiclass" else ()
+        return METRICS[self.task] + extra
+
+    def target(self, values: Any) -> np.ndarray:
+        """Labels as int64 (classification) or values as float64 (regression)."""
+        return np.asarray(values, dtype="float64" if self.task == "regression" else "int64")
+
+    def outputs(self, model: Any, features: Any) -> np.ndarray:
+        """The model's answer for a feature frame (see the module docstring for the shape per task)."""
+        if self.task == "regression":
+            return np.asarray(model.predict(features), dtype="float64")
+        proba = np.asarray(model.predict_proba(features), dtype="float64")
+        if self.task == "binary":
+            return proba[:, 1]
+        fitted = tuple(int(c) for c in getattr(model, "classes_", self.classes))
+        if fitted != self.classes:  # a class absent from training: its probability is 0
+            full = np.zeros((len(proba), len(self.classes)))
+            for k, c in enumerate(fitted):
+                full[:, self.classes.index(c)] = proba[:, k]
+            return full
+        return proba
+
+    def score(self, out: np.ndarray) -> np.ndarray:
+        """One float per row: positive-class probability, predicted-class probability, or the value."""
+        return np.asarray(out.max(axis=1) if self.task == "multiclass" else out, dtype="float64")
+
+    def decision(self, out: np.ndarray) -> np.ndarray:
+        """What is decided per row: 0/1 at the threshold, the predicted class, or the value."""
+        if self.task == "binary":
+            return (np.asarray(out) >= self.threshold).astype("int64")
+        if self.task == "multiclass":
+            return np.asarray(self.classes, dtype="int64")[np.argmax(out, axis=1)]
+        return np.asarray(out, dtype="float64")
+
+    def metrics(self, y: Any, out: np.ndarray) -> dict[str, float]:
+        """The task's metrics of outputs `out` against truth `y`."""
+        if self.task == "binary":
+            return binary_metrics(self.target(y), out, self.threshold)
+        if self.task == "multiclass":
+            return multiclass_metrics(self.target(y), out, self.classes)
+        return regression_metrics(self.target(y), out)
+
+    def statistic(self, y: Any, out: np.ndarray) -> Statistic:
+        """The primary metric of (y, out) as a resampling statistic."""
+        if self.task == "binary":
+            return TieGroups(self.target(y), out)
+        if self.task == "multiclass":
+            return OneVsRestAuc(self.target(y), out, self.classes)
+        return Rmse(self.target(y), out)
+
+    def improvement(self, challenger: float, baseline: float, metric: str | None = None) -> float:
+        """challenger - baseline of `metric` (default the primary), signed so that positive means better."""
+        diff = challenger - baseline
+        return diff if higher_is_better(metric or self.primary) else -diff
+
+    def worse_than(self, value: float, limit: float, metric: str | None = None) -> bool:
+        """Whether `value` of `metric` (default the primary) is worse than `limit`."""
+        return value < limit if higher_is_better(metric or self.primary) else value > limit
+
+    def answer(self, out_row: Any) -> dict[str, Any]:
+        """The gateway's answer fields for one row's output: score and decision, plus the class probabilities
+        (multiclass, keyed by class as text) or the predicted value (regression)."""
+        if self.task == "binary":
+            p = float(out_row)
+            return {"score": p, "decision": int(p >= self.threshold)}
+        if self.task == "multiclass":
+            probs = [float(v) for v in out_row]
+            k = int(np.argmax(probs))
+            return {
+                "score": probs[k],
+                "decision": int(self.classes[k]),
+                "probabilities": {str(c): v for c, v in zip(self.classes, probs, strict=True)},
+            }
+        v = float(out_row)
+        return {"score": v, "decision": v, "value": v}
+
+    def from_log(self, score: Any, proba: Any = None) -> np.ndarray:
+        """Outputs rebuilt from prediction-log columns: `score` (binary, regression) or the logged class
+        probabilities `proba` (multiclass, one list per row)."""
+        if self.task == "multiclass":
+            return np.asarray([list(p) for p in proba], dtype="float64").reshape(-1, len(self.classes))
+        return np.asarray(score, dtype="float64")
+
+
+def paired_bootstrap(
+    challenger: Statistic,
+    baseline: Statistic,
+    n: int,
+    samples: int,
+    confidence: float,
+    seed: int,
+    higher_better: bool = True,
+) -> tuple[float, float, float]:
+    """(observed improvement, lower, upper) of a two-sided `confidence` percentile interval of the challenger's
+    improvement over the baseline (challenger - baseline, sign flipped when lower is better), resampling rows
+    jointly. Resample b draws the same rows as indexing with rng.integers(0, n, (samples, n))[b]; time is
+    O(samples x n) and memory O(n): no (samples x n) matrix is ever built."""
+    sign = 1.0 if higher_better else -1.0
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for b in range(samples):
+        rows = rng.integers(0, n, size=n)
+        diffs[b] = sign * (challenger.value(rows) - baseline.value(rows))
+    d = diffs[~np.isnan(diffs)]
+    alpha = (1 - confidence) / 2
+    observed = sign * (challenger.value() - baseline.value())
+    if len(d) == 0:
+        return observed, float("nan"), float("nan")
+    return observed, float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))
