@@ -47,11 +47,13 @@ def log_record(
     release: Release,
     role: str,
     score: float,
-    decision: int,
+    decision: int | float,
     latency_ms: float,
     features: dict[str, Any],
+    proba: list[float] | None = None,
+    event_ts: float | None = None,
 ) -> dict[str, Any]:
-    """One prediction-log record (the format tollgate.predlog reads)."""
+    """One prediction-log record (the format tollgate.predlog documents and reads)."""
     return {
         "prediction_id": prediction_id,
         "request_id": request_id,
@@ -62,5 +64,7 @@ def log_record(
         "score": score,
         "decision": decision,
         "latency_ms": latency_ms,
+        "proba": proba,
+        "event_ts": event_ts,
         "features": features,
     }

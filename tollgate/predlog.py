@@ -5,14 +5,24 @@ that was acknowledged) and, when configured, fsync once per batch (group commit)
 sealed (renamed to .sealed) by the gateway: converting it to a Parquet part is pandas work that would hold the
 GIL for a second in the request path, so `compact()` does it (monitoring flows and gateway start/stop call
 it). Readers see parts, sealed and live segments, skip a torn last line, and de-duplicate by prediction id.
+
+A record (serving/scoring.py writes them): prediction_id, request_id, ts (when it was answered, epoch s), entity_id,
+model_version, role (champion | shadow | canary), score (objective.score), decision (int for classification, float
+for regression), latency_ms, proba (multiclass: the class probabilities in objective.classes order; None for other
+tasks), event_ts (the request's own dataset.timestamp value as epoch seconds UTC, None when absent) and features
+(every schema column the request carried except the entity id and the target). Logs written before proba and
+event_ts existed read with both columns null.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +32,7 @@ import pandas as pd
 from tollgate.procs import pid_alive
 
 FEATURE_PREFIX = "f."
+_SEGMENT_SEQ = itertools.count(1)
 BASE_COLUMNS = [
     "prediction_id",
     "request_id",
@@ -32,7 +43,37 @@ BASE_COLUMNS = [
     "score",
     "decision",
     "latency_ms",
+    "proba",
+    "event_ts",
 ]
+
+
+def event_seconds(value: Any, fmt: str = "auto") -> float | None:
+    """A timestamp value as epoch seconds (UTC), read the way its ColumnSpec.format declares: "auto" ISO 8601
+    text or a datetime (naive means UTC), "epoch_s"/"epoch_ms" numbers, "year" an integer year (1 January);
+    None for None. Raises ValueError naming what is wrong with anything else."""
+    if value is None:
+        return None
+    if fmt == "auto":
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"expected an ISO 8601 date or time, got {value!r}") from None
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if not isinstance(value, datetime):
+            raise ValueError(f"expected an ISO 8601 date or time as text, got {value!r}")
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a number ({fmt}), got {value!r}")
+    if fmt == "epoch_s":
+        return float(value)
+    if fmt == "epoch_ms":
+        return float(value) / 1000.0
+    if float(value) != int(value) or not 1 <= int(value) <= 9999:
+        raise ValueError(f"expected a whole year, got {value!r}")
+    return datetime(int(value), 1, 1, tzinfo=UTC).timestamp()
 
 
 def _segment_records(path: Path) -> list[dict[str, Any]]:
@@ -49,10 +90,12 @@ def _segment_records(path: Path) -> list[dict[str, Any]]:
 
 
 def records_to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Flatten log records (features nested) into columns; features become `f.<name>`."""
+    """Flatten log records (features nested) into columns; features become `f.<name>`; fields a record does not
+    carry (proba, event_ts in older logs) are null."""
     if not records:
         return pd.DataFrame(columns=BASE_COLUMNS)
-    base = pd.DataFrame.from_records([{k: r.get(k) for k in BASE_COLUMNS} for r in records])
+    base = pd.DataFrame({k: [r.get(k) for r in records] for k in BASE_COLUMNS})
+    base["event_ts"] = base["event_ts"].astype("float64")
     feats = pd.DataFrame.from_records([r.get("features") or {} for r in records]).add_prefix(FEATURE_PREFIX)
     frame = pd.concat([base, feats], axis=1)
     frame["entity_id"] = frame["entity_id"].astype(str)
@@ -60,10 +103,33 @@ def records_to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _arrow_schema(frame: pd.DataFrame) -> Any:
+    """The frame's Arrow schema with proba as list<double> even when every row is null (non-multiclass), so all
+    parts of a log share one type for it."""
+    import pyarrow as pa
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    return schema.set(schema.get_field_index("proba"), pa.field("proba", pa.list_(pa.float64())))
+
+
+def with_base_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame read from any log part with every BASE_COLUMNS column (missing ones, from older logs, as null)."""
+    missing = [c for c in BASE_COLUMNS if c not in frame.columns]
+    if not missing:
+        return frame
+    frame = frame.copy()
+    for c in missing:
+        frame[c] = pd.Series(
+            math.nan if c == "event_ts" else None, index=frame.index, dtype="float64" if c == "event_ts" else object
+        )
+    return frame
+
+
 def _to_parquet(segment: Path) -> Path:
     part = segment.with_name(segment.name.split(".")[0] + ".parquet")
     tmp = part.with_suffix(".parquet.tmp")
-    records_to_frame(_segment_records(segment)).to_parquet(tmp, index=False)
+    frame = records_to_frame(_segment_records(segment))
+    frame.to_parquet(tmp, index=False, schema=_arrow_schema(frame))
     os.replace(tmp, part)
     segment.unlink()
     return part
@@ -79,7 +145,6 @@ class PredictionLog:
         folder.mkdir(parents=True, exist_ok=True)
         self.recover()
         self._lock = threading.Lock()
-        self._seq = 0
         self._open_segment()
 
     def recover(self) -> list[Path]:
@@ -87,8 +152,9 @@ class PredictionLog:
         return compact(self.folder)
 
     def _open_segment(self) -> None:
-        self._seq += 1
-        name = f"seg-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{self._seq:06d}.jsonl"
+        # one sequence per process, not per writer: a second writer opened in the same second must not reuse a
+        # name (its part would replace the first one's)
+        name = f"seg-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(_SEGMENT_SEQ):06d}.jsonl"
         self.path = self.folder / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._rows = 0
@@ -152,6 +218,7 @@ def iter_log_frames(folder: Path, since: float | None = None) -> Iterator[pd.Dat
             if not part.exists():
                 continue
             frame = pd.read_parquet(part)
+        frame = with_base_columns(frame)
         if since is not None and len(frame):
             frame = frame[frame["ts"] >= since]
         if len(frame):
