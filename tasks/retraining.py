@@ -1,19 +1,64 @@
-"""Retraining stage: the guard (cooldown, weekly budget) and the fresh snapshot with backfilled labels."""
+"""Retraining stage: the guard (cooldown, weekly budget) and the fresh snapshot with backfilled labels.
+
+The guard works on claims in the model's retrain history (JSON lines). A claim is recorded the moment a
+retrain is allowed, under a file lock, so a concurrent trigger sees it and is refused while it runs. When the
+retrain ends, its outcome is appended under the claim's id: one that failed before a training run started
+(snapshot, data read, validation or data-version error) is `released` and spends neither the cooldown nor the
+weekly budget; every other outcome (trained, rejected by the gate, deployed, failed later) spends them.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from tasks.common import tollgate_task
-from tollgate.config import TollgateConfig
+from tasks.data import DataVersionError
+from tasks.gates import GateRejected
+from tasks.validation import DataReadError, ValidationFailed
+from tollgate.config import ConfigError, TollgateConfig
 from tollgate.context import Context
 from tollgate.paths import StatePaths
 
 WEEK_S = 7 * 24 * 3600
+# A claim whose process died never settles; after this long it no longer blocks a new retrain as "running"
+# (it still counts against the cooldown and budget like any retrain that may have trained).
+STALE_CLAIM_S = 24 * 3600
+
+CLAIMED, RELEASED = "claimed", "released"
+
+
+class SnapshotFailed(Exception):
+    """The retrain snapshot could not be built (nothing was trained)."""
+
+
+# Failures that happen before a training run starts: a retrain ending in one of these releases its claim.
+BEFORE_TRAINING: tuple[type[BaseException], ...] = (
+    SnapshotFailed,
+    DataReadError,
+    ValidationFailed,
+    DataVersionError,
+    ConfigError,
+)
+
+
+@dataclass(frozen=True)
+class RetrainClaim:
+    """The guard's answer: allowed or not, why, and (when allowed) the id its outcome is recorded under."""
+
+    allowed: bool
+    why: str
+    id: str | None = None
+    at: float | None = None
 
 
 def _history(paths: StatePaths, model: str) -> list[dict[str, Any]]:
@@ -23,10 +68,48 @@ def _history(paths: StatePaths, model: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+@contextmanager
+def _locked(paths: StatePaths, model: str) -> Iterator[Path]:
+    """The history file, held under an exclusive lock (claims and outcomes of concurrent runs serialise)."""
+    history = paths.retrain_history(model)
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with open(history.with_name(history.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield history
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def retrain_claims(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per claim (start time, reason, latest status), in order; lines written before claims had ids
+    (plain {"at", "reason"}) are retrains that ran."""
+    claims: dict[str, dict[str, Any]] = {}
+    for i, rec in enumerate(records):
+        key = str(rec.get("id", f"legacy-{i}"))
+        if "status" not in rec:  # a line from before claims had outcomes
+            claims[key] = {"at": float(rec["at"]), "reason": rec.get("reason"), "status": "started"}
+        elif rec["status"] == CLAIMED:
+            claims[key] = {"at": float(rec["at"]), "reason": rec.get("reason"), "status": CLAIMED}
+        elif key in claims:
+            claims[key]["status"] = rec["status"]
+    return list(claims.values())
+
+
 def retrain_allowed(cfg: TollgateConfig, paths: StatePaths, now: float) -> tuple[bool, str]:
-    """(allowed, why): no retrain within monitoring.retrain_cooldown_hours, at most max_retrains_per_week."""
+    """(allowed, why): none running, no retrain within monitoring.retrain_cooldown_hours, at most
+    max_retrains_per_week; released claims (failed before training) count for none of these."""
     mon = cfg.monitoring
-    starts = [float(r["at"]) for r in _history(paths, cfg.project.registered_model)]
+    claims = [c for c in retrain_claims(_history(paths, cfg.project.registered_model)) if c["status"] != RELEASED]
+    running = [c for c in claims if c["status"] == CLAIMED and now - c["at"] < STALE_CLAIM_S]
+    if running:
+        return False, f"running: a retrain claimed {(now - running[-1]['at']) / 60:.0f} min ago has not finished"
+    starts = [c["at"] for c in claims]
     if starts and now - max(starts) < mon.retrain_cooldown_hours * 3600:
         left = mon.retrain_cooldown_hours * 3600 - (now - max(starts))
         return False, f"cooldown: last retrain {(now - max(starts)) / 3600:.1f} h ago, {left / 3600:.1f} h left"
@@ -39,28 +122,60 @@ def retrain_allowed(cfg: TollgateConfig, paths: StatePaths, now: float) -> tuple
     return True, "allowed"
 
 
-def claim_retrain(cfg: TollgateConfig, paths: StatePaths, reason: str, now: float) -> tuple[bool, str]:
-    """Check the guard and, when allowed, record this retrain (so concurrent triggers see it)."""
-    allowed, why = retrain_allowed(cfg, paths, now)
-    if allowed:
-        history = paths.retrain_history(cfg.project.registered_model)
-        history.parent.mkdir(parents=True, exist_ok=True)
-        with open(history, "a") as fh:
-            fh.write(json.dumps({"at": now, "reason": reason}) + "\n")
-    return allowed, why
+def claim_retrain(cfg: TollgateConfig, paths: StatePaths, reason: str, now: float) -> RetrainClaim:
+    """Check the guard and, when allowed, record a claim at once (under the lock: a concurrent trigger sees it)."""
+    with _locked(paths, cfg.project.registered_model) as history:
+        allowed, why = retrain_allowed(cfg, paths, now)
+        if not allowed:
+            return RetrainClaim(False, why)
+        claim = RetrainClaim(True, why, uuid.uuid4().hex, now)
+        _append(history, {"id": claim.id, "at": now, "reason": reason, "status": CLAIMED})
+        return claim
+
+
+def retrain_outcome(error: BaseException | None) -> str:
+    """The status a finished retrain records: deployed, released (failed before training) or failed."""
+    if error is None:
+        return "deployed"
+    if isinstance(error, BEFORE_TRAINING):
+        return RELEASED
+    return "rejected" if isinstance(error, GateRejected) else "failed"
+
+
+def settle_claim(
+    cfg: TollgateConfig, paths: StatePaths, claim: RetrainClaim, error: BaseException | None, now: float
+) -> str:
+    """Append the claim's outcome to the history; returns the status (`released` frees cooldown and budget)."""
+    if claim.id is None:
+        raise ValueError("only an allowed claim has an outcome")
+    status = retrain_outcome(error)
+    record: dict[str, Any] = {"id": claim.id, "at": claim.at, "status": status, "settled_at": now}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: {error}"[:500]
+    with _locked(paths, cfg.project.registered_model) as history:
+        _append(history, record)
+    return status
 
 
 @tollgate_task
-def guard_retrain(ctx: Context, reason: str) -> tuple[bool, str]:
-    """(allowed, why) under the cooldown and weekly budget; an allowed retrain is recorded at once."""
+def guard_retrain(ctx: Context, reason: str) -> RetrainClaim:
+    """The guard's claim under the cooldown and weekly budget; an allowed retrain is recorded at once."""
     return claim_retrain(ctx.config, ctx.paths, reason, time.time())
+
+
+@tollgate_task
+def settle_retrain(ctx: Context, claim: RetrainClaim, error: BaseException | None = None) -> str:
+    """Record how the claimed retrain ended; one that failed before training releases its claim."""
+    return settle_claim(ctx.config, ctx.paths, claim, error, time.time())
 
 
 def labelled_production_rows(
     log: pd.DataFrame, labels: pd.DataFrame, cfg: TollgateConfig, as_of: float
 ) -> pd.DataFrame:
-    """Champion-answered requests with matured labels, shaped like the training table."""
+    """Champion-answered requests with matured labels, shaped like the training table (the target typed by the
+    task: class ints or float values)."""
     from tasks.ground_truth import join_labels
+    from tollgate.objective import Objective
 
     joined = join_labels(log[log["role"] == "champion"], labels, as_of)
     ds = cfg.dataset
@@ -69,7 +184,7 @@ def labelled_production_rows(
     )
     for feature in cfg.features.all:
         frame[feature] = joined[f"f.{feature}"].to_numpy()
-    frame[ds.target] = joined["label"].to_numpy()
+    frame[ds.target] = Objective.from_config(cfg).target(joined["label"].to_numpy())
     return frame.drop_duplicates(ds.id, keep="last").reset_index(drop=True)
 
 
@@ -103,5 +218,9 @@ def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> s
 
 @tollgate_task
 def build_retrain_snapshot(ctx: Context) -> str:
-    """The configured training snapshot plus labelled production rows; returns the new file's path."""
-    return retrain_snapshot(ctx.config, ctx.paths, str(ctx.resolve(ctx.config.dataset.path)))
+    """The configured training snapshot plus labelled production rows; returns the new file's path. Any failure
+    is SnapshotFailed: nothing was trained, so the retrain's claim is released."""
+    try:
+        return retrain_snapshot(ctx.config, ctx.paths, str(ctx.resolve(ctx.config.dataset.path)))
+    except Exception as exc:  # whatever broke (a missing file, an unreadable log), training never started
+        raise SnapshotFailed(f"retrain snapshot for {ctx.config.project.registered_model}: {exc}") from exc
