@@ -15,7 +15,7 @@ from typing import Any
 
 from serving.metrics import GatewayMetrics
 from serving.release import Release, Routing
-from serving.scoring import log_record, score, scoring_thread
+from serving.scoring import answer_fields, log_record, outputs, scoring_thread
 from serving.shadow import ShadowItem
 from tollgate.config import ServingConfig
 from tollgate.predlog import PredictionLog
@@ -63,22 +63,21 @@ def _answer(
     items: list[Slot],
     rel: Release,
     role: str,
-    scores: Any,
+    model_out: Any,
     shadow_to: Release | None,
     now: float,
 ) -> None:
-    """Fill in the answers and log records of `items`, scored by `rel` in `role`."""
-    for n, (i, k, rec) in enumerate(items):
+    """Fill in the answers and log records of `items`, whose outputs by `rel` (in `role`) are `model_out`."""
+    schema = rel.schema
+    for (i, k, rec), (fields, proba) in zip(items, answer_fields(rel, model_out), strict=True):
         pid = uuid.uuid4().hex
-        value = float(scores[n])
-        decision = int(value >= rel.threshold)
-        entity = str(rec[rel.schema.id_field])
-        feats = {f: rec.get(f) for f in rel.config.features.all}
+        entity = str(rec[schema.id_field])
+        feats = schema.logged_values(rec)
+        event_ts = schema.event_ts(rec)
         out.results[i][k] = {
             "prediction_id": pid,
             "entity_id": entity,
-            "score": value,
-            "decision": decision,
+            **fields,
             "model_version": rel.version,
             "role": role,
         }
@@ -90,15 +89,17 @@ def _answer(
                 entity_id=entity,
                 release=rel,
                 role=role,
-                score=value,
-                decision=decision,
+                score=fields["score"],
+                decision=fields["decision"],
                 latency_ms=(now - jobs[i].start) * 1000.0,
                 features=feats,
+                proba=proba,
+                event_ts=event_ts,
             )
         )
         out.predictions[(rel.version, role)] += 1
         if shadow_to is not None:
-            out.shadow.append(ShadowItem(shadow_to, pid, entity, rec, feats, decision))
+            out.shadow.append(ShadowItem(shadow_to, pid, entity, rec, feats, fields["decision"], event_ts))
 
 
 def score_batch(jobs: list[Job], plog: PredictionLog) -> Scored:
@@ -113,10 +114,10 @@ def score_batch(jobs: list[Job], plog: PredictionLog) -> Scored:
         champion, challenger = routing.champion, routing.challenger
         assert champion is not None
         slots = _split_roles(jobs, idxs, routing)
-        canary_scores = None
+        canary_out = None
         if slots["canary"] and challenger is not None:
             try:
-                canary_scores = score(challenger, [rec for _, _, rec in slots["canary"]])
+                canary_out = outputs(challenger, [rec for _, _, rec in slots["canary"]])
             except Exception:  # a failing canary must not fail requests: the champion answers them
                 log.exception("canary model failed; champion answers")
                 out.errors["canary"] += len(slots["canary"])
@@ -124,10 +125,10 @@ def score_batch(jobs: list[Job], plog: PredictionLog) -> Scored:
                 slots["canary"] = []
         if slots["champion"]:
             shadow_to = challenger if routing.mode == "shadow" else None
-            scores = score(champion, [rec for _, _, rec in slots["champion"]])
-            _answer(out, jobs, slots["champion"], champion, "champion", scores, shadow_to, now)
+            champion_out = outputs(champion, [rec for _, _, rec in slots["champion"]])
+            _answer(out, jobs, slots["champion"], champion, "champion", champion_out, shadow_to, now)
         if slots["canary"] and challenger is not None:
-            _answer(out, jobs, slots["canary"], challenger, "canary", canary_scores, None, now)
+            _answer(out, jobs, slots["canary"], challenger, "canary", canary_out, None, now)
     plog.write(out.log_records)  # durable before any of these requests is answered
     return out
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from serving.schema import RequestSchema
 from tollgate.config import TollgateConfig
+from tollgate.objective import Objective
 from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG, Registry
 from tollgate.release import load_release
 
@@ -22,6 +23,12 @@ class Release:
     model: Any
     config: TollgateConfig
     schema: RequestSchema
+    objective: Objective  # the task of the release's own config: how outputs become answers and log fields
+
+    @classmethod
+    def of(cls, version: str, run_id: str, model: Any, config: TollgateConfig) -> Release:
+        """A release from its parts; the schema and objective come from its config."""
+        return cls(version, run_id, model, config, RequestSchema(config), Objective.from_config(config))
 
     @property
     def threshold(self) -> float:
@@ -69,7 +76,7 @@ class ReleaseStore:
             if version in self._cache:
                 return self._cache[version]
         loaded = load_release(self.cfg, self.registry, version=version)
-        rel = Release(version, loaded.run_id, loaded.load_model(), loaded.config, RequestSchema(loaded.config))
+        rel = Release.of(version, loaded.run_id, loaded.load_model(), loaded.config)
         with self._lock:
             self._cache[version] = rel
             while len(self._cache) > self.keep:

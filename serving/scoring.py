@@ -1,5 +1,6 @@
 """Scoring records with a release and the prediction-log record of each answer, shared by the batcher and
-the shadow scorer."""
+the shadow scorer. What a model's output means comes from the release's objective (its task): binary answers
+score + decision, multiclass adds the probabilities keyed by class, regression adds the value."""
 
 from __future__ import annotations
 
@@ -33,9 +34,24 @@ def frame(release: Release, records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(columns, copy=False)
 
 
+def outputs(release: Release, records: list[dict[str, Any]]) -> np.ndarray:
+    """The model's outputs for the records (binary p1 (n,), multiclass probabilities (n, k), regression (n,))."""
+    return release.objective.outputs(release.model, frame(release, records))
+
+
 def score(release: Release, records: list[dict[str, Any]]) -> np.ndarray:
-    """The positive-class probability of each record."""
-    return np.asarray(release.model.predict_proba(frame(release, records))[:, 1], dtype="float64")
+    """The objective's score of each record (binary: the positive-class probability)."""
+    return release.objective.score(outputs(release, records))
+
+
+def answer_fields(release: Release, out: np.ndarray) -> list[tuple[dict[str, Any], list[float] | None]]:
+    """Per row: the answer fields (objective.answer) and the class probabilities to log (multiclass, else None).
+    One tolist() of the batch, then plain Python per row: no per-row numpy or pandas indexing."""
+    obj = release.objective
+    rows = out.tolist()
+    if obj.task == "multiclass":
+        return [(obj.answer(r), r) for r in rows]
+    return [(obj.answer(r), None) for r in rows]
 
 
 def log_record(

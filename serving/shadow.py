@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 
 from serving.metrics import GatewayMetrics
 from serving.release import Release
-from serving.scoring import log_record, score, scoring_thread
-from tollgate.predlog import PredictionLog
+from serving.scoring import answer_fields, log_record, outputs, scoring_thread
+from tollgate.predlog import PredictionLog, decisions_agree
 
 log = logging.getLogger("tollgate.gateway")
 SHADOW_BATCH = 256  # shadow rows scored together
@@ -29,7 +29,8 @@ class ShadowItem(NamedTuple):
     entity_id: str
     record: dict[str, Any]
     features: dict[str, Any]
-    champion_decision: int
+    champion_decision: int | float
+    event_ts: float | None = None
 
 
 @dataclass
@@ -54,18 +55,21 @@ def score_shadow(work: list[ShadowItem], plog: PredictionLog) -> ShadowCounts:
         challenger = items[0].challenger
         start = time.perf_counter()
         try:
-            scores = score(challenger, [item.record for item in items])
+            model_out = outputs(challenger, [item.record for item in items])
         except Exception:
             log.exception("shadow model failed")
             counts.errors["shadow"] += len(items)
             continue
         took_ms = (time.perf_counter() - start) * 1000.0
         now = time.time()
-        for item, value in zip(items, scores, strict=True):
-            decision = int(float(value) >= challenger.threshold)
-            counts.compared += 1
-            counts.disagreed += int(decision != item.champion_decision)
-            counts.predictions[(challenger.version, "shadow")] += 1
+        fields = answer_fields(challenger, model_out)
+        agree = decisions_agree(
+            challenger.objective.task, [item.champion_decision for item in items], [f["decision"] for f, _ in fields]
+        )
+        counts.compared += len(items)
+        counts.disagreed += int(len(items) - agree.sum())
+        counts.predictions[(challenger.version, "shadow")] += len(items)
+        for item, (answer, proba) in zip(items, fields, strict=True):
             records.append(
                 log_record(
                     prediction_id=f"{item.prediction_id}-shadow",
@@ -74,10 +78,12 @@ def score_shadow(work: list[ShadowItem], plog: PredictionLog) -> ShadowCounts:
                     entity_id=item.entity_id,
                     release=challenger,
                     role="shadow",
-                    score=float(value),
-                    decision=decision,
+                    score=answer["score"],
+                    decision=answer["decision"],
                     latency_ms=took_ms,
                     features=item.features,
+                    proba=proba,
+                    event_ts=item.event_ts,
                 )
             )
     plog.write(records)

@@ -4,6 +4,11 @@ One analysis for both phases. Shadow pairs each shadow answer with the champion'
 (request_id); canary compares the canary's answers with the champion's answers in the same window (different
 entities, so no pairing). The checks differ only in which apply: decision agreement needs pairs, so it is a
 shadow check. Pure functions over a prediction-log frame; no I/O, no config loading.
+
+Per task (the challenger's): agreement is the share of pairs whose decisions agree by
+tollgate.predlog.decisions_agree: equal decisions for binary and multiclass, values within
+REGRESSION_AGREEMENT_TOLERANCE x the champion's spread for regression. Score PSI is on the logged `score` for
+every task (multiclass: the predicted class's probability).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import pandas as pd
 
 from tasks.gates import Check, GateVerdict
 from tollgate.config import RolloutConfig
+from tollgate.predlog import decisions_agree
 from tollgate.stats import psi
 
 Phase = Literal["shadow", "canary"]
@@ -59,15 +65,21 @@ def _p99(latencies: pd.Series) -> float:
     return float(np.percentile(latencies.astype("float64"), 99)) if len(latencies) else math.nan
 
 
+def agreement(pairs: pd.DataFrame, task: str) -> float:
+    """The share of shadow pairs whose decisions agree (see the module docstring); NaN without pairs."""
+    if not len(pairs):
+        return math.nan
+    return float(decisions_agree(task, pairs["decision_champion"].to_numpy(), pairs["decision"].to_numpy()).mean())
+
+
 def phase_values(
-    log: pd.DataFrame, phase: Phase, version: str, champion: str, errors: int, bins: int
+    log: pd.DataFrame, phase: Phase, version: str, champion: str, errors: int, bins: int, task: str = "binary"
 ) -> tuple[dict[str, float], int]:
     """The measured value of every phase check (NaN where the window has nothing to measure) and the sample size."""
     mine, champion_scores, challenger_scores = phase_sides(log, phase, version, champion)
     n = len(mine)
-    agreement = float((mine["decision"] == mine["decision_champion"]).mean()) if phase == "shadow" and n else math.nan
     values = {
-        "agreement": agreement,
+        "agreement": agreement(mine, task) if phase == "shadow" else math.nan,
         "score_psi": psi(champion_scores, challenger_scores, bins),
         "p99_latency_ms": _p99(mine["latency_ms"]),
         "error_rate": errors / (n + errors) if n + errors else math.nan,
@@ -85,11 +97,19 @@ def judge(phase: Phase, rule: Rule, value: float, limit: float, n: int) -> Check
 
 
 def analyze_phase_log(
-    log: pd.DataFrame, phase: Phase, version: str, champion: str, errors: int, limits: RolloutConfig, bins: int
+    log: pd.DataFrame,
+    phase: Phase,
+    version: str,
+    champion: str,
+    errors: int,
+    limits: RolloutConfig,
+    bins: int,
+    task: str = "binary",
 ) -> GateVerdict:
     """The phase's checks on a window of the prediction log; `errors` are the challenger's failed predictions in
-    the window, `bins` the number of quantile bins of the champion's scores for the score PSI."""
-    values, n = phase_values(log, phase, version, champion, errors, bins)
+    the window, `bins` the number of quantile bins of the champion's scores for the score PSI, `task` the
+    challenger's (objective.task), which decides what agreement means."""
+    values, n = phase_values(log, phase, version, champion, errors, bins, task)
     checks = [judge(phase, r, values[r.check], float(getattr(limits, r.limit_key)), n) for r in PHASE_RULES[phase]]
     return GateVerdict(all(c.status == "pass" for c in checks), f"Production v{champion}", champion, checks)
 

@@ -7,6 +7,7 @@ promotion state is the registry stage. Every move is in the ledger. Nothing here
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from tasks.gates import GateVerdict
 from tollgate.config import RolloutConfig
 from tollgate.context import Context
 from tollgate.gateway_client import GatewayError
+from tollgate.objective import Objective
 from tollgate.predlog import read_log
 from tollgate.registry import (
     ROLLOUT_MODE_TAG,
@@ -28,7 +30,8 @@ from tollgate.registry import (
 )
 from tollgate.release import load_release
 
-# How often wait_for_traffic re-reads the prediction log while a phase collects traffic.
+# How far a multiclass answer's probabilities may sum from 1 (float rounding of k probabilities, k small).
+SMOKE_PROBABILITY_SLACK = 1e-6
 # The config sections a rollout reads from the candidate's release (its policy); the rest is this environment's.
 POLICY_SECTIONS = ("rollout", "monitoring", "serving", "alerts")
 
@@ -124,7 +127,10 @@ def analyze_window(ctx: Context, version: str, champion: str, window: PhaseWindo
     errors = max(_gateway_errors(ctx, window.phase) - window.errors_before, 0)  # 0 if the gateway restarted
     log = phase_log(ctx, window.since)
     cfg = ctx.config
-    return analyze_phase_log(log, window.phase, version, champion, errors, cfg.rollout, cfg.monitoring.reference_bins)
+    task = load_release(cfg, ctx.registry, version=version).objective.task
+    return analyze_phase_log(
+        log, window.phase, version, champion, errors, cfg.rollout, cfg.monitoring.reference_bins, task
+    )
 
 
 def abort_rollout(ctx: Context, version: str, reason: str, flow_run_id: str | None) -> None:
@@ -168,12 +174,40 @@ def promote_to_production(ctx: Context, version: str, approval: Approval, flow_r
     return state
 
 
+def answer_problem(answer: dict[str, Any], version: str, objective: Objective) -> str | None:
+    """What is wrong with one gateway answer for a release of `objective`'s task, or None: it must come from
+    `version`; binary: score in [0, 1] and decision 0/1; multiclass: probabilities over the classes summing to 1,
+    score their maximum and decision a class; regression: a finite value that is also the score and decision."""
+    if answer.get("model_version") != version:
+        return f"answered by v{answer.get('model_version')}"
+    score, decision = answer.get("score"), answer.get("decision")
+    if not isinstance(score, int | float) or not math.isfinite(score):
+        return f"score {score!r} is not a finite number"
+    if objective.task == "regression":
+        value = answer.get("value")
+        ok = isinstance(value, int | float) and math.isfinite(value) and value == score == decision
+        return None if ok else f"value {value!r} is not a finite number equal to score and decision"
+    if not 0.0 <= score <= 1.0:
+        return f"score {score} is outside [0, 1]"
+    if decision not in objective.classes:
+        return f"decision {decision!r} is not one of the classes {list(objective.classes)}"
+    if objective.task == "multiclass":
+        probs = answer.get("probabilities") or {}
+        if sorted(probs) != sorted(str(c) for c in objective.classes):
+            return f"probabilities {probs!r} are not keyed by the classes {list(objective.classes)}"
+        if abs(sum(probs.values()) - 1.0) > SMOKE_PROBABILITY_SLACK or abs(max(probs.values()) - score) > 1e-9:
+            return f"probabilities {probs!r} do not sum to 1 with the score {score} as their maximum"
+    return None
+
+
 def smoke_test(ctx: Context, version: str) -> dict[str, Any]:
-    """Send the release's smoke records through the gateway: every answer must come from `version` with a valid
-    score; raise RolloutFailed otherwise."""
-    records = load_release(ctx.config, ctx.registry, version=version).file("smoke_records.json")
+    """Send the release's smoke records through the gateway: every answer must come from `version` and be valid
+    for the release's task (answer_problem); raise RolloutFailed otherwise."""
+    release = load_release(ctx.config, ctx.registry, version=version)
+    records = release.file("smoke_records.json")
+    objective = release.objective
     answers = ctx.gateway().predict(records)
-    wrong = [a for a in answers if a["model_version"] != version or not 0.0 <= a["score"] <= 1.0]
+    wrong = [(a, why) for a in answers if (why := answer_problem(a, version, objective))]
     if len(answers) != len(records) or wrong:
         raise RolloutFailed(f"smoke test: {len(wrong)} of {len(records)} answers wrong, e.g. {wrong[:2]}")
     return {"requests": len(records), "ok": len(answers)}

@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -46,6 +47,29 @@ BASE_COLUMNS = [
     "proba",
     "event_ts",
 ]
+
+# Regression decisions are values, so "the same decision" needs a tolerance: two values agree when they differ by
+# at most this share of the spread (standard deviation) of the baseline's values in the compared set (falling back
+# to the largest baseline magnitude when the spread is 0). A quarter of a standard deviation: differences smaller
+# than that barely move a case within the population the model sees, while a challenger that disagrees with the
+# champion by a sizeable fraction of the spread fails rollout.min_agreement. Scale-free, and safe for targets
+# centred on zero (where a tolerance relative to each value would reject every pair). Until the config has
+# rollout.regression_tolerance, this constant is the one place it is set.
+REGRESSION_AGREEMENT_TOLERANCE = 0.25
+
+
+def decisions_agree(
+    task: str, baseline: Any, other: Any, tolerance: float = REGRESSION_AGREEMENT_TOLERANCE
+) -> np.ndarray:
+    """Per pair, whether two models' decisions agree (a bool array): classification decisions are equal; regression
+    values are within `tolerance` x the baseline's spread (see REGRESSION_AGREEMENT_TOLERANCE)."""
+    if task != "regression":
+        return np.asarray(baseline).astype("int64") == np.asarray(other).astype("int64")
+    base, mine = np.asarray(baseline, dtype="float64"), np.asarray(other, dtype="float64")
+    if not len(base):
+        return np.zeros(0, dtype=bool)
+    scale = float(np.std(base)) or float(np.max(np.abs(base)))
+    return np.abs(mine - base) <= tolerance * scale
 
 
 def event_seconds(value: Any, fmt: str = "auto") -> float | None:
