@@ -19,20 +19,24 @@ from tollgate.context import DEFAULT_CONFIG, Context, as_context
 def ground_truth_backfill(
     labels: str | None = None,
     as_of: float | None = None,
+    by: str = "prediction-time",
+    every: str | None = None,
+    chunks: int | None = None,
     config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
 ) -> dict[str, Any]:
-    """Live accuracy per model version, role, segment and day over matured labels; alert, or roll back a severe
-    degradation at once and tell people afterwards."""
+    """Live metrics of the release's task per model version, role, segment and window over matured labels (one
+    window over everything, plus fixed windows `every` ("1h", "1d", "7d") or `chunks` equal-count chunks, on
+    prediction time or event time); alert, or roll back a severe degradation at once and tell people after."""
     ctx = as_context(config, env)
     release = load_production_release(ctx)
     # ingest (a scheduled run without a file only recomputes)
-    ingested = ingest_labels(ctx, labels) if labels else {"changed": 0, "total": 0}
+    ingested = ingest_labels(ctx, release, labels) if labels else {"changed": 0, "total": 0}
     # measure
-    rows = compute_live_metrics(ctx, release, as_of)
-    verdict = judge_live_performance(rows, release)
+    live = compute_live_metrics(ctx, release, as_of, by, every, chunks)
+    verdict = judge_live_performance(live.rows, release)
     # record
-    run_id = record_live_metrics(release, rows, verdict)
+    run_id = record_live_metrics(release, live, verdict)
     # act (signals file, tollgate.performance.degraded, rollback when severe), then notify
     acted = act_on_performance(ctx, release, verdict, run_id, str(flow_run.id))
     alerts = deliver_alerts(ctx, acted.alerts, acted.failed)
@@ -43,5 +47,5 @@ def ground_truth_backfill(
         "action": action,
         "alerts": alerts,
         "monitoring_run_id": run_id,
-        "rows": rows,
+        **live.to_dict(),
     }

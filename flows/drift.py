@@ -16,17 +16,21 @@ from tollgate.context import DEFAULT_CONFIG, Context, as_context
 @flow(name="drift_check")
 def drift_check(
     window_hours: float | None = None,
-    since: float | None = None,
+    since: float | str | None = None,
+    until: float | str | None = None,
+    by: str = "prediction-time",
     config: str | Context = DEFAULT_CONFIG,
     env: str = "dev",
 ) -> dict[str, Any]:
-    """Input drift per feature (overall and per segment), prediction drift and data quality for the window: the
-    last `window_hours` (default: the release's monitoring.drift_window_hours), or from `since` (epoch s).
-    `detected` (drift overall or in any segment) is what the event, the signal and --fail-on-drift use."""
+    """Input drift per feature (overall and per segment), prediction drift and data quality for the window
+    [since, until) (epoch s or ISO 8601; until defaults to now, since to `window_hours` before it, default the
+    release's monitoring.drift_window_hours) on prediction time or, with by="event-time", on the records' own
+    event time. `detected` (drift overall or in any segment) is what the headline, the event, the signal and
+    --fail-on-drift use."""
     ctx = as_context(config, env)
     release = load_production_release(ctx)
     # measure
-    check, sample = compute_drift(ctx, release, window_hours, since)
+    check, sample = compute_drift(ctx, release, window_hours, since, until, by)
     evidently = evidently_report(ctx, release, sample)
     # record
     run_id = record_drift(release, check, evidently)

@@ -43,8 +43,9 @@ def drift_alerts(release: Release, check: DriftCheck, run_id: str) -> list[Alert
         return []
     overall, flagged, model = check.overall, check.flagged_segments, release.model_name
     text = (
-        f"Drift on {model} v{release.version}: features {overall.drifted or 'none'}"
-        f"{', prediction' if overall.prediction_drifted else ''}; segments {list(flagged) or 'none'}"
+        f"Drift on {model} v{release.version}: {check.headline} ({check.window.by} {check.window.label}); "
+        f"features {overall.drifted or 'none'}{', prediction' if overall.prediction_drifted else ''}; "
+        f"segments {list(flagged) or 'none'}"
     )
     payload = {
         "version": release.version,
@@ -53,6 +54,8 @@ def drift_alerts(release: Release, check: DriftCheck, run_id: str) -> list[Alert
         "segments": flagged,
         "monitoring_run_id": run_id,
         "rows": overall.rows,
+        "headline": check.headline,
+        "window": {**check.window.to_dict(), "excluded": check.excluded},
     }
     return [Alert(DRIFT_DETECTED, model, text, payload)]
 
@@ -72,7 +75,9 @@ def performance_action(
     """Degraded -> tollgate.performance.degraded (the retrain trigger); severe -> also roll back at once."""
     model = release.model_name
     if verdict.status in LIVE_STATUSES:
-        record_signals(ctx.paths, model, live_status=verdict.status, live_auc=verdict.auc)
+        record_signals(
+            ctx.paths, model, live_status=verdict.status, live_metric=verdict.metric, live_value=verdict.value
+        )
     if verdict.status not in ("degraded", "severe"):
         return Acted("none")
     payload = {**verdict.to_dict(), "monitoring_run_id": run_id}

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tasks.common import tollgate_task
 from tasks.drift import DriftCheck
-from tasks.ground_truth import LiveVerdict
+from tasks.ground_truth import LiveMetrics, LiveVerdict
 from tasks.tracking import artifact_key
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
@@ -153,22 +153,22 @@ def store_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport)
         "overall": overall.to_dict(),
         "segments": {k: v.to_dict() for k, v in check.segments.items()},
         "evidently": evidently.statistics,
-        "window_hours": check.window_hours,
-        "since": check.since,
     }
     tags = {"tollgate.monitor": "drift", "tollgate.release_run_id": release.run_id}
     tags["tollgate.drift_detected"] = str(check.detected).lower()
+    tags["tollgate.window"] = f"{check.window.by} {check.window.label}"
     files = {"drift.json": body, "report.html": Path(evidently.html)}
     run_id = log_monitoring_run(release, f"drift-v{release.version}", tags, drift_metrics(check), files)
     create_table_artifact(
         key=artifact_key("drift", model),
         table=overall.rows_table(),
-        description=f"Drift of v{release.version}: {'DETECTED' if check.detected else 'none'}; "
-        f"share {overall.drift_share:.0%} over {overall.rows} rows",
+        description=f"Drift of v{release.version}: {check.headline}; share {overall.drift_share:.0%} over "
+        f"{overall.rows} rows ({check.window.by} {check.window.label})",
     )
     create_markdown_artifact(
         key=artifact_key("drift-report", model),
-        markdown=f"### Drift check of v{release.version}: {'DETECTED' if check.detected else 'none'}\n\n"
+        markdown=f"### Drift check of v{release.version}: {check.headline}\n\n"
+        f"- window: {check.window.by} {check.window.label} ({check.excluded} rows without an event time left out)\n"
         f"- rows: {overall.rows}\n- drifted features: {', '.join(overall.drifted) or 'none'}\n"
         f"- segments with drift: {', '.join(check.flagged_segments) or 'none'}\n"
         f"- Evidently report: `{evidently.html}` (also in MLflow run `{run_id}`, folder monitoring/)\n",
@@ -176,17 +176,23 @@ def store_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport)
     return run_id
 
 
-def store_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
+def live_metric_values(live: LiveMetrics, metric: str) -> dict[str, float]:
+    """MLflow metrics of a backfill: the primary metric and the labelled count per version and role (window 'all')."""
+    totals = [r for r in live.rows if r["window"] == "all" and r["scope"] == "overall"]
+    metrics = {f"live_{key_part(metric)}.v{r['model_version']}.{r['role']}": r[metric] for r in totals}
+    metrics |= {f"labelled.v{r['model_version']}.{r['role']}": r["n"] for r in totals}
+    return metrics | {"excluded": float(live.excluded)}
+
+
+def store_live_metrics(release: Release, live: LiveMetrics, verdict: LiveVerdict) -> str:
     """A monitoring run in MLflow with the live metrics, and a Prefect table artifact."""
     from prefect.artifacts import create_table_artifact
 
-    totals = [r for r in rows if r["day"] == "all" and r["scope"] == "overall"]
-    metrics = {f"live_auc.v{r['model_version']}.{r['role']}": r["auc"] for r in totals}
-    metrics |= {f"labelled.v{r['model_version']}.{r['role']}": r["n"] for r in totals}
     tags = {"tollgate.monitor": "ground_truth", "tollgate.live_status": verdict.status}
-    files = {"live_metrics.json": {"verdict": verdict.to_dict(), "rows": rows}}
+    files = {"live_metrics.json": {"verdict": verdict.to_dict(), **live.to_dict()}}
+    metrics = live_metric_values(live, verdict.metric)
     run_id = log_monitoring_run(release, f"live-v{release.version}", tags, metrics, files)
-    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows if r["day"] == "all"]
+    table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in live.rows]
     create_table_artifact(
         key=artifact_key("live-metrics", release.model_name),
         table=table,
@@ -203,6 +209,6 @@ def record_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport
 
 
 @tollgate_task
-def record_live_metrics(release: Release, rows: list[dict[str, Any]], verdict: LiveVerdict) -> str:
+def record_live_metrics(release: Release, live: LiveMetrics, verdict: LiveVerdict) -> str:
     """Record the live metrics (MLflow monitoring run, Prefect table); returns the run id."""
-    return store_live_metrics(release, rows, verdict)
+    return store_live_metrics(release, live, verdict)

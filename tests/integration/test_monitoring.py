@@ -83,6 +83,10 @@ def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) ->
     result = _drift(world, _period("segment_shift"))
     assert "region=south" in result["segments"]
     assert not {s for s in result["segments"] if s.startswith("region=")} - {"region=south"}
+    # the headline agrees with the verdict and names the scope, even when the whole window alone would not drift
+    assert (
+        result["detected"] and result["headline"].startswith("drift detected") and "region=south" in result["headline"]
+    )
 
 
 def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(
@@ -94,7 +98,7 @@ def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(
     assert first["verdict"]["status"] == "degraded" and first["verdict"]["labelled"] == ROWS
     assert first["action"] == "alerted"
     assert concept["events"] == ["tollgate.performance.degraded"]
-    seg = {r["scope"] for r in first["rows"] if r["day"] == "all"}
+    seg = {r["scope"] for r in first["rows"] if r["window"] == "all"}
     assert {"overall", "tier=gold", "region=south"} <= seg
     again = ground_truth_backfill(labels=str(concept["labels"]), config=world["ctx"])  # idempotent
     assert again["ingested"]["changed"] == 0

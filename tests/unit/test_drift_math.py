@@ -12,7 +12,7 @@ from scipy.spatial.distance import jensenshannon as scipy_js
 from scipy.stats import ks_2samp, kstwobign
 
 from tasks.actions import drift_alerts
-from tasks.drift import DriftAccumulator, DriftCheck, DriftReport
+from tasks.drift import DriftAccumulator, DriftCheck, DriftReport, LogWindow
 from tasks.profiling import reference_profile
 from tests.helpers import bundled_config
 from tollgate.release import Release
@@ -159,7 +159,7 @@ def _report(detected: bool) -> DriftReport:
 )
 def test_one_headline_for_the_check_the_alert_and_the_exit_code(overall: bool, segment: bool, expected: bool) -> None:
     """A segment-only drift makes the check's `detected` true, and that is exactly when an alert is raised."""
-    check = DriftCheck(_report(overall), {"region=south": _report(segment)}, since=0.0, window_hours=24.0)
+    check = DriftCheck(_report(overall), {"region=south": _report(segment)}, LogWindow(0.0, 86400.0))
     cfg = bundled_config()
     release = Release(cfg.project.registered_model, "7", "run", "Production", {}, cfg, "http://unused")
     assert check.detected is expected and check.summary()["detected"] is expected

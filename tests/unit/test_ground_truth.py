@@ -10,6 +10,7 @@ import pytest
 from tasks.ground_truth import LabelsError, ingest, join_labels, live_metrics, read_labels
 from tasks.retraining import retrain_allowed
 from tests.helpers import bundled_config
+from tollgate.objective import Objective
 from tollgate.paths import StatePaths
 
 
@@ -36,7 +37,7 @@ def test_ingest_is_idempotent_and_takes_corrections(tmp_path: Path) -> None:
         (pd.DataFrame({"who": ["A"], "label": [1], "label_time": ["2026-01-01"]}), "needs a key column"),
         (
             pd.DataFrame({"customer_id": ["A"], "label": [2], "label_time": ["2026-01-01"]}),
-            "column 'label' must be 0 or 1",
+            "column 'label' must be one of the class values [0, 1]; rows [0] are not (e.g. 2)",
         ),
         (
             pd.DataFrame({"customer_id": ["A"], "label": [1], "label_time": ["someday"]}),
@@ -73,8 +74,11 @@ def test_join_uses_matured_labels_and_scores_shadow_rows_by_request() -> None:
     )
     joined = join_labels(log, labels, as_of=50.0)
     assert dict(zip(joined["prediction_id"], joined["label"], strict=True)) == {"p1": 1, "p1-shadow": 1, "p2": 0}
-    rows = live_metrics(joined, [], 0.5)
-    assert {(r["model_version"], r["role"]) for r in rows if r["day"] == "all"} == {("1", "champion"), ("2", "shadow")}
+    rows = live_metrics(joined, Objective("binary", (0, 1)), bundled_config().dataset).rows
+    assert {(r["model_version"], r["role"]) for r in rows if r["window"] == "all"} == {
+        ("1", "champion"),
+        ("2", "shadow"),
+    }
 
 
 def test_retrain_guard_cooldown_and_budget(tmp_path: Path) -> None:

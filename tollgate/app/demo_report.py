@@ -107,7 +107,19 @@ class DemoSummary:
 
 def drift_facts(result: dict[str, Any]) -> dict[str, Any]:
     """What a drift_check run found."""
-    keys = ("version", "rows", "detected", "drifted", "drift_share", "segments", "alerted", "report", "alerts")
+    keys = (
+        "version",
+        "rows",
+        "detected",
+        "headline",
+        "window",
+        "drifted",
+        "drift_share",
+        "segments",
+        "alerted",
+        "report",
+        "alerts",
+    )
     return {k: result[k] for k in keys if k in result}
 
 

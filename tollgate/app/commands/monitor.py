@@ -3,55 +3,124 @@
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
 
 from tollgate.app.commands.base import EXIT_NO, EXIT_OK, Command, UserError, arg, print_json, require_stack
 from tollgate.context import Context
+
+CLOCK_HELP = "prediction-time (when the gateway answered; default) or event-time (the records' own timestamp)"
+
+
+def _bounds(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """--since/--until as epoch seconds (UserError naming the bad one)."""
+    from tasks.drift import WindowError, to_epoch
+
+    out = []
+    for flag, value in (("--since", args.since), ("--until", args.until)):
+        try:
+            out.append(to_epoch(value))
+        except WindowError as exc:
+            raise UserError(f"{flag}: {exc}") from None
+    since, until = out
+    if since is not None and until is not None and until <= since:
+        raise UserError(f"--until ({args.until}) must be later than --since ({args.since})")
+    return since, until
 
 
 def drift(ctx: Context, args: argparse.Namespace) -> int:
     require_stack(ctx)
     from flows.drift import drift_check
+    from tasks.drift import WindowError
     from tollgate.registry import RegistryError
 
+    since, until = _bounds(args)
     ctx.paths.reports.mkdir(parents=True, exist_ok=True)
     try:
-        result = drift_check(window_hours=args.window, config=ctx)
-    except RegistryError as exc:
+        result = drift_check(window_hours=args.window, since=since, until=until, by=args.by, config=ctx)
+    except (RegistryError, WindowError) as exc:
         raise UserError(str(exc)) from None
-    verdict = "DRIFT DETECTED" if result["detected"] else "no drift"
+    window = result["window"]
     print(
-        f"drift check of v{result['version']} over {result['rows']} logged predictions: "
-        f"{verdict} (share {result['drift_share']:.0%})"
+        f"drift check of v{result['version']} over {result['rows']} logged predictions "
+        f"({window['by']} {window['label']}): {result['headline']}"
     )
-    print(f"  drifted features: {', '.join(result['drifted']) or 'none'}")
+    if window["excluded"]:
+        print(f"  {window['excluded']} predictions without an event time were left out of this event-time window")
+    print(f"  drifted features (overall): {', '.join(result['drifted']) or 'none'} (share {result['drift_share']:.0%})")
     print(f"  segments with drift: {', '.join(result['segments']) or 'none'}")
     print(f"  Evidently report: {result['report']}; MLflow monitoring run {result['monitoring_run_id']}")
     if args.json:
         print_json(result, indent=None)
-    drifted = bool(result["detected"])
-    return EXIT_NO if drifted and args.fail_on_drift else EXIT_OK
+    return EXIT_NO if result["detected"] and args.fail_on_drift else EXIT_OK
+
+
+def _value(x: Any) -> str:
+    return "-" if not isinstance(x, (int, float)) or math.isnan(x) else f"{x:.4g}"
 
 
 def backfill(ctx: Context, args: argparse.Namespace) -> int:
     require_stack(ctx)
     from flows.backfill import ground_truth_backfill
-    from tasks.ground_truth import LabelsError
+    from tasks.drift import WindowError
+    from tasks.ground_truth import LabelsError, parse_every
     from tollgate.registry import RegistryError
 
+    if args.every is not None and args.chunks is not None:
+        raise UserError("--every and --chunks are two ways to window: give one")
+    if args.chunks is not None and args.chunks < 1:
+        raise UserError(f"--chunks must be at least 1, not {args.chunks}")
     try:
-        result = ground_truth_backfill(labels=str(ctx.resolve(args.path)), config=ctx)
-    except (LabelsError, RegistryError) as exc:
+        parse_every(args.every)
+    except ValueError as exc:
+        raise UserError(f"--every: {exc}") from None
+    try:
+        result = ground_truth_backfill(
+            labels=str(ctx.resolve(args.path)), by=args.by, every=args.every, chunks=args.chunks, config=ctx
+        )
+    except (LabelsError, RegistryError, WindowError) as exc:
         raise UserError(str(exc)) from None
     v = result["verdict"]
-    print(f"labels: {result['ingested']['changed']} new or changed, {result['ingested']['total']} stored")
-    totals = [r for r in result["rows"] if r["day"] == "all" and r["scope"] == "overall"]
-    for r in sorted(totals, key=lambda r: (r["model_version"], r["role"])):
-        print(
-            f"  v{r['model_version']} {r['role']:<9} {int(r['n']):>6} labelled  AUC {r['auc']:.4f}  "
-            f"log loss {r['log_loss']:.4f}"
-        )
-    print(f"Production v{v['version']}: {v['status']} ({v['reason']}); action: {result['action']}")
+    if args.json:
+        keys = ("ingested", "verdict", "action", "alerts", "monitoring_run_id", "windowing", "excluded", "rows")
+        print_json(_no_nan({k: result[k] for k in keys if k in result}))
+    else:
+        _print_backfill(result)
     return EXIT_NO if v["status"] in ("degraded", "severe") else EXIT_OK
+
+
+def _no_nan(body: Any) -> Any:
+    """`body` with NaN (a metric undefined on its rows) as null, so stdout is strict JSON."""
+    if isinstance(body, float) and math.isnan(body):
+        return None
+    if isinstance(body, dict):
+        return {k: _no_nan(v) for k, v in body.items()}
+    if isinstance(body, (list, tuple)):
+        return [_no_nan(v) for v in body]
+    return body
+
+
+def _print_backfill(result: dict[str, Any]) -> None:
+    v, metric = result["verdict"], result["verdict"]["metric"]
+    print(f"labels: {result['ingested']['changed']} new or changed, {result['ingested']['total']} stored")
+    if result["excluded"]:
+        print(f"  {result['excluded']} labelled predictions without an event time were left out")
+    rows = [r for r in result["rows"] if r["scope"] == "overall"]
+    totals = sorted((r for r in rows if r["window"] == "all"), key=lambda r: (r["model_version"], r["role"]))
+    for r in totals:
+        others = [k for k in r if k not in ("model_version", "role", "scope", "window", "start", "end", "n", metric)]
+        extra = "  ".join(f"{k} {_value(r[k])}" for k in others[:3])
+        print(
+            f"  v{r['model_version']} {r['role']:<9} {int(r['n']):>6} labelled  {metric} {_value(r[metric])}  {extra}"
+        )
+    series = [
+        r for r in rows if r["window"] != "all" and r["role"] == "champion" and r["model_version"] == v["version"]
+    ]
+    if series:
+        print(f"  v{v['version']} champion by window ({result['windowing']['by']}):")
+        for r in series:
+            print(f"    {r['window']:<42} {int(r['n']):>6} labelled  {metric} {_value(r[metric])}")
+    print(f"Production v{v['version']}: {v['status']} ({v['reason']}); action: {result['action']}")
 
 
 COMMANDS = [
@@ -66,6 +135,9 @@ COMMANDS = [
                 default=None,
                 help="hours of the prediction log (default monitoring.drift_window_hours of the Production release)",
             ),
+            arg("--since", default=None, help="window start: ISO 8601 (UTC unless it says) or epoch seconds"),
+            arg("--until", default=None, help="window end (default now): ISO 8601 or epoch seconds"),
+            arg("--by", choices=("prediction-time", "event-time"), default="prediction-time", help=CLOCK_HELP),
             arg("--fail-on-drift", action="store_true", help="exit 1 when drift is detected"),
             arg("--json", action="store_true", help="also print the result as JSON"),
         ),
@@ -75,6 +147,12 @@ COMMANDS = [
         "ingest a labels file (prediction_id or entity id, label, label_time) and run "
         "ground_truth_backfill; exit 1 when live performance is degraded",
         backfill,
-        (arg("path", help="labels .csv/.parquet"),),
+        (
+            arg("path", help="labels .csv/.parquet"),
+            arg("--every", default=None, help="live metrics also per fixed window: 1h, 1d, 7d, 90m, ..."),
+            arg("--chunks", type=int, default=None, help="live metrics also per N equal-count chunks by time"),
+            arg("--by", choices=("prediction-time", "event-time"), default="prediction-time", help=CLOCK_HELP),
+            arg("--json", action="store_true", help="print the result as one JSON object (nothing else on stdout)"),
+        ),
     ),
 ]
