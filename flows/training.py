@@ -24,6 +24,7 @@ from tasks.tracking import (
 from tasks.training import split_dataset, train_model
 from tasks.validation import describe_suite, validate_dataset
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
+from tollgate.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class TrainingResult:
     verdict: GateVerdict
     run_id: str
     data: DataVersion
-    overall: dict[str, float]
+    overall: dict[str, float]  # the task's holdout metrics (tollgate.objective.METRICS), e.g. auc or rmse
     timings: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,11 +67,12 @@ def training_pipeline(
     version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)
     # train
     train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
-    trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target)
+    objective = Objective.from_config(cfg)
+    trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target, objective)
     # evaluate
-    scored = score_holdout(trained.model, holdout, cfg.features.all)
-    evaluation = evaluate_model(holdout, scored.scores, cfg.dataset, cfg.model.decision_threshold)
-    profile = profile_reference(frame, holdout, scored.scores, ctx)
+    scored = score_holdout(trained.model, holdout, cfg.features.all, objective)
+    evaluation = evaluate_model(holdout, scored.outputs, cfg.dataset, objective)
+    profile = profile_reference(frame, holdout, scored.outputs, ctx)
     # log + register
     timings = {"fit": trained.fit_s, "predict": scored.predict_s}
     record = RunRecord(
@@ -81,7 +83,7 @@ def training_pipeline(
     publish_model_card(ctx, registered)
     # gate
     baseline = score_baseline(ctx, holdout, registered.version)
-    verdict = gate_challenger(ctx, holdout, scored.scores, evaluation["overall"], baseline)
+    verdict = gate_challenger(ctx, holdout, scored.outputs, evaluation["overall"], baseline)
     record_verdict(ctx, registered, verdict, run_id)
     enforce_verdict(verdict, registered.version)
     # promote

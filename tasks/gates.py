@@ -1,12 +1,15 @@
 """Gates: typed verdicts with their evidence, and tasks that raise when a gate says no.
 
-The promotion gate checks absolute minimums, then non-inferiority against a baseline (the Production version,
-or the Staging version it would displace) on the same holdout, overall and per segment, with a paired
-bootstrap confidence interval on the AUC difference rather than a raw difference.
+The promotion gate checks absolute floors and ceilings on any metric of the task (gates.minimums/maximums),
+then non-inferiority against a baseline (the Production version, or the Staging version it would displace) on
+the same holdout, overall and per segment, with a paired bootstrap confidence interval on the improvement in
+the task's primary metric (binary AUC, multiclass one-vs-rest AUC, regression RMSE) rather than a raw
+difference.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +19,8 @@ import pandas as pd
 from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, GatesConfig
 from tollgate.context import Context
+from tollgate.objective import Objective, higher_is_better, paired_bootstrap
+from tollgate.segments import segment_groups
 
 Status = Literal["pass", "fail", "not_gated"]
 
@@ -34,13 +39,13 @@ class Check:
     """One comparison with its evidence."""
 
     scope: str  # "overall" or "column=value"
-    check: str  # "min_auc", "max_log_loss", "auc_non_inferiority", "auc_segment_harm"
+    check: str  # min_<metric>, max_<metric>, <primary>_non_inferiority, <primary>_segment_harm
     status: Status
     n: int
     challenger: float
     threshold: float
     champion: float | None = None
-    diff: float | None = None
+    diff: float | None = None  # improvement over the baseline in the primary metric: positive = better
     ci_low: float | None = None
     ci_high: float | None = None
     reason: str = ""
@@ -95,106 +100,117 @@ class GateVerdict:
         )
 
 
-class _TieGroups:
-    """One score vector reduced once to its sorted tie groups: each row's key is (group, label), so a resample's
-    AUC needs one gather and one bincount over the drawn rows, then O(groups) work."""
-
-    def __init__(self, y: np.ndarray, scores: np.ndarray):
-        uniq, group = np.unique(scores, return_inverse=True)
-        self.groups = len(uniq)
-        self.key = (group.astype("int64") * 2 + y.astype("int64")).astype("int32" if 2 * len(uniq) < 2**31 else "int64")
-
-    def auc(self, rows: np.ndarray | None = None) -> float:
-        """AUC over the drawn `rows` (with repeats; all rows when None); ties count one half, as midranks do."""
-        keys = self.key if rows is None else self.key[rows]
-        counts = np.bincount(keys, minlength=2 * self.groups).reshape(self.groups, 2).astype("float64")
-        neg, pos = counts[:, 0], counts[:, 1]
-        p, q = pos.sum(), neg.sum()
-        if p == 0 or q == 0:
-            return float("nan")
-        return float(np.dot(pos, np.cumsum(neg) - 0.5 * neg) / (p * q))
+# How reasons name metrics ("AUC 0.8100 >= min_auc 0.7"); others by their key, recall.<class> as "recall of 2".
+METRIC_NAMES = {
+    "auc": "AUC",
+    "auc_ovr": "AUC (one-vs-rest)",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R2",
+    "log_loss": "log loss",
+    "brier": "Brier score",
+    "calibration_error": "calibration error",
+}
 
 
-def paired_bootstrap_auc(
-    y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, samples: int, confidence: float, seed: int
-) -> tuple[float, float, float]:
-    """(observed AUC difference, lower, upper) of a two-sided `confidence` interval, resampling rows jointly.
-
-    Resample b draws the same rows as indexing with rng.integers(0, n, (samples, n))[b]; time is
-    O(samples x n) and memory O(n): no (samples x n) matrix of indices, scores or ranks is ever built."""
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    chal, champ = _TieGroups(y, challenger), _TieGroups(y, champion)
-    diffs = np.empty(samples)
-    for b in range(samples):
-        rows = rng.integers(0, n, size=n)
-        diffs[b] = chal.auc(rows) - champ.auc(rows)
-    d = diffs[~np.isnan(diffs)]
-    alpha = (1 - confidence) / 2
-    return chal.auc() - champ.auc(), float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))
+def metric_name(metric: str) -> str:
+    """The readable name of a metric key, as reasons show it."""
+    if metric.startswith("recall."):
+        return f"recall of {metric.split('.', 1)[1]}"
+    return METRIC_NAMES.get(metric, metric)
 
 
 def _absolute(overall: dict[str, float], gates: GatesConfig) -> list[Check]:
-    auc, ll, n = overall["auc"], overall["log_loss"], int(overall["n"])
-    return [
-        Check(
-            "overall",
-            "min_auc",
-            "pass" if auc >= gates.min_auc else "fail",
-            n,
-            auc,
-            gates.min_auc,
-            reason=f"AUC {auc:.4f} {'>=' if auc >= gates.min_auc else '<'} min_auc {gates.min_auc}",
-        ),
-        Check(
-            "overall",
-            "max_log_loss",
-            "pass" if ll <= gates.max_log_loss else "fail",
-            n,
-            ll,
-            gates.max_log_loss,
-            reason=f"log loss {ll:.4f} {'<=' if ll <= gates.max_log_loss else '>'} max_log_loss {gates.max_log_loss}",
-        ),
-    ]
+    """One check per configured floor (min_<metric>) and ceiling (max_<metric>); a NaN metric fails."""
+    n = int(overall.get("n", 0))
+    checks = []
+    for bound, limits in (("min", gates.minimums), ("max", gates.maximums)):
+        for metric, limit in limits.items():
+            value = float(overall.get(metric, math.nan))
+            check, name = f"{bound}_{metric}", metric_name(metric)
+            if math.isnan(value):
+                ok = False
+                reason = f"{name} is undefined on this holdout (NaN, e.g. a class is missing), so {check} {limit} fails"
+            else:
+                ok = value >= limit if bound == "min" else value <= limit
+                sign = (">=" if ok else "<") if bound == "min" else ("<=" if ok else ">")
+                reason = f"{name} {value:.4f} {sign} {check} {limit}"
+            checks.append(Check("overall", check, "pass" if ok else "fail", n, value, limit, reason=reason))
+    return checks
+
+
+def too_small(y: np.ndarray, objective: Objective, min_rows: int) -> str | None:
+    """Why a scope is too small to compare on the primary metric, or None when it can be gated: fewer than
+    `min_rows` rows; binary under 5 of either class; multiclass fewer than 2 classes with >= 5 rows and >= 5
+    others; regression fewer than 5 rows."""
+    n = len(y)
+    if objective.task == "binary":
+        positives = int(np.sum(y == 1))
+        if n < min_rows or positives < 5 or n - positives < 5:
+            return (
+                f"{n} rows ({positives} positive) is below min_segment_size {min_rows} or has under 5 of a class: "
+                "too small to compare, not gated"
+            )
+        return None
+    if objective.task == "multiclass":
+        counts = {c: int(np.sum(y == c)) for c in objective.classes}
+        usable = [c for c, k in counts.items() if k >= 5 and n - k >= 5]
+        if n < min_rows or len(usable) < 2:
+            shown = ", ".join(f"{c}: {k}" for c, k in counts.items())
+            return (
+                f"{n} rows (per class {shown}) is below min_segment_size {min_rows} or has fewer than 2 classes "
+                "with 5 rows and 5 others: too small to compare, not gated"
+            )
+        return None
+    if n < max(min_rows, 5):
+        return f"{n} rows is below min_segment_size {min_rows} (or 5): too small to compare, not gated"
+    return None
 
 
 def _compare(
-    scope: str, y: np.ndarray, chal: np.ndarray, champ: np.ndarray, gates: GatesConfig, seed: int, rule: str
+    scope: str,
+    y: np.ndarray,
+    chal: np.ndarray,
+    champ: np.ndarray,
+    gates: GatesConfig,
+    objective: Objective,
+    seed: int,
+    rule: str,
 ) -> Check:
-    """AUC comparison with a paired bootstrap CI. rule "non_inferiority": pass iff CI low >= -margin;
-    rule "harm": fail iff CI high < -margin (the challenger is confidently worse by more than the margin)."""
-    n = len(y)
-    positives = int(y.sum())
-    check = "auc_non_inferiority" if rule == "non_inferiority" else "auc_segment_harm"
+    """Primary-metric comparison with a paired bootstrap CI of the improvement (positive = challenger better).
+    rule "non_inferiority": pass iff CI low >= -margin; rule "harm": fail iff CI high < -margin (the challenger
+    is confidently worse by more than the margin). An interval that cannot be computed fails."""
+    n, primary = len(y), objective.primary
+    check = f"{primary}_non_inferiority" if rule == "non_inferiority" else f"{primary}_segment_harm"
     margin = gates.non_inferiority_margin
-    if n < gates.min_segment_size or positives < 5 or n - positives < 5:
-        return Check(
-            scope,
-            check,
-            "not_gated",
-            n,
-            float("nan"),
-            -margin,
-            reason=f"{n} rows ({positives} positive) is below min_segment_size {gates.min_segment_size} "
-            "or has under 5 of a class: too small to compare, not gated",
-        )
-    diff, lo, hi = paired_bootstrap_auc(y, chal, champ, gates.bootstrap_samples, gates.confidence, seed)
-    chal_auc = _TieGroups(y, chal).auc()
-    ok = lo >= -margin if rule == "non_inferiority" else hi >= -margin
+    small = too_small(y, objective, gates.min_segment_size)
+    if small is not None:
+        return Check(scope, check, "not_gated", n, float("nan"), -margin, reason=small)
+    chal_stat, base_stat = objective.statistic(y, chal), objective.statistic(y, champ)
+    diff, lo, hi = paired_bootstrap(
+        chal_stat, base_stat, n, gates.bootstrap_samples, gates.confidence, seed, higher_is_better(primary)
+    )
+    chal_value, base_value = chal_stat.value(), base_stat.value()
+    name = metric_name(primary)
     ci = f"{gates.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}]"
-    if rule == "non_inferiority":
+    if math.isnan(lo) or math.isnan(hi) or math.isnan(diff):
+        ok = False
+        verdict = f"{name} is undefined on every resample: cannot be compared, fails"
+    elif rule == "non_inferiority":
+        ok = lo >= -margin
         verdict = f"lower bound {'>=' if ok else '<'} -{margin}: {'non-inferior' if ok else 'not shown non-inferior'}"
     else:
+        ok = hi >= -margin
         verdict = f"upper bound {'>=' if ok else '<'} -{margin}: {'no clear harm' if ok else 'confidently worse'}"
-    reason = f"AUC {chal_auc:.4f} vs baseline {chal_auc - diff:.4f}: diff {diff:+.4f}, {ci}, {verdict}"
+    reason = f"{name} {chal_value:.4f} vs baseline {base_value:.4f}: improvement {diff:+.4f}, {ci}, {verdict}"
     return Check(
         scope,
         check,
         "pass" if ok else "fail",
         n,
-        chal_auc,
+        chal_value,
         -margin,
-        champion=chal_auc - diff,
+        champion=base_value,
         diff=diff,
         ci_low=lo,
         ci_high=hi,
@@ -204,26 +220,28 @@ def _compare(
 
 def decide(
     holdout: pd.DataFrame,
-    challenger_scores: np.ndarray,
+    challenger_outputs: np.ndarray,
     overall: dict[str, float],
     ds: DatasetConfig,
     gates: GatesConfig,
+    objective: Objective,
     seed: int,
-    baseline_scores: np.ndarray | None = None,
+    baseline_outputs: np.ndarray | None = None,
     baseline: str = "none: first model, gated on absolute minimums only",
     baseline_version: str | None = None,
 ) -> GateVerdict:
-    """The promotion verdict: absolute minimums, then (with a baseline) non-inferiority overall and the
-    configured segment test for every segment with enough rows."""
+    """The promotion verdict: absolute minimums/maximums, then (with a baseline's outputs on the same rows)
+    non-inferiority on the primary metric overall and the configured segment test for every segment value
+    (tollgate.segments) with enough rows."""
     checks = _absolute(overall, gates)
-    if baseline_scores is not None:
-        y = holdout[ds.target].to_numpy().astype("int64")
-        checks.append(_compare("overall", y, challenger_scores, baseline_scores, gates, seed, "non_inferiority"))
-        for col in ds.segments:
-            for value, idx in sorted(holdout.groupby(col, observed=True).indices.items(), key=lambda kv: str(kv[0])):
+    if baseline_outputs is not None:
+        y = objective.target(holdout[ds.target].to_numpy())
+        chal, base = challenger_outputs, baseline_outputs
+        checks.append(_compare("overall", y, chal, base, gates, objective, seed, "non_inferiority"))
+        for col, groups in segment_groups(holdout, ds).items():
+            for value, idx in groups.items():
                 scope = f"{col}={value}"
-                chal, base = challenger_scores[idx], baseline_scores[idx]
-                checks.append(_compare(scope, y[idx], chal, base, gates, seed, gates.segment_test))
+                checks.append(_compare(scope, y[idx], chal[idx], base[idx], gates, objective, seed, gates.segment_test))
     return GateVerdict(
         passed=all(c.status != "fail" for c in checks),
         baseline=baseline,
@@ -236,16 +254,17 @@ def decide(
 def gate_challenger(
     ctx: Context,
     holdout: pd.DataFrame,
-    scores: np.ndarray,
+    outputs: np.ndarray,
     overall: dict[str, float],
     baseline: tuple[str, str, np.ndarray] | None,
 ) -> GateVerdict:
-    """The verdict against the baseline (label, version, scores), or on the absolute minimums for a first model."""
+    """The verdict against the baseline (label, version, outputs), or on the absolute limits for a first model."""
     cfg = ctx.config
+    objective = Objective.from_config(cfg)
     if baseline is None:
-        return decide(holdout, scores, overall, cfg.dataset, cfg.gates, cfg.model.seed)
+        return decide(holdout, outputs, overall, cfg.dataset, cfg.gates, objective, cfg.model.seed)
     label, version, base = baseline
-    return decide(holdout, scores, overall, cfg.dataset, cfg.gates, cfg.model.seed, base, label, version)
+    return decide(holdout, outputs, overall, cfg.dataset, cfg.gates, objective, cfg.model.seed, base, label, version)
 
 
 @tollgate_task

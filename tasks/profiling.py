@@ -1,5 +1,6 @@
 """Profiling stage: the drift reference profile of a release, computed at training time from the training rows
-and the holdout scores, stored with the release and read by every later drift check."""
+and the holdout's predictions (tollgate.objective: the score, or the predicted class for multiclass), stored
+with the release and read by every later drift check."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 import pandas as pd
 
 from tasks.common import tollgate_task
-from tollgate.config import FeaturesConfig
+from tollgate.config import DatasetConfig, FeaturesConfig
 from tollgate.context import Context
+from tollgate.objective import Objective
+from tollgate.segments import segment_groups
 from tollgate.stats import bin_counts, proportions, quantile_edges
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -53,38 +56,57 @@ def features_profile(frame: pd.DataFrame, features: FeaturesConfig, bins: int) -
     return out
 
 
+def prediction_profile(outputs: np.ndarray, bins: int, objective: Objective | None = None) -> dict[str, Any]:
+    """The profile of a model's predictions: the numeric profile of the score (binary, regression; `outputs`
+    taken as scores when no objective is given), the categorical profile of the predicted class (multiclass)."""
+    if objective is None:
+        return numeric_profile(pd.Series(np.asarray(outputs, dtype="float64")), bins)
+    if objective.task == "multiclass":
+        decided = objective.decision(np.asarray(outputs, dtype="float64").reshape(-1, len(objective.classes)))
+        return categorical_profile(pd.Series(decided.astype(str), dtype=object))
+    return numeric_profile(pd.Series(objective.score(outputs)), bins)
+
+
 def reference_profile(
     frame: pd.DataFrame,
     features: FeaturesConfig,
-    scores: np.ndarray,
+    outputs: np.ndarray,
     bins: int,
     holdout: pd.DataFrame | None = None,
-    segments: list[str] | None = None,
+    ds: DatasetConfig | None = None,
     min_rows: int = 1,
+    objective: Objective | None = None,
 ) -> dict[str, Any]:
-    """Per-feature binned distributions and quantiles and the prediction-score distribution (scores of the
-    holdout rows), overall and for every segment value with at least `min_rows` rows."""
+    """Per-feature binned distributions and quantiles and the prediction profile (`outputs`: the model's
+    outputs on the holdout rows), overall and for every segment value of `ds` (tollgate.segments, on the
+    training frame and the holdout) with at least `min_rows` training rows."""
     profile: dict[str, Any] = {
         "rows": len(frame),
         "features": features_profile(frame, features, bins),
-        "prediction": numeric_profile(pd.Series(scores), bins),
+        "prediction": prediction_profile(outputs, bins, objective),
         "segments": {},
     }
-    for col in segments or []:
-        for value, part in frame.groupby(col, observed=True):
-            if len(part) < min_rows:
+    if ds is None:
+        return profile
+    held = segment_groups(holdout, ds) if holdout is not None else {}
+    for col, groups in segment_groups(frame, ds).items():
+        for value, rows in groups.items():
+            if len(rows) < min_rows:
                 continue
+            part = frame.iloc[rows]
             seg: dict[str, Any] = {"rows": len(part), "features": features_profile(part, features, bins)}
             if holdout is not None:
-                mask = (holdout[col] == value).to_numpy()
-                seg["prediction"] = numeric_profile(pd.Series(scores[mask]), bins)
-            profile["segments"].setdefault(col, {})[str(value)] = seg
+                idx = held.get(col, {}).get(value, np.empty(0, dtype="int64"))
+                seg["prediction"] = prediction_profile(outputs[idx], bins, objective)
+            profile["segments"].setdefault(col, {})[value] = seg
     return profile
 
 
 @tollgate_task
-def profile_reference(frame: pd.DataFrame, holdout: pd.DataFrame, scores: np.ndarray, ctx: Context) -> dict[str, Any]:
-    """The drift reference profile of the training data and holdout scores, overall and per segment."""
+def profile_reference(frame: pd.DataFrame, holdout: pd.DataFrame, outputs: np.ndarray, ctx: Context) -> dict[str, Any]:
+    """The drift reference profile of the training data and the holdout's predictions, overall and per segment."""
     cfg = ctx.config
-    bins, segments, min_rows = cfg.monitoring.reference_bins, cfg.dataset.segments, cfg.gates.min_segment_size
-    return reference_profile(frame, cfg.features, scores, bins, holdout, segments, min_rows)
+    bins, min_rows = cfg.monitoring.reference_bins, cfg.gates.min_segment_size
+    return reference_profile(
+        frame, cfg.features, outputs, bins, holdout, cfg.dataset, min_rows, Objective.from_config(cfg)
+    )

@@ -25,6 +25,7 @@ from tasks.model_card import model_card
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
 from tollgate.keys import key_part, segment_key
+from tollgate.objective import Objective
 from tollgate.release import RELEASE_DIR, load_release, load_release_file
 
 REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
@@ -86,12 +87,15 @@ def _flat(prefix: str, body: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def segment_metrics(evaluation: dict[str, Any], metric: str) -> dict[str, float]:
-    """{'seg.tier.gold.auc': 0.83, ...} for one metric across every segment (keys made safe, tollgate.keys)."""
+def segment_metrics(evaluation: dict[str, Any], metric: str | None = None) -> dict[str, float]:
+    """{'seg.tier.gold.auc': 0.83, ...} for `metric` (default every metric) across every segment value (keys
+    made safe, tollgate.keys)."""
     return {
-        segment_key(col, value, metric): m[metric]
+        segment_key(col, value, name): v
         for col, per in evaluation["segments"].items()
         for value, m in per.items()
+        for name, v in m.items()
+        if metric is None or name == metric
     }
 
 
@@ -100,11 +104,22 @@ def segment_key_map(evaluation: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {col: {str(v): key_part(v) for v in per} for col, per in evaluation["segments"].items()}
 
 
+def _plain(value: Any) -> Any:
+    """A JSON-ready value: numpy scalars as Python ones, timestamps as ISO text."""
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if hasattr(value, "item") else value
+
+
 def request_records(frame: pd.DataFrame, cfg: TollgateConfig, n: int) -> list[dict[str, Any]]:
-    """The first `n` rows as gateway request records (entity id + features, NaN as null, plain Python types)."""
-    cols = [cfg.dataset.id, *cfg.features.all]
-    rows = frame[cols].head(n).astype(object).where(frame[cols].head(n).notna(), None)
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows.to_dict("records")]
+    """The first `n` rows as gateway request records: entity id and features first, then the segment and
+    timestamp columns the frame has (schema columns the gateway logs); NaN as null, plain Python types."""
+    ds = cfg.dataset
+    cols = [ds.id, *cfg.features.all]
+    cols += [c for c in dict.fromkeys([*ds.segments, ds.timestamp]) if c in frame.columns and c not in cols]
+    head = frame[cols].head(n)
+    rows = head.astype(object).where(head.notna(), None)
+    return [{k: _plain(v) for k, v in row.items()} for row in rows.to_dict("records")]
 
 
 def artifact_key(kind: str, model: str) -> str:
@@ -142,9 +157,7 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
         )
         mlflow.log_param("features", ",".join(features))
         overall = {f"holdout_{k}": v for k, v in evaluation["overall"].items()}
-        mlflow.log_metrics(
-            {**overall, **segment_metrics(evaluation, "auc"), **{f"time_{k}_s": v for k, v in timings.items()}}
-        )
+        mlflow.log_metrics({**overall, **segment_metrics(evaluation), **{f"time_{k}_s": v for k, v in timings.items()}})
         dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
             frame, source=data.path, name=f"{Path(data.path).name}@{data.md5[:8]}", targets=cfg.dataset.target
         )
@@ -181,7 +194,7 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=infer_signature(sample, np.asarray(model.predict_proba(sample))[:, 1]),
+            signature=infer_signature(sample, Objective.from_config(cfg).outputs(model, sample)),
             pip_requirements=_requirements(),
             skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
         )
@@ -202,9 +215,14 @@ def register(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -> Regist
     )
 
 
+class BaselineMismatch(ValueError):
+    """The baseline cannot be compared with the challenger (another task or classes, or missing columns)."""
+
+
 def baseline_scores(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -> tuple[str, str, np.ndarray] | None:
-    """The baseline to gate against, scored on this holdout with its own feature list: the Production version,
-    else the Staging version the challenger would displace, else None (first model)."""
+    """The baseline to gate against with its outputs on this holdout (its own feature list and objective): the
+    Production version, else the Staging version the challenger would displace, else None (first model).
+    BaselineMismatch when its task or classes differ from the challenger's or it needs columns this data lacks."""
     registry = ctx.registry
     prod = registry.one("Production")
     staging = registry.one("Staging")
@@ -215,11 +233,23 @@ def baseline_scores(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -
     else:
         return None
     release = load_release(ctx.config, registry, version=base.version)
+    theirs, ours = release.objective, Objective.from_config(ctx.config)
+    if (theirs.task, theirs.classes) != (ours.task, ours.classes):
+        raise BaselineMismatch(
+            f"baseline {label} is a {theirs.task} model{_classes(theirs)} and the challenger a {ours.task} "
+            f"model{_classes(ours)}: their {ours.primary} cannot be compared. Retire the baseline (archive it) or "
+            "register this model under another name (project.registered_model)"
+        )
     missing = [c for c in release.features if c not in holdout.columns]
     if missing:
-        raise ValueError(f"baseline {label} needs columns {missing} that this dataset lacks: it cannot be compared")
-    model = release.load_model()
-    return label, base.version, np.asarray(model.predict_proba(holdout[release.features])[:, 1], dtype="float64")
+        raise BaselineMismatch(
+            f"baseline {label} needs columns {missing} that this dataset lacks: it cannot be compared"
+        )
+    return label, base.version, theirs.outputs(release.load_model(), holdout[release.features])
+
+
+def _classes(objective: Objective) -> str:
+    return f" of classes {list(objective.classes)}" if objective.classes else ""
 
 
 def store_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict, flow_run_id: str | None) -> None:
@@ -284,7 +314,7 @@ def register_version(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -
 
 @tollgate_task(idempotent_io=True)
 def score_baseline(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -> tuple[str, str, np.ndarray] | None:
-    """The gate's baseline (label, version, scores on this holdout), or None for a first model."""
+    """The gate's baseline (label, version, outputs on this holdout), or None for a first model."""
     return baseline_scores(ctx, holdout, exclude_version)
 
 

@@ -1,6 +1,8 @@
 """Training stage: the sklearn Pipeline (feature transforms + estimator) built from config, split and fit.
 
-The transforms live inside the Pipeline, so the artifact that is served runs exactly the training code.
+The transforms live inside the Pipeline, so the artifact that is served runs exactly the training code. The
+estimator follows model.task and model.kind: HistGradientBoosting{Classifier,Regressor}, LogisticRegression
+(binary, multiclass) or Ridge (regression).
 """
 
 from __future__ import annotations
@@ -11,14 +13,39 @@ from typing import Any
 
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, FeaturesConfig, ModelConfig, SplitConfig
+from tollgate.objective import Objective
+
+
+def build_estimator(model: ModelConfig) -> Any:
+    """The configured stock sklearn estimator for model.task and model.kind, hyperparameters passed through;
+    ValueError naming any hyperparameter the estimator does not take."""
+    hp = dict(model.hyperparameters)
+    regression = model.task == "regression"
+    estimator: Any
+    if model.kind == "hist_gradient_boosting":
+        cls = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
+        estimator, fixed = cls(random_state=model.seed, early_stopping=False), {"random_state", "early_stopping"}
+    elif model.kind == "logistic_regression":
+        # LogisticRegression's default max_iter (100) stops short on unscaled features: 1000 unless configured.
+        estimator, fixed = LogisticRegression(random_state=model.seed, max_iter=1000), {"random_state"}
+    else:
+        estimator, fixed = Ridge(random_state=model.seed), {"random_state"}
+    known = set(estimator.get_params()) - fixed
+    unknown = sorted(set(hp) - known)
+    if unknown:
+        raise ValueError(
+            f"model.hyperparameters {unknown} are not parameters of {type(estimator).__name__} "
+            f"(model.kind {model.kind}, task {model.task}); it takes {', '.join(sorted(known))}"
+        )
+    return estimator.set_params(**hp)
 
 
 def build_pipeline(features: FeaturesConfig, model: ModelConfig) -> Pipeline:
@@ -38,19 +65,14 @@ def build_pipeline(features: FeaturesConfig, model: ModelConfig) -> Pipeline:
         encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
         transformers.append(("categorical", encoder, [*features.categorical, *features.boolean]))
     prep = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
-    hp = dict(model.hyperparameters)
-    estimator: object
-    if model.kind == "hist_gradient_boosting":
-        estimator = HistGradientBoostingClassifier(random_state=model.seed, early_stopping=False, **hp)
-    else:
-        estimator = LogisticRegression(random_state=model.seed, max_iter=int(hp.pop("max_iter", 1000)), **hp)  # type: ignore[arg-type]
-    return Pipeline([("features", prep), ("model", estimator)])
+    return Pipeline([("features", prep), ("model", build_estimator(model))])
 
 
 def split_frame(
     frame: pd.DataFrame, ds: DatasetConfig, split: SplitConfig, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout): the latest `holdout_fraction` of rows by timestamp, or a seeded stratified sample."""
+    """(train, holdout): the latest `holdout_fraction` of rows by timestamp, or a seeded random sample,
+    stratified by the label for classification (a `label` target) and plain for regression."""
     if split.method == "time":
         ordered = (
             frame.assign(_ts=pd.to_datetime(frame[ds.timestamp]))
@@ -61,15 +83,21 @@ def split_frame(
         return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
     from sklearn.model_selection import train_test_split
 
+    classification = ds.columns[ds.target].type == "label"
     train, holdout = train_test_split(
-        frame, test_size=split.holdout_fraction, random_state=seed, stratify=frame[ds.target]
+        frame,
+        test_size=split.holdout_fraction,
+        random_state=seed,
+        stratify=frame[ds.target] if classification else None,
     )
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
 
 
-def fit_pipeline(pipeline: Pipeline, train: pd.DataFrame, features: FeaturesConfig, target: str) -> Pipeline:
-    """Fit on the training frame; returns the fitted pipeline."""
-    return pipeline.fit(train[features.all], train[target].astype("int64"))
+def fit_pipeline(
+    pipeline: Pipeline, train: pd.DataFrame, features: FeaturesConfig, target: str, objective: Objective
+) -> Pipeline:
+    """Fit on the training frame (labels as int, regression targets as float); returns the fitted pipeline."""
+    return pipeline.fit(train[features.all], objective.target(train[target]))
 
 
 @dataclass(frozen=True)
@@ -81,10 +109,12 @@ class Trained:
 
 
 @tollgate_task
-def train_model(train: pd.DataFrame, features: FeaturesConfig, model: ModelConfig, target: str) -> Trained:
+def train_model(
+    train: pd.DataFrame, features: FeaturesConfig, model: ModelConfig, target: str, objective: Objective
+) -> Trained:
     """Build and fit the configured Pipeline."""
     start = time.perf_counter()
-    fitted = fit_pipeline(build_pipeline(features, model), train, features, target)
+    fitted = fit_pipeline(build_pipeline(features, model), train, features, target, objective)
     return Trained(fitted, time.perf_counter() - start)
 
 

@@ -12,6 +12,9 @@ from sklearn.metrics import roc_auc_score
 from tasks.data import DataVersionError, pin_data_version
 from tasks.gates import GateRejected, decide, enforce_verdict
 from tests.helpers import bundled_config
+from tollgate.objective import Objective, TieGroups, paired_bootstrap
+
+BINARY = Objective("binary", (0, 1), 0.5)
 
 
 def _holdout(n_per: dict[str, int], seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -44,30 +47,48 @@ def _ds():  # type: ignore[no-untyped-def]
 
 
 def test_tie_group_auc_matches_sklearn() -> None:
-    from tasks.gates import _TieGroups
-
     rng = np.random.default_rng(1)
     y = (rng.random((3, 200)) < 0.4).astype("int64")
     p = rng.random((3, 200)).round(2)  # ties included
     for i in range(3):
-        assert _TieGroups(y[i], p[i]).auc() == pytest.approx(roc_auc_score(y[i], p[i]), abs=1e-12)
+        assert TieGroups(y[i], p[i]).value() == pytest.approx(roc_auc_score(y[i], p[i]), abs=1e-12)
         assert auc_rows(y, p)[i] == pytest.approx(roc_auc_score(y[i], p[i]))
 
 
 def test_first_model_is_gated_on_minimums_only() -> None:
     frame, good, _ = _holdout({"gold": 300, "silver": 300})
     gates = bundled_config().gates
-    verdict = decide(frame, good, {"auc": 0.9, "log_loss": 0.3, "n": 600}, _ds(), gates, seed=1)
+    verdict = decide(frame, good, {"auc": 0.9, "log_loss": 0.3, "n": 600}, _ds(), gates, BINARY, seed=1)
     assert verdict.passed and verdict.baseline.startswith("none: first model")
-    low = decide(frame, good, {"auc": 0.6, "log_loss": 0.3, "n": 600}, _ds(), gates, seed=1)
+    assert [c.check for c in verdict.checks] == ["min_auc", "max_log_loss"]
+    assert verdict.checks[0].reason == f"AUC 0.9000 >= min_auc {gates.minimums['auc']}"
+    low = decide(frame, good, {"auc": 0.6, "log_loss": 0.3, "n": 600}, _ds(), gates, BINARY, seed=1)
     assert not low.passed and low.failures[0].check == "min_auc"
+    assert low.failures[0].reason == f"AUC 0.6000 < min_auc {gates.minimums['auc']}"
+
+
+def test_an_undefined_metric_fails_its_limit_naming_why() -> None:
+    frame, good, _ = _holdout({"gold": 300})
+    gates = bundled_config().gates
+    verdict = decide(frame, good, {"auc": float("nan"), "log_loss": 0.3, "n": 300}, _ds(), gates, BINARY, seed=1)
+    assert not verdict.passed and [c.check for c in verdict.failures] == ["min_auc"]
+    assert "undefined" in verdict.failures[0].reason and "NaN" in verdict.failures[0].reason
 
 
 def test_segment_that_is_clearly_worse_is_named() -> None:
     frame, good, bad_on_gold = _holdout({"gold": 300, "silver": 2000})
     gates = bundled_config().gates
     verdict = decide(
-        frame, bad_on_gold, {"auc": 0.9, "log_loss": 0.3, "n": 2300}, _ds(), gates, 1, good, "Production v1", "1"
+        frame,
+        bad_on_gold,
+        {"auc": 0.9, "log_loss": 0.3, "n": 2300},
+        _ds(),
+        gates,
+        BINARY,
+        1,
+        good,
+        "Production v1",
+        "1",
     )
     assert not verdict.passed
     assert [c.scope for c in verdict.failures] == ["tier=gold"]  # better overall, worse on gold
@@ -82,7 +103,16 @@ def test_small_segment_is_reported_not_gated_rather_than_passed() -> None:
     frame, good, bad_on_gold = _holdout({"gold": 60, "silver": 1200})
     gates = bundled_config().gates
     verdict = decide(
-        frame, bad_on_gold, {"auc": 0.9, "log_loss": 0.3, "n": 1260}, _ds(), gates, 1, good, "Production v1", "1"
+        frame,
+        bad_on_gold,
+        {"auc": 0.9, "log_loss": 0.3, "n": 1260},
+        _ds(),
+        gates,
+        BINARY,
+        1,
+        good,
+        "Production v1",
+        "1",
     )
     gold = next(c for c in verdict.checks if c.scope == "tier=gold")
     assert gold.status == "not_gated" and "below min_segment_size" in gold.reason
@@ -95,7 +125,7 @@ def test_strict_rule_rejects_what_it_cannot_show_non_inferior() -> None:
     noisy = np.clip(good + rng.normal(0, 0.15, len(good)), 0, 1)  # a bit worse, wide CI at n=200
     strict = bundled_config().gates.model_copy(update={"segment_test": "non_inferiority"})
     verdict = decide(
-        frame, noisy, {"auc": 0.9, "log_loss": 0.3, "n": 400}, _ds(), strict, 1, good, "Production v1", "1"
+        frame, noisy, {"auc": 0.9, "log_loss": 0.3, "n": 400}, _ds(), strict, BINARY, 1, good, "Production v1", "1"
     )
     assert any(
         c.check == "auc_non_inferiority" and c.scope.startswith("tier=") and c.status == "fail" for c in verdict.checks
@@ -127,8 +157,8 @@ def test_a_dataset_without_segments_is_gated_overall_only() -> None:
     ds = DatasetConfig.model_validate({**bundled_config().dataset.model_dump(), "segments": []})
     frame, base, chal = _holdout({"bronze": 300, "gold": 300})
     gates = bundled_config().gates
-    report = evaluate_frame(frame, chal, ds, 0.5)
-    verdict = decide(frame, chal, report["overall"], ds, gates, 0, base, "Production v1", "1")
+    report = evaluate_frame(frame, chal, ds, BINARY)
+    verdict = decide(frame, chal, report["overall"], ds, gates, BINARY, 0, base, "Production v1", "1")
     assert report["segments"] == {}
     assert {c.scope for c in verdict.checks} == {"overall"}
 
@@ -145,14 +175,12 @@ def _matrix_bootstrap(y, chal, champ, samples, confidence, seed):  # type: ignor
 
 @pytest.mark.parametrize("decimals", [2, None])  # heavy ties, and continuous scores
 def test_streamed_bootstrap_gives_the_matrix_interval_exactly(decimals: int | None) -> None:
-    from tasks.gates import paired_bootstrap_auc
-
     rng = np.random.default_rng(3)
     y = (rng.random(1500) < 0.3).astype("int64")
     chal, champ = y * 0.5 + rng.random(1500) * 0.6, y * 0.4 + rng.random(1500) * 0.6
     if decimals is not None:
         chal, champ = chal.round(decimals), champ.round(decimals)
-    diff, lo, hi = paired_bootstrap_auc(y, chal, champ, 200, 0.9, 7)
+    diff, lo, hi = paired_bootstrap(TieGroups(y, chal), TieGroups(y, champ), len(y), 200, 0.9, 7)
     ref_lo, ref_hi = _matrix_bootstrap(y, chal, champ, 200, 0.9, 7)
     assert lo == pytest.approx(ref_lo, abs=1e-12) and hi == pytest.approx(ref_hi, abs=1e-12)
     assert diff == pytest.approx(roc_auc_score(y, chal) - roc_auc_score(y, champ), abs=1e-12)
@@ -161,18 +189,101 @@ def test_streamed_bootstrap_gives_the_matrix_interval_exactly(decimals: int | No
 def test_bootstrap_interval_agrees_with_scipy_within_monte_carlo_error() -> None:
     from scipy.stats import bootstrap
 
-    from tasks.gates import paired_bootstrap_auc
-
     rng = np.random.default_rng(11)
     y = (rng.random(800) < 0.35).astype("int64")
     chal, champ = y * 0.5 + rng.random(800) * 0.7, y * 0.45 + rng.random(800) * 0.7
-    _, lo, hi = paired_bootstrap_auc(y, chal, champ, 2000, 0.9, 5)
+    _, lo, hi = paired_bootstrap(TieGroups(y, chal), TieGroups(y, champ), len(y), 2000, 0.9, 5)
     ref = bootstrap(
         (y, chal, champ),
-        lambda a, b, c: roc_auc_score(a, b) - roc_auc_score(a, c),
+        lambda a, b, c, axis=-1: auc_rows(a, b) - auc_rows(a, c),  # rank AUC of each resample (checked above)
         paired=True,
-        vectorized=False,
+        vectorized=True,
+        batch=250,
         n_resamples=2000,
+        confidence_level=0.9,
+        method="percentile",
+        random_state=np.random.default_rng(6),
+    ).confidence_interval
+    width = hi - lo
+    assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width
+
+
+def _multiclass_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels of 3 classes and two probability matrices (the first sharper than the second)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+
+    def proba(signal: float) -> np.ndarray:
+        logits = rng.normal(0, 1, (n, 3)) + signal * np.eye(3)[y]
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+    return y, proba(1.6), proba(1.2)
+
+
+def _regression_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.normal(100, 30, n)
+    return y, y + rng.normal(0, 20, n), y + rng.normal(0, 24, n)
+
+
+def _ovr_auc(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Reference macro one-vs-rest AUC of each row of (samples x rows) label and (samples x rows x 3)
+    probability arrays: the mean over classes of the Mann-Whitney rank AUC of class vs rest."""
+    return np.mean([auc_rows((y == c).astype("int64"), proba[..., c]) for c in range(3)], axis=0)
+
+
+def _rmse(y: np.ndarray, value: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.mean((y - value) ** 2, axis=-1))
+
+
+def _improvements(task: str, y: np.ndarray, chal: np.ndarray, base: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The improvement of the challenger on every resample (rows of `idx`): AUC gain, or RMSE reduction."""
+    if task == "multiclass":
+        return _ovr_auc(y[idx], chal[idx]) - _ovr_auc(y[idx], base[idx])
+    return _rmse(y[idx], base[idx]) - _rmse(y[idx], chal[idx])
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_streamed_bootstrap_of_auc_ovr_and_rmse_gives_the_matrix_interval_exactly(task: str) -> None:
+    objective = Objective(task, (0, 1, 2) if task == "multiclass" else ())
+    y, chal, base = (_multiclass_case if task == "multiclass" else _regression_case)(600, 4)
+    higher = task == "multiclass"
+    diff, lo, hi = paired_bootstrap(
+        objective.statistic(y, chal), objective.statistic(y, base), len(y), 200, 0.9, 7, higher_better=higher
+    )
+    # the (samples x rows) reference: index every resample at once, compute the metric on each
+    idx = np.random.default_rng(7).integers(0, len(y), size=(200, len(y)))
+    diffs = _improvements(task, y, chal, base, idx)
+    assert lo == pytest.approx(np.quantile(diffs, 0.05), abs=1e-12)
+    assert hi == pytest.approx(np.quantile(diffs, 0.95), abs=1e-12)
+    if higher:
+        labels = [0, 1, 2]
+        observed = roc_auc_score(y, chal, multi_class="ovr", labels=labels) - roc_auc_score(
+            y, base, multi_class="ovr", labels=labels
+        )
+    else:
+        observed = float(_rmse(y, base) - _rmse(y, chal))
+    assert diff == pytest.approx(observed, abs=1e-12) and diff > 0  # the challenger is the better one
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_bootstrap_of_auc_ovr_and_rmse_agrees_with_scipy_within_monte_carlo_error(task: str) -> None:
+    from scipy.stats import bootstrap
+
+    objective = Objective(task, (0, 1, 2) if task == "multiclass" else ())
+    y, chal, base = (_multiclass_case if task == "multiclass" else _regression_case)(500, 9)
+    higher = task == "multiclass"
+    _, lo, hi = paired_bootstrap(
+        objective.statistic(y, chal), objective.statistic(y, base), len(y), 2000, 0.9, 5, higher_better=higher
+    )
+    ref = bootstrap(
+        (np.arange(len(y)),),
+        lambda r, axis=-1: _improvements(task, y, chal, base, r.astype("int64")),
+        paired=True,
+        vectorized=True,
+        n_resamples=2000,
+        batch=250,
         confidence_level=0.9,
         method="percentile",
         random_state=np.random.default_rng(6),

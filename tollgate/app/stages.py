@@ -16,6 +16,7 @@ from tasks.evaluation import evaluate_frame, predict_scores
 from tasks.training import build_pipeline, fit_pipeline, split_frame
 from tasks.validation import read_table, validate_frame
 from tollgate.config import load_config
+from tollgate.objective import Objective
 from tollgate.paths import StatePaths
 
 BUILD = Path("data/build")
@@ -41,17 +42,20 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary())
         return 0 if report.passed else 1
     train, holdout = split_frame(frame, cfg.dataset, cfg.split, cfg.model.seed)
+    objective = Objective.from_config(cfg)
     if args.stage == "train":
-        model = fit_pipeline(build_pipeline(cfg.features, cfg.model), train, cfg.features, cfg.dataset.target)
+        model = fit_pipeline(
+            build_pipeline(cfg.features, cfg.model), train, cfg.features, cfg.dataset.target, objective
+        )
         (BUILD / "model.pkl").write_bytes(pickle.dumps(model))
         print(f"trained on {len(train)} rows")
         return 0
     model = pickle.loads((BUILD / "model.pkl").read_bytes())
     metrics = evaluate_frame(
-        holdout, predict_scores(model, holdout, cfg.features.all), cfg.dataset, cfg.model.decision_threshold
+        holdout, predict_scores(model, holdout, cfg.features.all, objective), cfg.dataset, objective
     )
     (BUILD / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    print(f"holdout AUC {metrics['overall']['auc']:.4f} on {len(holdout)} rows")
+    print(f"holdout {objective.primary} {metrics['overall'][objective.primary]:.4f} on {len(holdout)} rows")
     return 0
 
 
