@@ -155,3 +155,28 @@ def test_phase_plan_and_evidence_come_from_the_policy_and_the_verdicts(shadow_lo
     text = evidence_markdown(CHALLENGER, CHAMPION, gate, [verdict])
     assert "replacing v3" in text and "- fail x: r" in text
     assert "| shadow agreement | 0.7500 | 0.8 | fail |" in text
+
+
+@pytest.mark.parametrize(
+    ("task", "champion", "challenger", "expected"),
+    [
+        # classes: pairs (0,0) (1,2) (2,2) (2,1) -> 2 of 4 equal
+        ("multiclass", [0, 1, 2, 2], [0, 2, 2, 1], 0.5),
+        # values: champion std of 1,2,3,4 = sqrt(1.25) = 1.1180, tolerance 0.25 x that = 0.2795;
+        # differences 0.1, 0.5, 0.0, 0.2 -> 3 of 4 within
+        ("regression", [1.0, 2.0, 3.0, 4.0], [1.1, 2.5, 3.0, 4.2], 0.75),
+        # a constant champion (std 0): the tolerance is 0.25 x its magnitude (2.0 -> 0.5): 2.4 and 1.6 agree, 2.6 not
+        ("regression", [2.0, 2.0, 2.0, 2.0], [2.4, 1.6, 2.6, 2.0], 0.75),
+    ],
+)
+def test_shadow_agreement_follows_the_task(
+    task: str, champion: list[float], challenger: list[float], expected: float
+) -> None:
+    requests = ["r1", "r2", "r3", "r4"]
+    frame = log(
+        rows("champion", CHAMPION, requests, [0.5] * 4, decision=champion),
+        rows("shadow", CHALLENGER, requests, [0.5] * 4, decision=challenger),
+    )
+    verdict = analyze_phase_log(frame, "shadow", CHALLENGER, CHAMPION, 0, limits(), bins=2, task=task)
+    assert by_name(verdict)["agreement"].challenger == pytest.approx(expected)
+    assert by_name(verdict)["agreement"].n == 4

@@ -121,3 +121,48 @@ def test_canary_assignment_is_sticky_and_close_to_the_share() -> None:
     assert 0.18 < sum(picks) / len(picks) < 0.22
     assert picks == [routing.is_canary(f"C{i}") for i in range(20_000)]
     assert not Routing(champion=None, challenger=Fake(), mode="shadow").is_canary("C1")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tier_not_a_feature() -> RequestSchema:
+    """The bundled schema with the segment column 'tier' kept out of the model's features."""
+    cfg = bundled_config()
+    cats = [c for c in cfg.features.categorical if c != "tier"]
+    return RequestSchema(cfg.model_copy(update={"features": cfg.features.model_copy(update={"categorical": cats})}))
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "phrase"),
+    [
+        ({"event_time": "last tuesday"}, "event_time", "ISO 8601"),
+        ({"event_time": 1704067200}, "event_time", "ISO 8601"),
+        ({"tier": "platinum"}, "tier", "is not one of"),
+        ({"tier": 3}, "tier", "expected a string"),
+        ({"churned": 1}, "churned", "the target is not an input"),
+    ],
+)
+def test_every_schema_column_a_request_carries_is_checked_and_named(
+    tier_not_a_feature: RequestSchema, change: dict[str, object], field: str, phrase: str
+) -> None:
+    errors = tier_not_a_feature.errors({**GOOD, **change}, "records[0].")
+    assert [e["field"] for e in errors] == [f"records[0].{field}"] and phrase in errors[0]["error"], errors
+
+
+@pytest.mark.parametrize("change", [{}, {"event_time": None}, {"tier": None}, {"event_time": "2024-03-01T12:00:00Z"}])
+def test_the_timestamp_and_non_feature_segments_are_optional(
+    tier_not_a_feature: RequestSchema, change: dict[str, object]
+) -> None:
+    record = {k: v for k, v in {**GOOD, **change}.items() if k != "tier" or "tier" in change}
+    assert tier_not_a_feature.errors(record, "") == []
+    logged = tier_not_a_feature.logged_values(record)
+    assert "customer_id" not in logged and set(change) <= set(logged)
+
+
+def test_with_extra_columns_allowed_the_target_is_ignored_not_logged() -> None:
+    cfg = bundled_config()
+    schema = RequestSchema(
+        cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"extra_columns": "allow"})})
+    )
+    record = {**GOOD, "churned": 1, "note": "x"}
+    assert schema.errors(record, "") == []
+    assert "churned" not in schema.logged_values(record) and "note" not in schema.logged_values(record)
