@@ -73,24 +73,25 @@ def decisions_agree(
 
 
 def event_seconds(value: Any, fmt: str = "auto") -> float | None:
-    """A timestamp value as epoch seconds (UTC), read the way its ColumnSpec.format declares: "auto" ISO 8601
-    text or a datetime (naive means UTC), "epoch_s"/"epoch_ms" numbers, "year" an integer year (1 January);
-    None for None. Raises ValueError naming what is wrong with anything else."""
+    """A timestamp value as epoch seconds (UTC); None for None. ISO 8601 text and datetimes (naive means UTC) are
+    read whatever the column's ColumnSpec.format (conformed data and the smoke records carry them so); numbers are
+    read the way the format declares: "epoch_s"/"epoch_ms" since 1970-01-01 UTC, "year" as 1 January of that
+    year; "auto" takes no numbers. Raises ValueError naming what is wrong with anything else."""
     if value is None:
         return None
-    if fmt == "auto":
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                raise ValueError(f"expected an ISO 8601 date or time, got {value!r}") from None
-        elif isinstance(value, date) and not isinstance(value, datetime):
-            value = datetime(value.year, value.month, value.day)
-        if not isinstance(value, datetime):
-            raise ValueError(f"expected an ISO 8601 date or time as text, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"expected an ISO 8601 date or time, got {value!r}") from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if fmt == "auto":
+        raise ValueError(f"expected an ISO 8601 date or time as text, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a number ({fmt}), got {value!r}")
+        raise ValueError(f"expected a number ({fmt}) or ISO 8601 text, got {value!r}")
     if fmt == "epoch_s":
         return float(value)
     if fmt == "epoch_ms":

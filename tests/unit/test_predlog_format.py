@@ -109,6 +109,7 @@ def test_log_record_carries_the_contract_fields() -> None:
         (JAN_2024, "epoch_s", JAN_2024),
         (JAN_2024 * 1000, "epoch_ms", JAN_2024),
         (2024, "year", JAN_2024),
+        ("2024-01-01", "year", JAN_2024),  # conformed data and smoke records carry ISO text for any format
         (None, "auto", None),
         (None, "year", None),
     ],
@@ -122,7 +123,8 @@ def test_event_times_are_read_as_the_schema_declares(value: Any, fmt: str, expec
     [
         ("yesterday", "auto", "ISO 8601"),
         (1704067200, "auto", "ISO 8601"),
-        ("1704067200", "epoch_s", "expected a number"),
+        ("1704067200", "epoch_s", "ISO 8601"),
+        ([2024], "year", "expected a number"),
         (True, "epoch_ms", "expected a number"),
         (float("nan"), "epoch_s", "expected a number"),
         (2024.5, "year", "whole year"),
