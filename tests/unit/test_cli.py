@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,126 @@ def test_demo_json_prints_only_the_summary_object_on_stdout(
     body = json.loads(captured.out)
     assert body["steps"][0]["version"] == "1" and body["state_folder"].startswith(str(tmp_path))
     assert "[1/8] progress" in captured.err and "a library printing" in captured.err
+
+
+# -- errors and logs: one line and an exit code, the traceback in the command log ---------------------------------
+def test_every_known_error_names_a_real_exception_class() -> None:
+    import importlib
+
+    from tollgate.app.cli import KNOWN_ERRORS
+
+    for key, (code, prefix) in KNOWN_ERRORS.items():
+        module, name = key.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert isinstance(cls, type) and issubclass(cls, Exception), key
+        assert code in (1, 2) and prefix, key
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        ("tasks.validation:DataReadError", 2, "error: x.parquet: no such file"),
+        ("tasks.gates:GateRejected", 1, None),
+        ("tasks.ground_truth:LabelsError", 2, "error: x.parquet: no such file"),
+        ("tollgate.registry:RegistryError", 2, "error: x.parquet: no such file"),
+        ("builtins:PermissionError", 2, "error: x.parquet: no such file"),
+    ],
+)
+def test_an_error_a_flow_raises_maps_to_its_exit_code_without_traceback(
+    error: str, code: int, line: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    module, name = error.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, "x.parquet: no such file")
+    _raising(monkeypatch, exc)
+    assert main(["history"]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "x.parquet: no such file" in err
+    if line:
+        assert err.strip() == line
+
+
+def _raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """`tollgate history` raises `exc` (it stands in for any command whose flow raised it)."""
+    from tollgate import ledger
+
+    def read(path: Path) -> list[LedgerEntry]:
+        raise exc
+
+    monkeypatch.setattr(ledger, "read", read)
+
+
+def test_an_internal_error_is_one_line_with_its_traceback_in_the_command_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TOLLGATE_HOME", str(tmp_path))
+    _raising(monkeypatch, RuntimeError("the ledger melted"))
+    assert main(["history"]) == 1
+    err = capsys.readouterr().err
+    log = tmp_path / "logs" / "cli.log"
+    assert err.strip() == f"internal error: RuntimeError: the ledger melted (full traceback in {log})"
+    text = log.read_text()
+    assert "tollgate history (pid " in text and "Traceback (most recent call last)" in text
+    assert "RuntimeError: the ledger melted" in text
+
+    with pytest.raises(RuntimeError, match="the ledger melted"):  # --verbose: the traceback, as Python shows it
+        main(["--verbose", "history"])
+    assert log.read_text().count("Traceback (most recent call last)") == 2
+
+
+def test_verbose_is_a_global_option_before_or_after_the_command() -> None:
+    from tollgate.app.cli import build_parser
+
+    assert build_parser().parse_args(["-v", "history"]).verbose
+    assert build_parser().parse_args(["history", "--verbose"]).verbose
+    assert not build_parser().parse_args(["history"]).verbose
+
+
+def test_library_output_and_prefect_logs_go_to_the_log_file_progress_to_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from tollgate.app.output import Phrase, command_log, library_output
+    from tollgate.paths import StatePaths
+
+    task_runs = logging.getLogger("prefect.task_runs")
+    level = task_runs.level
+    stages: dict[str, Phrase] = {"train_model": "training ...", "gate": lambda p: p["missing"]}
+    with command_log(StatePaths(tmp_path), ["train"]) as log, library_output(stages):
+        print("a library printing to stdout")
+        print("a library printing to stderr", file=sys.stderr)
+        extra = {"task_name": "train_model", "task_run_name": "train_model-1"}
+        task_runs.debug("Created task run 'train_model-1' for task 'train_model'", extra=extra)
+        task_runs.debug("Created task run 'gate-1' for task 'gate'", extra={"task_name": "gate"})
+        task_runs.debug("Created task run 'other-1' for task 'other'", extra={"task_name": "other"})
+        try:
+            raise ValueError("bad data")
+        except ValueError:
+            task_runs.error("Task run failed with exception: ValueError('bad data')", exc_info=True, extra=extra)
+    captured = capsys.readouterr()
+    assert "training ..." in captured.out and "gate ..." in captured.out  # a phrase that fails: the task's name
+    assert "other" not in captured.out
+    for noise in ("a library printing", "bad data", "Traceback"):
+        assert noise not in captured.out + captured.err
+    text = log.path.read_text()
+    assert "a library printing to stdout" in text and "a library printing to stderr" in text
+    assert "[train_model-1] - Task run failed with exception" in text and "Traceback" in text
+    assert "Created task run" not in text  # asked for by the progress handler only: nobody else sees it
+    assert task_runs.level == level and not any(h.filters for h in task_runs.handlers)
+
+
+def test_verbose_shows_prefect_logs_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from tollgate.app.output import command_log, library_output
+    from tollgate.paths import StatePaths
+
+    with command_log(StatePaths(tmp_path), ["train"], verbose=True), library_output():
+        print("a library printing")
+        logging.getLogger("prefect.flow_runs").error("Encountered exception during execution")
+    captured = capsys.readouterr()
+    assert "a library printing" in captured.out and "Encountered exception during execution" in captured.err

@@ -5,11 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from tollgate.app.commands.base import EXIT_OK, CheckFailed, Command, UserError, arg, require_stack, warn
+from tollgate.app.output import Phrase, library_output
 from tollgate.context import Context
 from tollgate.gateway_client import GatewayError
+
+
+def _phase_starts(p: Mapping[str, Any]) -> str:
+    what = f"{p['share']:.0%} of entities" if p["phase"] == "canary" else "scores traffic, answers nothing"
+    return f"v{p['version']} -> {p['phase']} ({what}) ..."
+
+
+def deploy_stages(ctx: Context) -> dict[str, Phrase]:
+    """deploy_model's progress: a line as each of these tasks starts (from its parameters; output.Progress)."""
+    return {
+        "start_phase": _phase_starts,
+        "wait_for_traffic": lambda p: f"{p['window'].phase}: waiting for {p['needed']} predictions ...",
+        "analyze_phase": lambda p: f"{p['window'].phase} analysis ...",
+        "promote_to_production": lambda p: f"v{p['version']} -> Production ...",
+        "verify_release": lambda p: f"smoke test of v{p['version']} ...",
+        "rollback_production": "restoring the previous release ...",
+    }
 
 
 def deploy(ctx: Context, args: argparse.Namespace) -> int:
@@ -24,7 +43,8 @@ def deploy(ctx: Context, args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        result = deploy_model(version=args.version, config=ctx)
+        with library_output(deploy_stages(ctx)):
+            result = deploy_model(version=args.version, config=ctx)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
     except RolloutFailed as exc:
@@ -39,7 +59,8 @@ def approve(ctx: Context, args: argparse.Namespace) -> int:
     from tasks.approvals import ApprovalError, answer_approval
 
     try:
-        outcome = answer_approval(args.version, args.by, not args.reject, args.comment)
+        with library_output():
+            outcome = answer_approval(args.version, args.by, not args.reject, args.comment)
     except ApprovalError as exc:
         raise CheckFailed(str(exc)) from None
     print(outcome)
@@ -57,7 +78,8 @@ def _rollback_without_gateway(ctx: Context, args: argparse.Namespace, why: str) 
     from tollgate.registry import RegistryError
 
     try:
-        return rollback_flow(to_version=args.to, reason=args.reason, config=ctx)
+        with library_output(deploy_stages(ctx)):
+            return rollback_flow(to_version=args.to, reason=args.reason, config=ctx)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
 

@@ -15,7 +15,22 @@ from tollgate.app.commands.base import (
     print_verdict,
     require_stack,
 )
+from tollgate.app.commands.rollout import deploy_stages
+from tollgate.app.output import Phrase, library_output, say
 from tollgate.context import Context
+
+
+def training_stages(ctx: Context) -> dict[str, Phrase]:
+    """training_pipeline's progress: a line as each of these tasks starts (from its parameters; output.Progress)."""
+    cfg = ctx.config
+    return {
+        "pin_data_version": lambda p: f"{p['rows']} rows passed validation; pinning the data version ...",
+        "train_model": lambda p: f"training {cfg.model.kind} on {len(p['train'])} rows ...",
+        "score_holdout": lambda p: f"evaluating on {len(p['holdout'])} holdout rows ...",
+        "log_training_run": "logging the run, its metrics and the release context to MLflow ...",
+        "register_version": f"registering a new version of {cfg.project.registered_model} ...",
+        "gate_challenger": "gating against the baseline ...",
+    }
 
 
 def train(ctx: Context, args: argparse.Namespace) -> int:
@@ -27,8 +42,10 @@ def train(ctx: Context, args: argparse.Namespace) -> int:
 
     data = str(ctx.resolve(args.data)) if args.data else None
     start = time.perf_counter()
+    say(f"validating {args.data or ctx.config.dataset.path} ...")
     try:
-        result = training_pipeline(config=ctx, data=data, allow_dirty=args.allow_dirty)
+        with library_output(training_stages(ctx)):
+            result = training_pipeline(config=ctx, data=data, allow_dirty=args.allow_dirty)
     except ValidationFailed as exc:
         raise CheckFailed(
             f"data failed validation; no model was trained or registered.\n{exc.report.summary()}"
@@ -59,8 +76,10 @@ def retrain(ctx: Context, args: argparse.Namespace) -> int:
     from tasks.deployment import RolloutFailed
     from tasks.gates import GateRejected
 
+    say(f"retrain ({args.reason}): checking the cooldown and the weekly budget ...")
     try:
-        result = retrain_flow(reason=args.reason, config=ctx)
+        with library_output({**training_stages(ctx), **deploy_stages(ctx)}):
+            result = retrain_flow(reason=args.reason, config=ctx)
     except GateRejected as exc:
         print_verdict(exc.verdict)
         raise CheckFailed(f"the retrained model v{exc.version} was rejected by the gate; it will not serve") from None
