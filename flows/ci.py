@@ -7,21 +7,28 @@ from typing import Any
 from prefect import flow
 
 from tasks.ci import checkout_commit, deploy_checkout, prepare_checkout, train_checkout
-from tollgate.context import DEFAULT_CONFIG, make_context
-from tollgate.paths import PROJECT_ROOT
+from tollgate.paths import PROJECT_ROOT, StatePaths
+
+CI_CONFIG = "configs/pipeline.yaml"
 
 
 @flow(name="ci_pipeline")
 def ci_pipeline(
-    sha: str, branch: str = "main", repo: str = str(PROJECT_ROOT), env: str = "dev", deploy: bool = True
+    sha: str,
+    branch: str = "main",
+    repo: str = str(PROJECT_ROOT),
+    config: str = CI_CONFIG,
+    env: str = "dev",
+    deploy: bool = True,
 ) -> dict[str, Any]:
-    """Run the pipeline as it is at `sha` (the checkout's code and config, not this working tree)."""
-    ctx = make_context(DEFAULT_CONFIG, env)
+    """Run the pipeline as it is at `sha` (the checkout's code and config, not this working tree). `config` is
+    the project's config path inside the repository, read in the checkout (an absolute path is read as is)."""
+    paths = StatePaths.from_env()
     # checkout
-    checkout = checkout_commit(repo, sha, str(ctx.paths.work))
-    prepare_checkout(checkout, str(ctx.paths.home))
+    checkout = checkout_commit(repo, sha, str(paths.work))
+    prepare_checkout(checkout, config, env, str(paths.home))
     # train + gate
-    trained = train_checkout(checkout, env, str(ctx.paths.home))
+    trained = train_checkout(checkout, config, env, str(paths.home))
     # roll out
-    deployed = deploy_checkout(checkout, trained["version"], env, str(ctx.paths.home)) if deploy else {}
-    return {"sha": sha, "branch": branch, **trained, **deployed}
+    deployed = deploy_checkout(checkout, trained["version"], config, env, str(paths.home)) if deploy else {}
+    return {"sha": sha, "branch": branch, "config": config, **trained, **deployed}

@@ -12,6 +12,7 @@ from typing import Any
 from prefect import get_run_logger
 
 from tasks.common import tollgate_task
+from tollgate.config import ConfigError, load_config
 
 
 class CIFailed(Exception):
@@ -21,6 +22,21 @@ class CIFailed(Exception):
 def _run(cmd: list[str], cwd: Path, home: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TOLLGATE_HOME": home}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def checkout_cli(config: str, env: str, *args: str) -> list[str]:
+    """The checkout's own `tollgate --config CONFIG --env ENV ...` (run with the checkout as working directory,
+    so a relative CONFIG is the checkout's file, not this working tree's)."""
+    return [sys.executable, "-m", "tollgate.app.cli", "--config", config, "--env", env, *args]
+
+
+def restore_command(checkout: str, config: str, env: str) -> list[str]:
+    """How the checkout gets its training data: `tollgate data generate` for a config that describes the bundled
+    generator, else `dvc pull` of what the checkout's DVC files record (bring-your-own data)."""
+    cfg = load_config(Path(checkout) / config, env).config
+    if cfg.generation is not None:
+        return checkout_cli(config, env, "data", "generate")
+    return [str(Path(sys.executable).parent / "dvc"), "pull"]
 
 
 def clone_at(repo: str, sha: str, work: str) -> str:
@@ -46,18 +62,23 @@ def checkout_commit(repo: str, sha: str, work: str) -> str:
 
 
 @tollgate_task
-def prepare_checkout(checkout: str, home: str) -> None:
-    """Restore the snapshot data.dvc records in the checkout (regenerated deterministically, md5-checked)."""
-    proc = _run([sys.executable, "-m", "tollgate.app.cli", "data", "generate"], Path(checkout), home)
+def prepare_checkout(checkout: str, config: str, env: str, home: str) -> None:
+    """Restore the snapshot the checkout's DVC files record (the bundled one regenerated deterministically and
+    md5-checked; a user's table pulled from the DVC remote)."""
+    try:
+        cmd = restore_command(checkout, config, env)
+    except ConfigError as exc:
+        raise CIFailed(f"the config {config} at {checkout} does not load:\n{exc}") from exc
+    proc = _run(cmd, Path(checkout), home)
     if proc.returncode != 0:
-        raise CIFailed(f"data generate failed in {checkout}:\n{proc.stdout}{proc.stderr}")
-    get_run_logger().info(proc.stdout.strip().splitlines()[-1])
+        raise CIFailed(f"`{' '.join(cmd[1:])}` failed in {checkout}:\n{proc.stdout}{proc.stderr}")
+    get_run_logger().info((proc.stdout.strip().splitlines() or ["data restored"])[-1])
 
 
 @tollgate_task
-def train_checkout(checkout: str, env: str, home: str) -> dict[str, Any]:
-    """`tollgate train` in the checkout; raise CIFailed when validation or the gate says no."""
-    proc = _run([sys.executable, "-m", "tollgate.app.cli", "--env", env, "train", "--json"], Path(checkout), home)
+def train_checkout(checkout: str, config: str, env: str, home: str) -> dict[str, Any]:
+    """`tollgate --config CONFIG train` in the checkout; raise CIFailed when validation or the gate says no."""
+    proc = _run(checkout_cli(config, env, "train", "--json"), Path(checkout), home)
     get_run_logger().info(proc.stdout[-2000:])
     if proc.returncode != 0:
         raise CIFailed(
@@ -68,9 +89,9 @@ def train_checkout(checkout: str, env: str, home: str) -> dict[str, Any]:
 
 
 @tollgate_task
-def deploy_checkout(checkout: str, version: str, env: str, home: str) -> dict[str, Any]:
-    """`tollgate deploy VERSION` in the checkout (shadow, canary, approval, production)."""
-    proc = _run([sys.executable, "-m", "tollgate.app.cli", "--env", env, "deploy", version], Path(checkout), home)
+def deploy_checkout(checkout: str, version: str, config: str, env: str, home: str) -> dict[str, Any]:
+    """`tollgate --config CONFIG deploy VERSION` in the checkout (shadow, canary, approval, production)."""
+    proc = _run(checkout_cli(config, env, "deploy", version), Path(checkout), home)
     if proc.returncode != 0:
         raise CIFailed(
             f"deploy of v{version} stopped (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}"
