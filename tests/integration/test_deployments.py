@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT, bundled_config, copy_project
-from tollgate.app.stack import apply_deployments
+from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.paths import StatePaths
 
 BIN = Path(sys.executable).parent
@@ -44,11 +44,16 @@ def _wait_for_run(deployment: str, match: dict[str, str], timeout: float = 60) -
     raise AssertionError(f"no {deployment} run with {match} after {timeout:.0f} s")
 
 
+CONFIG = ROOT / "configs" / "pipeline.yaml"
+TARGET = DeploymentTarget(CONFIG, "dev", bundled_config().project.registered_model)
+
+
 @pytest.fixture(scope="module")
 def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
-    """deployments/prefect.yaml applied; the work pool paused so triggered runs are created but not executed."""
+    """deployments/prefect.yaml applied for the bundled config; the work pool paused so triggered runs are
+    created but not executed."""
     servers = bundled_config(dict(os.environ)).servers
-    apply_deployments(ROOT, servers, StatePaths(Path(live_stack["home"])), say=lambda _m: None)
+    apply_deployments(ROOT, servers, StatePaths(Path(live_stack["home"])), TARGET, say=lambda _m: None)
     env = {**os.environ}
     subprocess.run(
         [str(BIN / "prefect"), "work-pool", "pause", servers.work_pool], env=env, check=True, capture_output=True
@@ -61,7 +66,7 @@ def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
         # Remove the deployments (and their runs) so no schedule or trigger fires later in the session.
         async with get_client() as client:
             for name in ("ci", "retrain", "drift-check", "ground-truth-backfill"):
-                for run in await _runs(name):
+                for run in await _runs(TARGET.name(name)):
                     await client.delete_flow_run(run.id)
             for deployment in await client.read_deployments():
                 await client.delete_deployment(deployment.id)
@@ -74,8 +79,9 @@ def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
 
 def test_schedules_create_runs(deployed: dict[str, str]) -> None:
     for name in ("drift-check", "ground-truth-backfill", "retrain"):
-        runs = asyncio.run(_runs(name))
+        runs = asyncio.run(_runs(TARGET.name(name)))
         assert any(r.state_type.value == "SCHEDULED" for r in runs), f"no scheduled run for {name}"
+        assert all(r.parameters.get("config") == str(CONFIG) for r in runs), f"{name} runs another config"
 
 
 def test_drift_event_triggers_a_retrain_run(deployed: dict[str, str]) -> None:
@@ -83,10 +89,12 @@ def test_drift_event_triggers_a_retrain_run(deployed: dict[str, str]) -> None:
 
     emit_event(
         event="tollgate.drift.detected",
-        resource={"prefect.resource.id": "tollgate.model.trigger-test"},
+        resource={"prefect.resource.id": TARGET.resource_id},
         payload={"drifted": ["x"]},
     )
-    run = _wait_for_run("retrain", {"reason": "tollgate.drift.detected"})
+    run = _wait_for_run(
+        TARGET.name("retrain"), {"reason": "tollgate.drift.detected", "config": str(CONFIG), "env": "dev"}
+    )
     assert run.state_type.value in ("SCHEDULED", "PENDING")
 
 
@@ -109,7 +117,9 @@ def test_git_push_to_main_starts_ci_pipeline_and_it_trains_that_commit(
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
     push = subprocess.run(["git", "push", "-q", "origin", "main"], cwd=work, env=env, capture_output=True, text=True)
     assert push.returncode == 0 and "emitted tollgate.git.push" in push.stdout + push.stderr, push.stderr
-    run = _wait_for_run("ci", {"sha": sha, "branch": "main", "repo": str(remote)})
+    run = _wait_for_run(
+        TARGET.name("ci"), {"sha": sha, "branch": "main", "repo": str(remote), "config": "configs/pipeline.yaml"}
+    )
     assert run.state_type.value in ("SCHEDULED", "PENDING")
     # What that run does, run here: a clean checkout of the pushed sha is trained through the gates.
     from flows.ci import ci_pipeline

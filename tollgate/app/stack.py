@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tollgate.app.services import BIN, Service, services
 from tollgate.config import ServersConfig
-from tollgate.context import client_env
+from tollgate.context import Context, client_env
 from tollgate.paths import StatePaths
 from tollgate.procs import cmdline, group_pids, group_rss_mb, healthy, pid_alive, port_in_use
 from tollgate.secrets import ensure_admin_token
 
-__all__ = ["BIN", "Service", "Stack", "StackError", "apply_deployments", "group_pids", "port_in_use"]
+__all__ = [
+    "BIN",
+    "DeploymentTarget",
+    "Service",
+    "Stack",
+    "StackError",
+    "apply_deployments",
+    "deployment_variables",
+    "group_pids",
+    "port_in_use",
+]
 
 
 class StackError(Exception):
@@ -223,15 +235,76 @@ class Stack:
         return rows
 
 
+@dataclass(frozen=True)
+class DeploymentTarget:
+    """The project a set of applied deployments runs: its config (absolute path and environment) and
+    registered model. Every deployment gets the config as parameters; names carry the model so projects on
+    one stack stay apart; the retrain trigger matches only events about this model."""
+
+    config_path: Path
+    env: str
+    model: str
+
+    @classmethod
+    def of(cls, ctx: Context) -> DeploymentTarget:
+        """The target for the project of a context (what `tollgate --config ... --env ... up` applies)."""
+        return cls(Path(ctx.config_path).resolve(), ctx.env, ctx.config.project.registered_model)
+
+    @property
+    def suffix(self) -> str:
+        """The model as a deployment-name suffix (Prefect refuses '/', '%', '&', '<', '>' in names)."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.model).strip("-") or "model"
+
+    @property
+    def resource_id(self) -> str:
+        """The event resource the model's alerts are emitted for (tasks.alerts.emit)."""
+        return f"tollgate.model.{self.model}"
+
+    def name(self, deployment: str) -> str:
+        """The applied name of one of prefect.yaml's deployments (e.g. retrain -> retrain-churn-classifier)."""
+        return f"{deployment}-{self.suffix}"
+
+    def ci_config(self, root: Path) -> str:
+        """The config as ci_pipeline reads it in a clone: relative to the repository root when it is inside."""
+        try:
+            return str(self.config_path.relative_to(root.resolve()))
+        except ValueError:
+            return str(self.config_path)
+
+    def variables(self, root: Path) -> dict[str, str]:
+        """The TOLLGATE_* variables deployments/prefect.yaml is templated with (besides root and work pool)."""
+        return {
+            "TOLLGATE_CONFIG": str(self.config_path),
+            "TOLLGATE_ENV": self.env,
+            "TOLLGATE_CI_CONFIG": self.ci_config(root),
+            "TOLLGATE_MODEL": self.model,
+            "TOLLGATE_DEPLOYMENT_SUFFIX": self.suffix,
+        }
+
+
+def deployment_variables(root: Path, servers: ServersConfig, target: DeploymentTarget) -> dict[str, str]:
+    """Every variable deployments/prefect.yaml is templated with, for `target` on this stack."""
+    return {
+        "TOLLGATE_PROJECT_ROOT": str(root.resolve()),
+        "TOLLGATE_WORK_POOL": servers.work_pool,
+        **target.variables(root),
+    }
+
+
 def apply_deployments(
-    root: Path, servers: ServersConfig, paths: StatePaths, say: Callable[[str], None] = print
-) -> None:
-    """Register every deployment in deployments/prefect.yaml (schedules and event triggers) with the server."""
+    root: Path,
+    servers: ServersConfig,
+    paths: StatePaths,
+    target: DeploymentTarget,
+    say: Callable[[str], None] = print,
+) -> list[str]:
+    """Register every deployment in deployments/prefect.yaml (schedules and event triggers) for the project of
+    `target`; returns the applied names (flow/deployment). Another target's deployments are left alone."""
     env = {
         **os.environ,
         **client_env(servers, paths),
-        "TOLLGATE_PROJECT_ROOT": str(root.resolve()),
-        "TOLLGATE_WORK_POOL": servers.work_pool,
+        **deployment_variables(root, servers, target),
+        "COLUMNS": "1000",  # rich wraps its panels at the terminal width; one line per applied deployment
     }
     cmd = [
         str(BIN / "prefect"),
@@ -241,13 +314,10 @@ def apply_deployments(
         "--prefect-file",
         str(root / "deployments" / "prefect.yaml"),
     ]
-    say("applying deployments/prefect.yaml (schedules and event triggers) ...")
+    say(f"applying deployments/prefect.yaml for {target.model} ({target.config_path}, --env {target.env}) ...")
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise StackError(f"`prefect deploy --all` failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    names = [
-        line.split("'")[1]
-        for line in proc.stdout.splitlines()
-        if line.strip().startswith("Deployment '") and "'" in line
-    ]
+    names = re.findall(r"Deployment '([^']+)' successfully created", proc.stdout)
     say(f"deployments applied: {', '.join(names) or 'see prefect deployment ls'}")
+    return names

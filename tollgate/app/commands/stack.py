@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, UserError, arg, print_json, table
 from tollgate.app.githook import HookError, install_pre_push
-from tollgate.app.stack import Stack, apply_deployments
+from tollgate.app.stack import DeploymentTarget, Stack, apply_deployments
 from tollgate.context import Context
+from tollgate.paths import PROJECT_ROOT
 from tollgate.signals import alert_failures, read_signals
 
 SERVICE_COLUMNS = ("service", "url", "pid", "healthy", "rss_mb")
@@ -21,11 +23,19 @@ def stack_of(ctx: Context) -> Stack:
     return Stack(ctx.config.servers, ctx.paths, config_path=ctx.loaded.path, env=ctx.env)
 
 
+def code_root(ctx: Context) -> Path:
+    """The folder with flows/ and deployments/prefect.yaml: the config's project when it has them (a clone or
+    copy of this repository), else the code Tollgate runs from (a config kept elsewhere)."""
+    return ctx.root if (ctx.root / "deployments" / "prefect.yaml").exists() else PROJECT_ROOT
+
+
 def up(ctx: Context, args: argparse.Namespace) -> int:
     stack = stack_of(ctx)
     stack.up()
     if not args.no_deployments and ctx.config.servers.prefect_api_url is None:
-        apply_deployments(ctx.root, ctx.config.servers, ctx.paths)
+        # This config's deployments (named after its model); another project's, applied with its own
+        # `--config ... up`, stay as they are.
+        apply_deployments(code_root(ctx), ctx.config.servers, ctx.paths, DeploymentTarget.of(ctx))
     print(table(stack.status(), SERVICE_COLUMNS))
     return EXIT_OK
 
@@ -107,7 +117,8 @@ COMMANDS = [
     Command(
         "up",
         "start the local stack (Prefect server, MLflow server, Prefect worker, gateway), wait until healthy, and "
-        "apply deployments/prefect.yaml (schedules, event triggers)",
+        "apply deployments/prefect.yaml (schedules, event triggers) for --config/--env; on a running stack "
+        "this only applies that config's deployments (one set per registered model)",
         up,
         (arg("--no-deployments", action="store_true", help="do not apply deployments/prefect.yaml"),),
     ),
