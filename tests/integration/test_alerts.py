@@ -100,11 +100,12 @@ def test_a_failed_rollback_is_told_then_raised(live_stack: dict[str, str]) -> No
     lonely = "alerts-lonely"
     ctx = model_context(lonely, servers={"gateway_port": free_port()})
     release = Release(lonely, "1", "run", "Production", {}, ctx.config, ctx.config.servers.mlflow_url)
-    verdict = LiveVerdict("1", 500, 0.5, "severe", "live AUC 0.5000 < severe_live_auc 0.55")
+    verdict = LiveVerdict("1", 500, 0.5, "severe", "live AUC 0.5 < live_severe_at 0.55", metric="auc")
     acted = performance_action(ctx, release, verdict, "monitoring-run", None)
     assert acted.action == "rollback_failed" and "no earlier Production version" in str(acted.error)
     assert [a.event for a in acted.alerts] == [PERFORMANCE_DEGRADED, ROLLBACK_FAILED] and acted.failed == []
-    assert read_signals(ctx.paths, lonely)["live_status"] == "severe"
+    signals = read_signals(ctx.paths, lonely)
+    assert (signals["live_status"], signals["live_metric"], signals["live_value"]) == ("severe", "auc", 0.5)
     with pytest.raises(AutomaticActionFailed, match="no earlier Production version"):
         confirm_action.fn(acted)
 
