@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class ValidationReport:
     suite_path: str
     data_docs: str
     coercions: list[str] = field(default_factory=list)
+    serving: bool = False  # the serving-time suite (the schema without the label) was used
+    notes: list[str] = field(default_factory=list)  # how the suite was chosen, what was left out
 
     @property
     def passed(self) -> bool:
@@ -81,7 +83,8 @@ class ValidationReport:
 
     def summary(self) -> str:
         """Multi-line text naming every failing column, expectation, observed value and count."""
-        head = f"validation of {self.source}: {self.rows} rows, {self.expectations} expectations, "
+        suite = " (serving-time suite, no label)" if self.serving else ""
+        head = f"validation of {self.source}{suite}: {self.rows} rows, {self.expectations} expectations, "
         if self.passed:
             return head + "all passed"
         return head + f"{len(self.failures)} failed\n" + "\n".join("  - " + f.line() for f in self.failures)
@@ -287,6 +290,7 @@ def validate_frame(
         failures=failures,
         suite_path=str(gx_root / "gx" / "expectations" / f"{suite.name}.json"),
         data_docs=str(gx_root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"),
+        serving=serving,
     )
 
 
@@ -295,11 +299,19 @@ def validate_file(
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Read, conform and validate a file (DataReadError for unreadable files); returns the conformed frame.
 
-    `serving=None` decides by the data: a table without the label column is serving-time data."""
+    `serving=True`: data as it arrives for scoring, validated by the same suite without the label; a label column
+    that is present anyway is left out (and the report says so). `serving=None` decides by the data: a table
+    without the label column is serving-time data (noted in the report). `serving=False` requires the label."""
     frame = read_table(path)
-    if serving is None:
-        serving = ds.target not in frame.columns
-    return conform_and_validate(frame, ds, gx_root, source=str(path), serving=serving)
+    notes: list[str] = []
+    if serving is None and ds.target not in frame.columns:
+        serving = True
+        notes.append(f"no label column '{ds.target}': validated as serving-time data (the suite without the label)")
+    elif serving and ds.target in frame.columns:
+        frame = frame.drop(columns=[ds.target])
+        notes.append(f"serving-time data: the label column '{ds.target}' is present and was ignored")
+    conformed, report = conform_and_validate(frame, ds, gx_root, source=str(path), serving=bool(serving))
+    return conformed, replace(report, notes=notes)
 
 
 @tollgate_task

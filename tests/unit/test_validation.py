@@ -153,3 +153,67 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path: Path, capsys: pytest
     good = tmp_path / "good.parquet"
     small_frame(600).to_parquet(good)
     assert main(["validate", str(good)]) == 0
+
+
+# -- serving-time data (records as they arrive for scoring: no label) ------------------------------------------
+def test_serving_flag_ignores_a_label_that_is_present_and_says_so(tmp_path: Path) -> None:
+    from tasks.validation import validate_file
+
+    path = tmp_path / "scored.parquet"
+    frame = small_frame()
+    frame.loc[frame.index[:3], "churned"] = 7  # would fail the training suite: not a binary label
+    frame.to_parquet(path)
+    conformed, report = validate_file(path, small_dataset_config(), tmp_path / "gx", serving=True)
+    assert report.passed and report.serving, report.summary()
+    assert "churned" not in conformed.columns
+    assert report.suite_path.endswith("tollgate-serving.json")
+    assert report.notes == ["serving-time data: the label column 'churned' is present and was ignored"]
+    assert "(serving-time suite, no label)" in report.summary()
+    _, training = validate_file(path, small_dataset_config(), tmp_path / "gx", serving=False)
+    assert not training.passed and not training.serving and training.notes == []
+
+
+def test_without_the_flag_a_missing_label_picks_the_serving_suite_and_says_so(tmp_path: Path) -> None:
+    from tasks.validation import validate_file
+
+    path = tmp_path / "incoming.csv"
+    small_frame().drop(columns=["churned"]).to_csv(path, index=False)
+    _, report = validate_file(path, small_dataset_config(), tmp_path / "gx")
+    assert report.passed and report.serving
+    assert report.notes and "no label column 'churned'" in report.notes[0]
+    _, labelled = validate_file(_parquet(tmp_path, small_frame()), small_dataset_config(), tmp_path / "gx")
+    assert labelled.passed and not labelled.serving and labelled.notes == []
+
+
+def test_the_serving_suite_still_fails_on_bad_inputs(tmp_path: Path) -> None:
+    from tasks.validation import validate_file
+
+    frame = small_frame()
+    frame.loc[frame.index[0], "region"] = "atlantis"
+    _, report = validate_file(_parquet(tmp_path, frame), small_dataset_config(), tmp_path / "gx", serving=True)
+    assert not report.passed and "column 'region'" in report.summary() and "['atlantis']" in report.summary()
+
+
+def _parquet(tmp_path: Path, frame: pd.DataFrame, name: str = "t.parquet") -> Path:
+    path = tmp_path / name
+    frame.to_parquet(path)
+    return path
+
+
+def test_cli_validate_serving_flag_and_automatic_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labelled = _parquet(tmp_path, small_frame(600), "labelled.parquet")
+    assert main(["validate", "--serving", str(labelled)]) == 0
+    captured = capsys.readouterr()
+    assert "as serving-time data" in captured.out and "(serving-time suite, no label)" in captured.out
+    assert "note: serving-time data: the label column 'churned' is present and was ignored" in captured.err
+
+    unlabelled = _parquet(tmp_path, small_frame(600).drop(columns=["churned"]), "unlabelled.parquet")
+    assert main(["validate", str(unlabelled)]) == 0
+    captured = capsys.readouterr()
+    assert "(serving-time suite, no label)" in captured.out
+    assert "note: no label column 'churned': validated as serving-time data" in captured.err
+    assert "--serving" in captured.err  # how to ask for it on purpose
+
+    assert main(["validate", str(labelled)]) == 0  # labelled data: the training suite, no note
+    captured = capsys.readouterr()
+    assert "serving-time" not in captured.out + captured.err

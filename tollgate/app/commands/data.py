@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tollgate.app.commands.base import EXIT_NO, EXIT_OK, Command, UserError, arg, print_json, warn
+from tollgate.app.output import library_output, say
 from tollgate.config import SCENARIOS
 from tollgate.context import Context
 
@@ -84,10 +85,15 @@ def data_track(ctx: Context, args: argparse.Namespace) -> int:
 def validate(ctx: Context, args: argparse.Namespace) -> int:
     from tasks.validation import DataReadError, validate_file
 
+    say(f"validating {args.path}{' as serving-time data (the suite without the label)' if args.serving else ''} ...")
     try:
-        _, report = validate_file(args.path, ctx.config.dataset, ctx.paths.gx_root)
+        with library_output():
+            _, report = validate_file(args.path, ctx.config.dataset, ctx.paths.gx_root, serving=args.serving or None)
     except DataReadError as exc:
         raise UserError(str(exc)) from None
+    hint = "" if args.serving else " (--serving says so on purpose; training data needs the label)"
+    for note in report.notes:
+        warn(f"note: {note}{hint}")
     print(report.summary())
     print(f"Data Docs: {report.data_docs}")
     return EXIT_OK if report.passed else EXIT_NO
@@ -129,8 +135,17 @@ COMMANDS = [
     ),
     Command(
         "validate",
-        "Great Expectations gate on a .csv/.parquet file; per-column failures on stdout; exit 1 on failure",
+        "Great Expectations gate on a .csv/.parquet file; per-column failures on stdout; exit 1 on failure, 2 if "
+        "the file is unreadable. Without the label column the serving-time suite is used (and said so)",
         validate,
-        (arg("path", help="the file to validate"),),
+        (
+            arg("path", help="the file to validate"),
+            arg(
+                "--serving",
+                action="store_true",
+                help="serving-time data (records as they arrive for scoring): the same suite without the label; "
+                "a label column that is present is ignored, with a note",
+            ),
+        ),
     ),
 ]
