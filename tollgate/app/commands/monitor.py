@@ -29,12 +29,12 @@ def _bounds(args: argparse.Namespace) -> tuple[float | None, float | None]:
 
 
 def drift(ctx: Context, args: argparse.Namespace) -> int:
+    since, until = _bounds(args)  # a usage error is told before the stack is asked anything
     require_stack(ctx)
     from flows.drift import drift_check
     from tasks.drift import WindowError
     from tollgate.registry import RegistryError
 
-    since, until = _bounds(args)
     ctx.paths.reports.mkdir(parents=True, exist_ok=True)
     try:
         result = drift_check(window_hours=args.window, since=since, until=until, by=args.by, config=ctx)
@@ -60,8 +60,6 @@ def _value(x: Any) -> str:
 
 
 def backfill(ctx: Context, args: argparse.Namespace) -> int:
-    require_stack(ctx)
-    from flows.backfill import ground_truth_backfill
     from tasks.drift import WindowError
     from tasks.ground_truth import LabelsError, parse_every
     from tollgate.registry import RegistryError
@@ -74,6 +72,9 @@ def backfill(ctx: Context, args: argparse.Namespace) -> int:
         parse_every(args.every)
     except ValueError as exc:
         raise UserError(f"--every: {exc}") from None
+    require_stack(ctx)
+    from flows.backfill import ground_truth_backfill
+
     try:
         result = ground_truth_backfill(
             labels=str(ctx.resolve(args.path)), by=args.by, every=args.every, chunks=args.chunks, config=ctx
