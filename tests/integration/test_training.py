@@ -18,7 +18,7 @@ from tasks.validation import ValidationFailed
 from tests.helpers import ROOT, bundled_config
 from tests.integration.live import model_context
 from tollgate import ledger
-from tollgate.context import Context
+from tollgate.context import Context, make_context
 from tollgate.registry import Registry
 from tollgate.release import load_release_file
 from tollgate.synthetic import generate, write_parquet
@@ -243,19 +243,131 @@ def test_dvc_stages_rebuild_the_metrics_the_flow_logged(
 def test_training_twice_gives_identical_metrics() -> None:
     from tasks.evaluation import evaluate_frame, predict_scores
     from tasks.training import build_pipeline, fit_pipeline, split_frame
+    from tollgate.objective import Objective
 
     cfg = bundled_config()
+    objective = Objective.from_config(cfg)
     frame = pd.read_parquet(ROOT / "data" / "snapshot.parquet")
     runs = []
     for _ in range(2):
         train, holdout = split_frame(frame, cfg.dataset, cfg.split, cfg.model.seed)
-        model = fit_pipeline(build_pipeline(cfg.features, cfg.model), train, cfg.features, cfg.dataset.target)
-        runs.append(
-            evaluate_frame(
-                holdout, predict_scores(model, holdout, cfg.features.all), cfg.dataset, cfg.model.decision_threshold
-            )
-        )
+        pipeline = build_pipeline(cfg.features, cfg.model)
+        model = fit_pipeline(pipeline, train, cfg.features, cfg.dataset.target, objective)
+        outputs = predict_scores(model, holdout, cfg.features.all, objective)
+        runs.append(evaluate_frame(holdout, outputs, cfg.dataset, objective))
     assert runs[0] == runs[1]
+
+
+def _task_project(tmp_path: Path, task: str, model_name: str) -> Context:
+    """A project of its own in tmp_path (configs/pipeline.yaml + data/t.parquet, ~400 rows) for a multiclass
+    (3 synthetic classes) or regression (sklearn's diabetes) model, with a category, a bool and a numeric-binned
+    segment; run on the session's servers and state folder (tests/conftest.py's environment)."""
+    import yaml
+    from sklearn.datasets import load_diabetes, make_classification
+
+    rng = np.random.default_rng(1)
+    if task == "multiclass":
+        x, y = make_classification(
+            n_samples=420,
+            n_features=5,
+            n_informative=4,
+            n_redundant=0,
+            n_classes=3,
+            n_clusters_per_class=1,
+            class_sep=0.8,
+            random_state=0,
+        )
+        frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(5)]).assign(y=y)
+        target: dict[str, object] = {"type": "label", "values": [0, 1, 2]}
+        limits = {"minimums": {"auc_ovr": 0.6}, "maximums": {"log_loss": 5.0}, "non_inferiority_margin": 0.01}
+        live = {"live_degraded_at": 0.7, "live_severe_at": 0.6}
+    else:
+        raw = load_diabetes(as_frame=True).frame
+        frame = raw[["age", "bmi", "bp", "s1", "s5"]].assign(y=raw["target"])
+        frame.columns = [*(f"f{i}" for i in range(5)), "y"]
+        target = {"type": "float"}
+        limits = {"minimums": {"r2": -1.0}, "maximums": {"rmse": 1000.0}, "non_inferiority_margin": 1.0}
+        live = {"live_degraded_at": 70.0, "live_severe_at": 90.0}
+    n = len(frame)
+    frame = frame.assign(
+        id=[f"r{i}" for i in range(n)],
+        ts=pd.Timestamp("2026-01-01") + pd.to_timedelta(np.arange(n), unit="h"),
+        cellar=rng.choice(["north", "south"], n),
+        organic=rng.random(n) < 0.5,
+    )
+    (tmp_path / "data").mkdir()
+    frame.to_parquet(tmp_path / "data" / "t.parquet", index=False)
+    body = bundled_config().model_dump(mode="json", exclude={"servers"})
+    body["project"]["registered_model"] = model_name
+    body["dataset"] = {
+        "path": "data/t.parquet",
+        "id": "id",
+        "timestamp": "ts",
+        "target": "y",
+        "segments": ["cellar", "organic", "f0"],
+        "segment_bins": {"f0": [0.0]},
+        "row_count": {"min": 100},
+        "columns": {
+            **{f"f{i}": {"type": "float"} for i in range(5)},
+            "id": {"type": "string", "unique": True},
+            "ts": {"type": "timestamp"},
+            "cellar": {"type": "category", "categories": ["north", "south"]},
+            "organic": {"type": "bool"},
+            "y": target,
+        },
+    }
+    body["features"] = {"numeric": [f"f{i}" for i in range(5)], "boolean": ["organic"], "categorical": ["cellar"]}
+    body["model"] = {
+        "task": task,
+        "kind": "hist_gradient_boosting",
+        "seed": 5,
+        "hyperparameters": {"max_iter": 40, "learning_rate": 0.1, "min_samples_leaf": 10},
+    }
+    body["gates"].update(limits, min_segment_size=30, bootstrap_samples=200)
+    body["monitoring"].update(live)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "pipeline.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return make_context(tmp_path / "configs" / "pipeline.yaml", "dev")
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_task_model_staged_then_worse_rejected(
+    live_stack: dict[str, str], model_name: str, tmp_path: Path, task: str
+) -> None:
+    """A multiclass or regression model reaches Staging with its metrics under holdout_<metric> and
+    seg.<col>.<value>.<metric>; a clearly worse second model is rejected on the primary metric."""
+    ctx = _task_project(tmp_path, task, model_name)
+    primary = "auc_ovr" if task == "multiclass" else "rmse"
+    first = _train(ctx)
+    assert first.stage == "Staging" and first.verdict.passed, first.verdict.summary()
+    assert {c.check for c in first.verdict.checks} == set(
+        ["min_auc_ovr", "max_log_loss"] if task == "multiclass" else ["min_r2", "max_rmse"]
+    )
+    reg = _registry(live_stack, model_name)
+    staging = reg.one("Staging")
+    assert staging is not None and staging.version == first.version
+    metrics = MlflowClient(live_stack["mlflow"]).get_run(first.run_id).data.metrics
+    assert metrics[f"holdout_{primary}"] == pytest.approx(first.overall[primary])
+    assert "holdout_auc" not in metrics and "seg.organic.True." + primary in metrics
+    assert any(k.startswith("seg.f0.") and k.endswith(f".{primary}") for k in metrics)  # the binned segment
+    if task == "multiclass":
+        assert "holdout_recall.2" in metrics
+    profile = load_release_file(live_stack["mlflow"], first.run_id, "reference_profile.json")
+    assert profile["prediction"]["kind"] == ("categorical" if task == "multiclass" else "numeric")
+    card = load_release_file(live_stack["mlflow"], first.run_id, "model_card.md")
+    assert ("AUC" in card) == (task == "multiclass")
+    smoke = load_release_file(live_stack["mlflow"], first.run_id, "smoke_records.json")
+    assert set(smoke[0]) == {"id", "f0", "f1", "f2", "f3", "f4", "organic", "cellar", "ts"}  # no target
+    # a stump per class / one shallow tree: clearly worse on the primary metric
+    weak = ctx.with_config(model={"hyperparameters": {"max_iter": 1, "max_leaf_nodes": 2, "learning_rate": 0.1}})
+    with pytest.raises(GateRejected) as err:
+        _train(weak)
+    verdict = err.value.verdict
+    assert verdict.baseline == f"Staging v{first.version} (no Production yet)"
+    overall = next(c for c in verdict.checks if c.scope == "overall" and c.check == f"{primary}_non_inferiority")
+    assert overall.status == "fail" and overall.diff is not None and overall.diff < 0
+    assert ("RMSE " if task == "regression" else "AUC (one-vs-rest) ") in overall.reason
+    assert reg.get(err.value.version or "").stage == "None" and reg.one("Staging").version == first.version  # type: ignore[union-attr]
 
 
 def test_env_isolation() -> None:
