@@ -64,7 +64,10 @@ def score_shadow(work: list[ShadowItem], plog: PredictionLog) -> ShadowCounts:
         now = time.time()
         fields = answer_fields(challenger, model_out)
         agree = decisions_agree(
-            challenger.objective.task, [item.champion_decision for item in items], [f["decision"] for f, _ in fields]
+            challenger.objective.task,
+            [item.champion_decision for item in items],
+            [f["decision"] for f, _ in fields],
+            challenger.config.rollout.regression_tolerance,
         )
         counts.compared += len(items)
         counts.disagreed += int(len(items) - agree.sum())

@@ -22,7 +22,7 @@ import pandas as pd
 
 from tasks.gates import Check, GateVerdict
 from tollgate.config import RolloutConfig
-from tollgate.predlog import decisions_agree
+from tollgate.predlog import REGRESSION_AGREEMENT_TOLERANCE, decisions_agree
 from tollgate.stats import psi
 
 Phase = Literal["shadow", "canary"]
@@ -65,21 +65,29 @@ def _p99(latencies: pd.Series) -> float:
     return float(np.percentile(latencies.astype("float64"), 99)) if len(latencies) else math.nan
 
 
-def agreement(pairs: pd.DataFrame, task: str) -> float:
+def agreement(pairs: pd.DataFrame, task: str, tolerance: float = REGRESSION_AGREEMENT_TOLERANCE) -> float:
     """The share of shadow pairs whose decisions agree (see the module docstring); NaN without pairs."""
     if not len(pairs):
         return math.nan
-    return float(decisions_agree(task, pairs["decision_champion"].to_numpy(), pairs["decision"].to_numpy()).mean())
+    champion, challenger = pairs["decision_champion"].to_numpy(), pairs["decision"].to_numpy()
+    return float(decisions_agree(task, champion, challenger, tolerance).mean())
 
 
 def phase_values(
-    log: pd.DataFrame, phase: Phase, version: str, champion: str, errors: int, bins: int, task: str = "binary"
+    log: pd.DataFrame,
+    phase: Phase,
+    version: str,
+    champion: str,
+    errors: int,
+    bins: int,
+    task: str = "binary",
+    tolerance: float = REGRESSION_AGREEMENT_TOLERANCE,
 ) -> tuple[dict[str, float], int]:
     """The measured value of every phase check (NaN where the window has nothing to measure) and the sample size."""
     mine, champion_scores, challenger_scores = phase_sides(log, phase, version, champion)
     n = len(mine)
     values = {
-        "agreement": agreement(mine, task) if phase == "shadow" else math.nan,
+        "agreement": agreement(mine, task, tolerance) if phase == "shadow" else math.nan,
         "score_psi": psi(champion_scores, challenger_scores, bins),
         "p99_latency_ms": _p99(mine["latency_ms"]),
         "error_rate": errors / (n + errors) if n + errors else math.nan,
@@ -109,7 +117,7 @@ def analyze_phase_log(
     """The phase's checks on a window of the prediction log; `errors` are the challenger's failed predictions in
     the window, `bins` the number of quantile bins of the champion's scores for the score PSI, `task` the
     challenger's (objective.task), which decides what agreement means."""
-    values, n = phase_values(log, phase, version, champion, errors, bins, task)
+    values, n = phase_values(log, phase, version, champion, errors, bins, task, limits.regression_tolerance)
     checks = [judge(phase, r, values[r.check], float(getattr(limits, r.limit_key)), n) for r in PHASE_RULES[phase]]
     return GateVerdict(all(c.status == "pass" for c in checks), f"Production v{champion}", champion, checks)
 

@@ -196,6 +196,9 @@ class RolloutConfig(_Strict):
     approvers: list[str] = Field(min_length=1)
     approval_timeout_s: float = Field(gt=0)
     auto_approve: bool = False
+    # Regression shadow agreement: two predicted values agree when they differ by at most this many standard
+    # deviations of the champion's values in the compared window (a scale-free tolerance).
+    regression_tolerance: float = Field(default=0.25, gt=0)
 
 
 class ServingConfig(_Strict):
@@ -313,11 +316,15 @@ class TollgateConfig(_Strict):
             )
         classes = len(target.values or [])
         if task == "binary" and sorted(target.values or []) != [0, 1]:
-            raise ValueError(f"model.task binary needs label values [0, 1]; '{self.dataset.target}' has {target.values}")
+            raise ValueError(
+                f"model.task binary needs label values [0, 1]; '{self.dataset.target}' has {target.values}"
+            )
         if task == "multiclass" and classes < 3:
             raise ValueError(f"model.task multiclass needs 3 or more label values; got {target.values} (use binary)")
         if self.model.kind not in MODEL_KINDS[task]:
-            raise ValueError(f"model.kind {self.model.kind} does not fit task {task}: use {' or '.join(MODEL_KINDS[task])}")
+            raise ValueError(
+                f"model.kind {self.model.kind} does not fit task {task}: use {' or '.join(MODEL_KINDS[task])}"
+            )
         for group in ("minimums", "maximums"):
             for metric in getattr(self.gates, group):
                 if metric not in METRICS[task]:
@@ -325,7 +332,11 @@ class TollgateConfig(_Strict):
                         f"gates.{group}: '{metric}' is not a {task} metric; expected one of {', '.join(METRICS[task])}"
                     )
         mon, primary = self.monitoring, PRIMARY[task]
-        worse_first = mon.live_severe_at > mon.live_degraded_at if higher_is_better(primary) else mon.live_severe_at < mon.live_degraded_at
+        worse_first = (
+            mon.live_severe_at > mon.live_degraded_at
+            if higher_is_better(primary)
+            else mon.live_severe_at < mon.live_degraded_at
+        )
         if worse_first:
             raise ValueError(
                 f"monitoring.live_severe_at ({mon.live_severe_at}) must be worse than live_degraded_at "

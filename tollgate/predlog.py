@@ -53,8 +53,8 @@ BASE_COLUMNS = [
 # to the largest baseline magnitude when the spread is 0). A quarter of a standard deviation: differences smaller
 # than that barely move a case within the population the model sees, while a challenger that disagrees with the
 # champion by a sizeable fraction of the spread fails rollout.min_agreement. Scale-free, and safe for targets
-# centred on zero (where a tolerance relative to each value would reject every pair). Until the config has
-# rollout.regression_tolerance, this constant is the one place it is set.
+# centred on zero (where a tolerance relative to each value would reject every pair). The default of
+# rollout.regression_tolerance, which callers pass.
 REGRESSION_AGREEMENT_TOLERANCE = 0.25
 
 
