@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from tollgate.app.commands.base import EXIT_NO, EXIT_OK, Command, UserError, arg, print_json, require_stack
+from tollgate.app.output import library_output
 from tollgate.context import Context
 
 CLOCK_HELP = "prediction-time (when the gateway answered; default) or event-time (the records' own timestamp)"
@@ -37,10 +38,14 @@ def drift(ctx: Context, args: argparse.Namespace) -> int:
 
     ctx.paths.reports.mkdir(parents=True, exist_ok=True)
     try:
-        result = drift_check(window_hours=args.window, since=since, until=until, by=args.by, config=ctx)
+        with library_output():  # MLflow's and Prefect's own prints go to the log file, not stdout
+            result = drift_check(window_hours=args.window, since=since, until=until, by=args.by, config=ctx)
     except (RegistryError, WindowError) as exc:
         raise UserError(str(exc)) from None
     window = result["window"]
+    if args.json:  # one JSON object on stdout and nothing else
+        print_json(_no_nan(result), indent=None)
+        return EXIT_NO if result["detected"] and args.fail_on_drift else EXIT_OK
     print(
         f"drift check of v{result['version']} over {result['rows']} logged predictions "
         f"({window['by']} {window['label']}): {result['headline']}"
@@ -50,8 +55,6 @@ def drift(ctx: Context, args: argparse.Namespace) -> int:
     print(f"  drifted features (overall): {', '.join(result['drifted']) or 'none'} (share {result['drift_share']:.0%})")
     print(f"  segments with drift: {', '.join(result['segments']) or 'none'}")
     print(f"  Evidently report: {result['report']}; MLflow monitoring run {result['monitoring_run_id']}")
-    if args.json:
-        print_json(result, indent=None)
     return EXIT_NO if result["detected"] and args.fail_on_drift else EXIT_OK
 
 
@@ -76,9 +79,10 @@ def backfill(ctx: Context, args: argparse.Namespace) -> int:
     from flows.backfill import ground_truth_backfill
 
     try:
-        result = ground_truth_backfill(
-            labels=str(ctx.resolve(args.path)), by=args.by, every=args.every, chunks=args.chunks, config=ctx
-        )
+        with library_output():  # MLflow's and Prefect's own prints go to the log file: --json is JSON only
+            result = ground_truth_backfill(
+                labels=str(ctx.resolve(args.path)), by=args.by, every=args.every, chunks=args.chunks, config=ctx
+            )
     except (LabelsError, RegistryError, WindowError) as exc:
         raise UserError(str(exc)) from None
     v = result["verdict"]
