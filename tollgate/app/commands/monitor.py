@@ -144,7 +144,7 @@ COMMANDS = [
             arg("--until", default=None, help="window end (default now): ISO 8601 or epoch seconds"),
             arg("--by", choices=("prediction-time", "event-time"), default="prediction-time", help=CLOCK_HELP),
             arg("--fail-on-drift", action="store_true", help="exit 1 when drift is detected"),
-            arg("--json", action="store_true", help="also print the result as JSON"),
+            arg("--json", action="store_true", help="print the result as one JSON object, nothing else"),
         ),
     ),
     Command(
