@@ -5,6 +5,8 @@ belong to no segment."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 
@@ -18,7 +20,7 @@ def _edge(x: float) -> str:
 def bin_labels(edges: list[float]) -> list[str]:
     """The segment names of the bins that interior `edges` make: "< a", "[a, b)", ..., ">= z"."""
     labels = [f"< {_edge(edges[0])}"]
-    labels += [f"[{_edge(lo)}, {_edge(hi)})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    labels += [f"[{_edge(lo)}, {_edge(hi)})" for lo, hi in pairwise(edges)]
     return [*labels, f">= {_edge(edges[-1])}"]
 
 
