@@ -154,10 +154,13 @@ def current() -> CommandLog | None:
     return _active[-1] if _active else None
 
 
-def say(message: str) -> None:
-    """A progress line on the terminal's stdout (also from inside `library_output`)."""
+def say(message: str, err: bool = False) -> None:
+    """A progress line on the terminal's stdout, or its stderr with `err` (also from inside `library_output`)."""
     where = current()
-    print(message, file=where.stdout if where else sys.stdout, flush=True)
+    if err:
+        print(message, file=where.stderr if where else sys.stderr, flush=True)
+    else:
+        print(message, file=where.stdout if where else sys.stdout, flush=True)
 
 
 class _LogStream(io.TextIOBase):
@@ -200,9 +203,9 @@ class Progress(logging.Handler):
     `threshold` is the level the run loggers had: Prefect's DEBUG "task run started" record is created for this
     handler only, and the other handlers (the API's, the log file) still see what they saw before."""
 
-    def __init__(self, stages: Mapping[str, Phrase], started: float, threshold: int):
+    def __init__(self, stages: Mapping[str, Phrase], started: float, threshold: int, err: bool = False):
         super().__init__(logging.DEBUG)
-        self.stages, self.started, self.threshold = stages, started, threshold
+        self.stages, self.started, self.threshold, self.err = stages, started, threshold, err
         self.linked = False
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -211,7 +214,7 @@ class Progress(logging.Handler):
         except Exception:  # a phrase that no longer fits the task's parameters: the task's name alone
             line = f"{getattr(record, 'task_name', '?')} ..."
         if line:
-            say(f"  [{time.perf_counter() - self.started:6.1f} s] {line}")
+            say(f"  [{time.perf_counter() - self.started:6.1f} s] {line}", err=self.err)
 
     def _line(self, record: logging.LogRecord) -> str | None:
         message = record.getMessage()
@@ -240,14 +243,16 @@ def _task_parameters() -> Mapping[str, Any]:
 
 
 @contextlib.contextmanager
-def library_output(stages: Mapping[str, Phrase] | None = None) -> Iterator[None]:
+def library_output(stages: Mapping[str, Phrase] | None = None, json_only: bool = False) -> Iterator[None]:
     """Around a flow call: progress lines (see Progress) on the terminal, and whatever libraries print to
-    stdout/stderr in the log file (shown as it is with --verbose). Outside the CLI (tests calling a command
+    stdout/stderr in the log file (shown as it is with --verbose). With `json_only` (a command's --json) the
+    progress lines go to stderr, so stdout holds the one JSON object. Outside the CLI (tests calling a command
     function directly) only the progress lines are added."""
     where = current()
     flow_runs, task_runs = logging.getLogger("prefect.flow_runs"), logging.getLogger("prefect.task_runs")
     level = task_runs.level
-    progress = Progress(stages or {}, where.started if where else time.perf_counter(), task_runs.getEffectiveLevel())
+    started = where.started if where else time.perf_counter()
+    progress = Progress(stages or {}, started, task_runs.getEffectiveLevel(), err=json_only)
     # Everyone else who sees task-run records: Prefect's API handler, and up the tree the log file and terminal.
     others = [h for lg in (task_runs, task_runs.parent, logging.getLogger()) if lg for h in lg.handlers]
     for h in others:

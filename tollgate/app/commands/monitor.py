@@ -38,7 +38,7 @@ def drift(ctx: Context, args: argparse.Namespace) -> int:
 
     ctx.paths.reports.mkdir(parents=True, exist_ok=True)
     try:
-        with library_output():  # MLflow's and Prefect's own prints go to the log file, not stdout
+        with library_output(json_only=args.json):  # MLflow's and Prefect's prints go to the log file
             result = drift_check(window_hours=args.window, since=since, until=until, by=args.by, config=ctx)
     except (RegistryError, WindowError) as exc:
         raise UserError(str(exc)) from None
@@ -79,7 +79,7 @@ def backfill(ctx: Context, args: argparse.Namespace) -> int:
     from flows.backfill import ground_truth_backfill
 
     try:
-        with library_output():  # MLflow's and Prefect's own prints go to the log file: --json is JSON only
+        with library_output(json_only=args.json):  # MLflow's and Prefect's prints go to the log file
             result = ground_truth_backfill(
                 labels=str(ctx.resolve(args.path)), by=args.by, every=args.every, chunks=args.chunks, config=ctx
             )
