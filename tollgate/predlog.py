@@ -122,10 +122,25 @@ def records_to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     base = pd.DataFrame({k: [r.get(k) for r in records] for k in BASE_COLUMNS})
     base["event_ts"] = base["event_ts"].astype("float64")
     feats = pd.DataFrame.from_records([r.get("features") or {} for r in records]).add_prefix(FEATURE_PREFIX)
+    for col in feats.columns:
+        feats[col] = _one_type(feats[col])
     frame = pd.concat([base, feats], axis=1)
     frame["entity_id"] = frame["entity_id"].astype(str)
     frame["model_version"] = frame["model_version"].astype(str)
     return frame
+
+
+def _one_type(values: pd.Series) -> pd.Series:
+    """A logged column as sent, unless clients sent one field with several JSON types (e.g. a timestamp as ISO
+    text by one client and epoch seconds by another): then its values as text, so the column has one Parquet
+    type (readers coerce numbers back with pd.to_numeric)."""
+    if values.dtype != object:
+        return values
+    present = values[values.notna()]
+    kinds = {type(v) for v in present}
+    if len(kinds) <= 1 or kinds <= {int, float}:
+        return values
+    return values.map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
 
 
 def _arrow_schema(frame: pd.DataFrame) -> Any:

@@ -134,3 +134,28 @@ def test_event_times_are_read_as_the_schema_declares(value: Any, fmt: str, expec
 def test_a_malformed_event_time_is_named(value: Any, fmt: str, phrase: str) -> None:
     with pytest.raises(ValueError, match=phrase):
         event_seconds(value, fmt)
+
+
+def test_a_field_sent_with_two_json_types_still_compacts_to_parquet(tmp_path: Path) -> None:
+    """One client sends the event time as ISO text, another as epoch seconds (both valid for format epoch_s):
+    the sealed segment still becomes a Parquet part, the values kept as text."""
+    from tollgate.predlog import records_to_frame
+
+    def rec(i: int, when: object) -> dict[str, object]:
+        return {
+            "prediction_id": f"p{i}",
+            "request_id": f"p{i}",
+            "ts": 1.0 + i,
+            "entity_id": str(i),
+            "model_version": "1",
+            "role": "champion",
+            "score": 0.5,
+            "decision": 1,
+            "latency_ms": 1.0,
+            "features": {"x": 1.5, "event_time": when, "flag": True if i else 3},
+        }
+
+    frame = records_to_frame([rec(0, "2026-01-01T00:00:00"), rec(1, 1767225600)])
+    assert frame["f.event_time"].tolist() == ["2026-01-01T00:00:00", "1767225600"]
+    assert frame["f.x"].tolist() == [1.5, 1.5]
+    frame.to_parquet(tmp_path / "ok.parquet")  # one Arrow type per column
