@@ -5,6 +5,7 @@ Fails closed: `validate_dataset` raises ValidationFailed, so a flow stops before
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -254,27 +255,33 @@ def validate_frame(
     import great_expectations as gx
 
     gx_root.mkdir(parents=True, exist_ok=True)
-    ctx = gx.get_context(mode="file", project_root_dir=str(gx_root))
-    ctx.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
-    source_ = ctx.data_sources.add_or_update_pandas("tollgate")
-    names = [a.name for a in source_.assets]
-    asset = source_.get_asset("table") if "table" in names else source_.add_dataframe_asset("table")
-    batch = (
-        asset.batch_definitions[0] if asset.batch_definitions else asset.add_batch_definition_whole_dataframe("whole")
-    )
-    suite = ctx.suites.add_or_update(build_suite(ds, serving))
-    vd = ctx.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=f"{suite.name}-validation", data=batch, suite=suite)
-    )
-    checkpoint = ctx.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name=f"{suite.name}-checkpoint",
-            validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs")],
-            result_format={"result_format": "SUMMARY"},
+    # One validation at a time per state folder: two processes updating the same file-backed GX store at once
+    # can read each other's half-written suite.
+    with open(gx_root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ctx = gx.get_context(mode="file", project_root_dir=str(gx_root))
+        ctx.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+        source_ = ctx.data_sources.add_or_update_pandas("tollgate")
+        names = [a.name for a in source_.assets]
+        asset = source_.get_asset("table") if "table" in names else source_.add_dataframe_asset("table")
+        batch = (
+            asset.batch_definitions[0]
+            if asset.batch_definitions
+            else asset.add_batch_definition_whole_dataframe("whole")
         )
-    )
-    result = checkpoint.run(batch_parameters={"dataframe": _prepared(frame, ds)})
+        suite = ctx.suites.add_or_update(build_suite(ds, serving))
+        vd = ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{suite.name}-validation", data=batch, suite=suite)
+        )
+        checkpoint = ctx.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"{suite.name}-checkpoint",
+                validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs")],
+                result_format={"result_format": "SUMMARY"},
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": _prepared(frame, ds)})
     failures: list[Failure] = []
     n = 0
     for run in result.run_results.values():
