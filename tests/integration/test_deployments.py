@@ -77,9 +77,20 @@ def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
     )
 
 
+def _wait_for_scheduled(deployment: str, timeout: float = 120) -> list[Any]:
+    """The server's scheduler services create a deployment's runs on their own loop (seconds to a minute after
+    the deployment is applied, longer on a loaded machine), so wait for them rather than read once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = asyncio.run(_runs(deployment))
+        if any(r.state_type.value == "SCHEDULED" for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(2)
+
+
 def test_schedules_create_runs(deployed: dict[str, str]) -> None:
     for name in ("drift-check", "ground-truth-backfill", "retrain"):
-        runs = asyncio.run(_runs(TARGET.name(name)))
+        runs = _wait_for_scheduled(TARGET.name(name))
         assert any(r.state_type.value == "SCHEDULED" for r in runs), f"no scheduled run for {name}"
         assert all(r.parameters.get("config") == str(CONFIG) for r in runs), f"{name} runs another config"
 
