@@ -18,9 +18,11 @@ help:  ## list targets
 
 bootstrap: $(VENV)/.synced  ## install uv if missing and sync the locked venv
 
+# --compile-bytecode: every command, server and test process imports Prefect, MLflow and GX; with no .pyc files
+# (PYTHONDONTWRITEBYTECODE on CI machines) each one recompiled them, ~5 s per process.
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 # The bundled snapshot is DVC-tracked, not in git: regenerate it deterministically (the command checks the
