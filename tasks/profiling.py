@@ -26,12 +26,13 @@ def numeric_profile(values: pd.Series, bins: int) -> dict[str, Any]:
     if len(present) == 0:
         return {"kind": "numeric", "null_fraction": 1.0, "edges": [], "proportions": [], "quantiles": {}}
     edges = quantile_edges(present, bins)
+    quantiles = np.quantile(present, QUANTILES)  # one partition for all of them
     return {
         "kind": "numeric",
         "null_fraction": float(x.isna().mean()),
         "edges": [float(e) for e in edges],  # interior edges, binned as tollgate.stats.bin_counts does
         "proportions": [float(p) for p in proportions(bin_counts(edges, present))],
-        "quantiles": {str(q): float(np.quantile(present, q)) for q in QUANTILES},
+        "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
         "mean": float(present.mean()),
         "std": float(present.std()),
         "n": len(x),
@@ -40,11 +41,14 @@ def numeric_profile(values: pd.Series, bins: int) -> dict[str, Any]:
 
 def categorical_profile(values: pd.Series) -> dict[str, Any]:
     """Category shares (nulls apart) and null share of a column."""
-    shares = values.astype("string").value_counts(normalize=True, dropna=True)
+    counts: dict[str, int] = {}
+    for value, count in values.value_counts(dropna=True).items():  # counted as they are, named as text
+        counts[str(value)] = counts.get(str(value), 0) + int(count)
+    total = sum(counts.values())
     return {
         "kind": "categorical",
         "null_fraction": float(values.isna().mean()),
-        "proportions": {str(k): float(v) for k, v in sorted(shares.items())},
+        "proportions": {k: c / total for k, c in sorted(counts.items())},
         "n": len(values),
     }
 
@@ -89,11 +93,12 @@ def reference_profile(
     if ds is None:
         return profile
     held = segment_groups(holdout, ds) if holdout is not None else {}
+    inputs = frame[features.all]  # each segment copies only the model inputs it profiles
     for col, groups in segment_groups(frame, ds).items():
         for value, rows in groups.items():
             if len(rows) < min_rows:
                 continue
-            part = frame.iloc[rows]
+            part = inputs.iloc[rows]
             seg: dict[str, Any] = {"rows": len(part), "features": features_profile(part, features, bins)}
             if holdout is not None:
                 idx = held.get(col, {}).get(value, np.empty(0, dtype="int64"))

@@ -34,8 +34,10 @@ def segment_series(frame: pd.DataFrame, ds: DatasetConfig, column: str, prefix: 
         idx = np.searchsorted(np.asarray(edges, dtype="float64"), x, side="right")
         names = np.asarray(bin_labels(edges), dtype=object)[np.clip(idx, 0, len(edges))]
         return pd.Series(np.where(np.isnan(x), None, names), index=frame.index, dtype=object)
-    present = values.notna()
-    return values.astype(object).where(present, None).map(lambda v: v if v is None else str(v))
+    # str() of each distinct value, not of each row (pd.factorize: missing values get code -1, the None here)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    names = np.asarray([*(str(u) for u in uniques), None], dtype=object)
+    return pd.Series(names[codes], index=frame.index, dtype=object)
 
 
 def segment_groups(frame: pd.DataFrame, ds: DatasetConfig, prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
