@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from tasks.common import StepTimes
 from tasks.data import DataVersion, pin_data_version
 from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
@@ -15,6 +16,7 @@ from tasks.profiling import profile_reference
 from tasks.registry import promote_version
 from tasks.tracking import (
     RunRecord,
+    log_timings,
     log_training_run,
     publish_model_card,
     record_verdict,
@@ -37,7 +39,7 @@ class TrainingResult:
     run_id: str
     data: DataVersion
     overall: dict[str, float]  # the task's holdout metrics (tollgate.objective.METRICS), e.g. auc or rmse
-    timings: dict[str, float]
+    timings: dict[str, float]  # seconds per step (StepTimes order), plus "fit" and "predict" inside train/score
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,34 +64,50 @@ def training_pipeline(
     ctx = as_context(config, env)
     cfg, run_id = ctx.config, str(flow_run.id)
     path = str(ctx.resolve(data or cfg.dataset.path))
+    steps = StepTimes()
     # validate
-    frame = validate_dataset(path, cfg.dataset, str(ctx.paths.gx_root))
-    version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)
+    with steps.step("validate"):
+        frame = validate_dataset(path, cfg.dataset, str(ctx.paths.gx_root))
+    with steps.step("pin_data"):
+        version = pin_data_version(str(ctx.root), path, len(frame), allow_dirty)
     # train
-    train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
+    with steps.step("split"):
+        train, holdout = split_dataset(frame, cfg.dataset, cfg.split, cfg.model.seed)
     objective = Objective.from_config(cfg)
-    trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target, objective)
+    with steps.step("train"):
+        trained = train_model(train, cfg.features, cfg.model, cfg.dataset.target, objective)
     # evaluate
-    scored = score_holdout(trained.model, holdout, cfg.features.all, objective)
-    evaluation = evaluate_model(holdout, scored.outputs, cfg.dataset, objective)
-    profile = profile_reference(frame, holdout, scored.outputs, ctx)
+    with steps.step("score"):
+        scored = score_holdout(trained.model, holdout, cfg.features.all, objective)
+    with steps.step("evaluate"):
+        evaluation = evaluate_model(holdout, scored.outputs, cfg.dataset, objective)
+    with steps.step("profile"):
+        profile = profile_reference(frame, holdout, scored.outputs, ctx)
     # log + register
-    timings = {"fit": trained.fit_s, "predict": scored.predict_s}
+    inner = {"fit": trained.fit_s, "predict": scored.predict_s}
     record = RunRecord(
-        version, frame, holdout, trained.model, evaluation, profile, describe_suite(cfg.dataset), timings
+        version, frame, holdout, trained.model, evaluation, profile, describe_suite(cfg.dataset), {**steps, **inner}
     )
-    run = log_training_run(ctx, record, run_id)
-    registered = register_version(ctx, run, run_id)
-    publish_model_card(ctx, registered)
+    with steps.step("log_run"):
+        run = log_training_run(ctx, record, run_id)
+    with steps.step("register"):
+        registered = register_version(ctx, run, run_id)
+        publish_model_card(ctx, registered)
     # gate
-    baseline = score_baseline(ctx, holdout, registered.version)
-    verdict = gate_challenger(ctx, holdout, scored.outputs, evaluation["overall"], baseline)
-    record_verdict(ctx, registered, verdict, run_id)
+    with steps.step("score_baseline"):
+        baseline = score_baseline(ctx, holdout, registered.version)
+    with steps.step("gate"):
+        verdict = gate_challenger(ctx, holdout, scored.outputs, evaluation["overall"], baseline)
+    with steps.step("record_verdict"):
+        record_verdict(ctx, registered, verdict, run_id)
+    log_timings(ctx, registered.run_id, {k: v for k, v in steps.items() if k not in record.timings})
     enforce_verdict(verdict, registered.version)
     # promote
-    promote_version(
-        ctx, registered.version, "Staging", f"gate passed against {verdict.baseline}", registered.run_id, run_id
-    )
+    with steps.step("promote"):
+        promote_version(
+            ctx, registered.version, "Staging", f"gate passed against {verdict.baseline}", registered.run_id, run_id
+        )
+    log_timings(ctx, registered.run_id, {"promote": steps["promote"]})
     return TrainingResult(
-        registered.version, "Staging", verdict, registered.run_id, version, evaluation["overall"], timings
+        registered.version, "Staging", verdict, registered.run_id, version, evaluation["overall"], {**steps, **inner}
     )

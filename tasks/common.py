@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
 from prefect import task
@@ -55,3 +57,16 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("tollgate")
+
+
+class StepTimes(dict[str, float]):
+    """Seconds per flow step, in the order the steps ran (logged as `timing_<step>_s` on the MLflow run)."""
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time the block as step `name` (recorded also when it raises, so a failed run shows where it stopped)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(time.perf_counter() - start, 3)

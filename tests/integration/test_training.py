@@ -84,6 +84,11 @@ def test_first_model_reaches_staging_with_its_whole_release_context(
     assert len(tags["tollgate.git_sha"]) == 40 and len(tags["tollgate.config_digest"]) == 64
     assert tags["tollgate.pkg.scikit-learn"]
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name.startswith("snapshot.parquet@")
+    assert run.inputs.dataset_inputs[0].dataset.digest == result.data.md5[:8]
+    steps = ("validate", "split", "train", "score", "evaluate", "profile", "log_run", "register", "gate", "promote")
+    steps += ("pin_data", "score_baseline", "record_verdict")
+    assert all(result.timings[s] >= 0 for s in steps) and result.timings["train"] >= result.timings["fit"]
+    assert {f"timing_{s}_s": result.timings[s] for s in steps}.items() <= run.data.metrics.items()
     assert run.data.metrics["holdout_auc"] == pytest.approx(result.overall["auc"])
     assert "seg.tier.gold.auc" in run.data.metrics
     for name in RELEASE_FILES:

@@ -64,6 +64,8 @@ def train(ctx: Context, args: argparse.Namespace) -> int:
     matches = "matches data.dvc" if d.matches_dvc else "NOT the version data.dvc records"
     print(f"data: {d.path} md5 {d.md5} ({matches}), git {d.git_sha}{' (dirty)' if d.git_dirty else ''}")
     print(f"time: {wall:.1f} s wall, fit {fit:.2f} s + predict {predict:.2f} s ({(fit + predict) / wall:.0%} of wall)")
+    steps = {k: v for k, v in result.timings.items() if k not in ("fit", "predict")}
+    print("steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()) + " (timing_<step>_s on the run)")
     print(f"{ctx.config.project.registered_model} v{result.version} -> {result.stage} (run {result.run_id})")
     if args.json:
         print_json(result.to_dict(), indent=None)
