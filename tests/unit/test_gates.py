@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 from tasks.data import DataVersionError, pin_data_version
 from tasks.gates import GateRejected, decide, enforce_verdict
 from tests.helpers import bundled_config
-from tollgate.objective import Objective, TieGroups, paired_bootstrap
+from tollgate import objective as objective_module
+from tollgate.objective import Objective, TieGroups, paired_bootstrap, poisson_weights
 
 BINARY = Objective("binary", (0, 1), 0.5)
 
@@ -290,3 +291,66 @@ def test_bootstrap_of_auc_ovr_and_rmse_agrees_with_scipy_within_monte_carlo_erro
     ).confidence_interval
     width = hi - lo
     assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width
+
+
+# -- the Poisson bootstrap of large holdouts (objective.POISSON_MIN_ROWS rows and more) ------------------------
+def _statistics(task: str, n: int, seed: int) -> tuple[Objective, np.ndarray, np.ndarray, np.ndarray]:
+    if task == "binary":
+        rng = np.random.default_rng(seed)
+        y = (rng.random(n) < 0.35).astype("int64")
+        return Objective("binary"), y, y * 0.5 + rng.random(n) * 0.7, y * 0.45 + rng.random(n) * 0.7
+    if task == "multiclass":
+        return Objective("multiclass", (0, 1, 2)), *_multiclass_case(n, seed)
+    return Objective("regression"), *_regression_case(n, seed)
+
+
+@pytest.mark.parametrize("task", ["binary", "binary-ties", "multiclass", "regression"])
+def test_weighted_statistics_equal_the_rows_repeated_by_their_weights(task: str) -> None:
+    objective, y, chal, _ = _statistics(task.split("-")[0], 700, 2)
+    if task == "binary-ties":
+        chal = chal.round(1)
+    w = poisson_weights(np.random.default_rng(4), len(y))
+    stat = objective.statistic(y, chal)
+    assert stat.weighted(w) == pytest.approx(stat.value(np.repeat(np.arange(len(y)), w)), abs=1e-12)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_poisson_bootstrap_agrees_with_scipy_within_monte_carlo_error(
+    task: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scipy.stats import bootstrap
+
+    monkeypatch.setattr(objective_module, "POISSON_MIN_ROWS", 1)  # the large-holdout path, on a small sample
+    objective, y, chal, base = _statistics(task, 800, 9)
+    higher = task != "regression"
+    a, b = objective.statistic(y, chal), objective.statistic(y, base)
+    _, lo, hi = paired_bootstrap(a, b, len(y), 2000, 0.9, 5, higher_better=higher)
+    sign = 1.0 if higher else -1.0
+    ref = bootstrap(
+        (np.arange(len(y)),),
+        lambda r: sign * (a.value(r.astype("int64")) - b.value(r.astype("int64"))),
+        paired=True,
+        vectorized=False,
+        n_resamples=2000,
+        confidence_level=0.9,
+        method="percentile",
+        random_state=np.random.default_rng(6),
+    ).confidence_interval
+    width = hi - lo
+    assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width
+
+
+def test_poisson_bootstrap_of_a_large_holdout_matches_the_classic_one_and_repeats_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, y, chal, champ = _statistics("binary", objective_module.POISSON_MIN_ROWS + 10_000, 3)
+    a, b = TieGroups(y, chal), TieGroups(y, champ)
+    poisson = paired_bootstrap(a, b, len(y), 200, 0.9, 7)
+    assert paired_bootstrap(a, b, len(y), 200, 0.9, 7) == poisson  # same seed, same interval, on any threads
+    monkeypatch.setattr(objective_module, "MAX_THREADS", 1)
+    assert paired_bootstrap(a, b, len(y), 200, 0.9, 7) == poisson
+    monkeypatch.setattr(objective_module, "POISSON_MIN_ROWS", 10**9)  # the classic multinomial draws
+    classic = paired_bootstrap(a, b, len(y), 200, 0.9, 7)
+    width = classic[2] - classic[1]
+    assert poisson[0] == classic[0]
+    assert abs(poisson[1] - classic[1]) < 0.15 * width and abs(poisson[2] - classic[2]) < 0.15 * width
