@@ -3,6 +3,7 @@ challenger in shadow. Nothing touches the developer's .tollgate/ or running serv
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -158,3 +159,42 @@ def wait_http(url: str, timeout: float) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
+
+
+def record_results(figures: dict[str, float]) -> None:
+    """Merge flat numeric figures into bench/out/results.json (the file every benchmark's keys land in)."""
+    path = OUT / "results.json"
+    OUT.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update({k: float(v) for k, v in figures.items()})
+    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+_MEASURE = (
+    "import json, resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "wall = time.perf_counter() - t\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+    "print(json.dumps({'rc': p.returncode, 'wall_s': wall, 'peak_mb': peak, 'out': p.stdout, 'err': p.stderr}))\n"
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One whole command: exit code, wall seconds, peak RSS (MB, the largest process it ran) and its output."""
+
+    rc: int
+    wall_s: float
+    peak_mb: float
+    out: str
+    err: str
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Run `cmd` from a fresh launcher process, so its peak RSS is its own (what `/usr/bin/time -f %M` shows)."""
+    launcher = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    got = json.loads(launcher.stdout.strip().splitlines()[-1])
+    return Measured(got["rc"], got["wall_s"], got["peak_mb"], got["out"], got["err"])

@@ -1,0 +1,69 @@
+"""Training and validation at 1.2M rows (the bundled generator at 100x): whole-process wall time and peak RSS
+of `tollgate validate` and of `tollgate train` on the benchmark stack, where a Production version trained on
+the bundled data is the gate's baseline (a retrain, the usual case). Baseline: the model's own fit + predict
+seconds inside the same `tollgate train` run (its `timing_fit_s` / `timing_predict_s`); target overhead ratio
+<= 2.0, peak <= 2,500 MB, validation <= 15 s."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from bench.common import BIN, BenchStack, Measured, measure, record_results
+
+NEEDS_STACK = True
+ROWS = 1_200_000
+TARGETS = {"train_1m2_overhead_ratio": 2.0, "train_1m2_peak_rss_mb": 2500.0, "validate_1m2_wall_s": 15.0}
+
+
+def _run(st: BenchStack, *args: str, env: dict[str, str] | None = None) -> Measured:
+    got = measure([str(BIN / "tollgate"), *args], env=env or st.child_env())
+    return got
+
+
+def _check(name: str, got: Measured, ok_codes: tuple[int, ...] = (0,)) -> None:
+    if got.rc not in ok_codes:
+        raise RuntimeError(f"`tollgate {name}` exited {got.rc}:\n{got.out[-2000:]}\n{got.err[-2000:]}")
+
+
+def main(st: BenchStack) -> None:
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="tollgate-bench-train-") as tmp:
+        data = Path(tmp) / "big.parquet"
+        print(f"  generating {ROWS:,} rows ...", flush=True)
+        gen = _run(
+            st, "data", "generate", "--out", str(data), env={**st.child_env(), "TOLLGATE__GENERATION__ROWS": str(ROWS)}
+        )
+        _check("data generate", gen)
+        val = _run(st, "validate", str(data))
+        _check("validate", val)
+        print(f"  tollgate validate: {val.wall_s:.1f} s wall, peak {val.peak_mb:.0f} MB (target <= 15 s)", flush=True)
+        train = _run(st, "train", "--data", str(data), "--allow-dirty")
+        _check("train", train, ok_codes=(0, 1))  # 1: registered and rejected by the gate; still a whole run
+    client = MlflowClient(st.mlflow_url)
+    experiment = client.get_experiment_by_name(st.ctx.config.project.name)
+    if experiment is None:
+        raise RuntimeError(f"no MLflow experiment {st.ctx.config.project.name} on the benchmark stack")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    metrics = run.data.metrics
+    fit_predict = metrics["timing_fit_s"] + metrics["timing_predict_s"]
+    steps = {k[len("timing_") : -2]: v for k, v in metrics.items() if k.startswith("timing_")}
+    figures = {
+        "validate_1m2_wall_s": val.wall_s,
+        "validate_1m2_peak_rss_mb": val.peak_mb,
+        "train_1m2_wall_s": train.wall_s,
+        "train_1m2_fit_predict_s": fit_predict,
+        "train_1m2_overhead_ratio": train.wall_s / fit_predict,
+        "train_1m2_peak_rss_mb": train.peak_mb,
+    }
+    print(
+        f"  tollgate train (exit {train.rc}): {train.wall_s:.1f} s wall, fit + predict {fit_predict:.1f} s, "
+        f"ratio {figures['train_1m2_overhead_ratio']:.2f} (target <= 2.0), peak {train.peak_mb:.0f} MB "
+        "(target <= 2500)"
+    )
+    print("  steps: " + json.dumps({k: round(v, 1) for k, v in steps.items()}))
+    for key, target in TARGETS.items():
+        print(f"  {key}: {figures[key]:.2f} {'meets' if figures[key] <= target else 'MISSES'} target <= {target}")
+    record_results(figures)
