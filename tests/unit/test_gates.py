@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -187,26 +188,37 @@ def test_streamed_bootstrap_gives_the_matrix_interval_exactly(decimals: int | No
     assert diff == pytest.approx(roc_auc_score(y, chal) - roc_auc_score(y, champ), abs=1e-12)
 
 
-def test_bootstrap_interval_agrees_with_scipy_within_monte_carlo_error() -> None:
+def _assert_agrees_with_scipy(lo: float, hi: float, data: tuple, statistic: Any, **kwargs: Any) -> None:
+    """Our percentile interval (lo, hi) is within 0.1 x its width of scipy's paired percentile bootstrap."""
     from scipy.stats import bootstrap
 
-    rng = np.random.default_rng(11)
-    y = (rng.random(800) < 0.35).astype("int64")
-    chal, champ = y * 0.5 + rng.random(800) * 0.7, y * 0.45 + rng.random(800) * 0.7
-    _, lo, hi = paired_bootstrap(TieGroups(y, chal), TieGroups(y, champ), len(y), 2000, 0.9, 5)
     ref = bootstrap(
-        (y, chal, champ),
-        lambda a, b, c, axis=-1: auc_rows(a, b) - auc_rows(a, c),  # rank AUC of each resample (checked above)
+        data,
+        statistic,
         paired=True,
-        vectorized=True,
-        batch=250,
         n_resamples=2000,
         confidence_level=0.9,
         method="percentile",
         random_state=np.random.default_rng(6),
+        **kwargs,
     ).confidence_interval
     width = hi - lo
     assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width
+
+
+def test_bootstrap_interval_agrees_with_scipy_within_monte_carlo_error() -> None:
+    rng = np.random.default_rng(11)
+    y = (rng.random(800) < 0.35).astype("int64")
+    chal, champ = y * 0.5 + rng.random(800) * 0.7, y * 0.45 + rng.random(800) * 0.7
+    _, lo, hi = paired_bootstrap(TieGroups(y, chal), TieGroups(y, champ), len(y), 2000, 0.9, 5)
+    _assert_agrees_with_scipy(
+        lo,
+        hi,
+        (y, chal, champ),
+        lambda a, b, c, axis=-1: auc_rows(a, b) - auc_rows(a, c),  # rank AUC of each resample (checked above)
+        vectorized=True,
+        batch=250,
+    )
 
 
 def _multiclass_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,27 +282,20 @@ def test_streamed_bootstrap_of_auc_ovr_and_rmse_gives_the_matrix_interval_exactl
 
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_bootstrap_of_auc_ovr_and_rmse_agrees_with_scipy_within_monte_carlo_error(task: str) -> None:
-    from scipy.stats import bootstrap
-
     objective = Objective(task, (0, 1, 2) if task == "multiclass" else ())
     y, chal, base = (_multiclass_case if task == "multiclass" else _regression_case)(500, 9)
     higher = task == "multiclass"
     _, lo, hi = paired_bootstrap(
         objective.statistic(y, chal), objective.statistic(y, base), len(y), 2000, 0.9, 5, higher_better=higher
     )
-    ref = bootstrap(
+    _assert_agrees_with_scipy(
+        lo,
+        hi,
         (np.arange(len(y)),),
         lambda r, axis=-1: _improvements(task, y, chal, base, r.astype("int64")),
-        paired=True,
         vectorized=True,
-        n_resamples=2000,
         batch=250,
-        confidence_level=0.9,
-        method="percentile",
-        random_state=np.random.default_rng(6),
-    ).confidence_interval
-    width = hi - lo
-    assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width
+    )
 
 
 # -- the Poisson bootstrap of large holdouts (objective.POISSON_MIN_ROWS rows and more) ------------------------
@@ -318,26 +323,19 @@ def test_weighted_statistics_equal_the_rows_repeated_by_their_weights(task: str)
 def test_poisson_bootstrap_agrees_with_scipy_within_monte_carlo_error(
     task: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scipy.stats import bootstrap
-
     monkeypatch.setattr(objective_module, "POISSON_MIN_ROWS", 1)  # the large-holdout path, on a small sample
     objective, y, chal, base = _statistics(task, 800, 9)
     higher = task != "regression"
     a, b = objective.statistic(y, chal), objective.statistic(y, base)
     _, lo, hi = paired_bootstrap(a, b, len(y), 2000, 0.9, 5, higher_better=higher)
     sign = 1.0 if higher else -1.0
-    ref = bootstrap(
+    _assert_agrees_with_scipy(
+        lo,
+        hi,
         (np.arange(len(y)),),
         lambda r: sign * (a.value(r.astype("int64")) - b.value(r.astype("int64"))),
-        paired=True,
         vectorized=False,
-        n_resamples=2000,
-        confidence_level=0.9,
-        method="percentile",
-        random_state=np.random.default_rng(6),
-    ).confidence_interval
-    width = hi - lo
-    assert abs(lo - ref.low) < 0.1 * width and abs(hi - ref.high) < 0.1 * width
+    )
 
 
 def test_poisson_bootstrap_of_a_large_holdout_matches_the_classic_one_and_repeats_exactly(
