@@ -202,8 +202,10 @@ def _gx_view(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[pd.DataFrame, dict
             continue
         col = frame[name]
         if spec.type == "timestamp" and pd.api.types.is_datetime64_any_dtype(col):
-            dtype = str(col.dtype)
-            typed[name] = DATETIME_TYPES if dtype in DATETIME_TYPES else [*DATETIME_TYPES, dtype]
+            if isinstance(col.dtype, pd.DatetimeTZDtype):  # GX cannot name a tz-aware dtype: the same instants in UTC
+                out = frame.copy(deep=False) if out is None else out
+                out[name] = col.dt.tz_convert(None)
+            typed[name] = DATETIME_TYPES
         elif spec.type in ("category", "string") and col.dtype == object:
             if pd.api.types.infer_dtype(col, skipna=True) not in ("string", "empty"):
                 continue

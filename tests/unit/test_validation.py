@@ -93,6 +93,16 @@ def test_a_clean_frame_passes_and_builds_data_docs(tmp_path: Path) -> None:
     assert Path(report.data_docs).exists() and Path(report.suite_path).exists()
 
 
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Zurich"])
+def test_typed_timestamps_pass_naive_or_tz_aware(tmp_path: Path, tz: str | None) -> None:
+    ds = small_dataset_config()
+    frame = small_frame()
+    ts = pd.to_datetime(frame[ds.timestamp])
+    frame[ds.timestamp] = ts.dt.tz_localize(tz) if tz else ts.astype("datetime64[us]")
+    report = validate_frame(frame, ds, tmp_path / "gx")
+    assert report.passed, report.summary()
+
+
 def test_extra_columns_pass_when_policy_allows(tmp_path: Path) -> None:
     ds = small_dataset_config().model_copy(update={"extra_columns": "allow"})
     assert validate_frame(small_frame().assign(notes="x"), ds, tmp_path / "gx").passed
