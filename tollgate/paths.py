@@ -58,6 +58,11 @@ class StatePaths:
         return self.home / "admin-token"
 
     @property
+    def approvers(self) -> Path:
+        """Approvers' salted secret hashes (issue 12); written 0600 by `tollgate approvers add`."""
+        return self.home / "approvers.json"
+
+    @property
     def model_cache(self) -> Path:
         return self.home / "model-cache"
 
