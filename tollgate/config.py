@@ -203,6 +203,7 @@ class RolloutConfig(_Strict):
 
 class ServingConfig(_Strict):
     max_batch_size: int = Field(default=512, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # a larger /predict body gets 413 naming this
     max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     log_fsync: bool = True  # fsync each batch before answering (group commit)
     log_rotate_rows: int = Field(default=50_000, ge=100)
@@ -236,6 +237,9 @@ class ServersConfig(_Strict):
     gateway_port: int = Field(default=8000, ge=1, le=65535)
     worker_health_port: int = Field(default=8090, ge=1, le=65535)
     work_pool: str = "tollgate-process"
+    # Basic auth on the local Prefect and MLflow servers (credentials generated on first `up` into 0600 files
+    # under the state folder). Off only for a throw-away stack; `up` warns when it is off on a non-loopback host.
+    auth: bool = True
     startup_timeout_s: float = Field(default=120, gt=0)
     # Remote servers (prod): when set, clients use these instead of the local stack's URLs.
     prefect_api_url: str | None = None
