@@ -251,6 +251,16 @@ def register(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -> Regist
     version = str(mv.version)
     ctx.registry.record(version, "-", "None", "registered from training run", run_id, flow_run_id=flow_run_id)
     run = mlflow.get_run(run_id)
+    project, tags = ctx.config.project, run.data.tags
+    ctx.registry.set_tags(
+        version,
+        {
+            "tollgate.card.intended_use": project.intended_use or "(not stated in config)",
+            "tollgate.card.owner": project.owner,
+            "tollgate.card.data_version": f"{tags.get('tollgate.data_path')} md5 {tags.get('tollgate.data_md5')}"
+            f" at git {str(tags.get('tollgate.git_sha'))[:12]}",
+        },
+    )
     return RegisteredRun(
         run_id=run_id, version=version, model_uri=f"models:/{name}/{version}", experiment_id=run.info.experiment_id
     )
@@ -309,6 +319,7 @@ def store_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict,
             "tollgate.gate.baseline": verdict.baseline,
             "tollgate.gate.failures": failing or "none",
             "tollgate.gate.not_gated": "; ".join(c.scope for c in verdict.not_gated) or "none",
+            "tollgate.gate.headline": verdict.summary().splitlines()[0] + (f" (failing: {failing})" if failing else ""),
         },
     )
     create_table_artifact(

@@ -1,8 +1,11 @@
 """The registry: MLflow model versions and their stages (None -> Staging -> Production -> Archived).
 
-This is the only module that calls MLflow's registry API, so a move to aliases touches one file. Every
-transition also appends to the promotion ledger; `rollback_release` lives here so the gateway and the rollback
-flow call the same function without importing each other.
+This is the only module that calls MLflow's registry API. Stages are the promotion state; every transition
+also moves the MLflow 3 aliases in the same operation (`champion` on the Production version, `challenger` on
+the Staging one, removed when a version leaves that stage), so the new registry UI and `models:/<name>@champion`
+see the truth, and appends to the promotion ledger. Each version's description is a model card summary built
+from its `tollgate.card.*` tags. `rollback_release` lives here so the gateway and the rollback flow call the
+same function without importing each other.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ from tollgate import ledger
 STAGES = ("None", "Staging", "Production", "Archived")
 ROLLOUT_MODE_TAG = "tollgate.rollout.mode"  # on the Staging version: shadow | canary | off
 ROLLOUT_SHARE_TAG = "tollgate.rollout.share"
+ROLLOUT_OUTCOME_TAG = "tollgate.rollout.outcome"
+STAGE_ALIAS = {"Production": "champion", "Staging": "challenger"}
+# The version description (the registry UI's model card summary), one line per tag that is set, in this order.
+CARD_TAGS = (
+    ("tollgate.card.intended_use", "Intended use"),
+    ("tollgate.card.owner", "Owner"),
+    ("tollgate.card.data_version", "Data version"),
+    ("tollgate.gate.headline", "Gate verdict"),
+    (ROLLOUT_OUTCOME_TAG, "Rollout"),
+    ("tollgate.approval.by", "Approved by"),
+)
 
 
 class RegistryError(Exception):
@@ -87,8 +101,36 @@ class Registry:
         )
 
     def set_tags(self, version: str, tags: dict[str, str]) -> None:
+        """Set version tags; when a model card tag is among them the description is rebuilt."""
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model, str(version), key, value)
+        if any(key in dict(CARD_TAGS) for key in tags):
+            self.describe(version)
+
+    def describe(self, version: str) -> str:
+        """Rebuild the version's description from its card tags (what the registry UI shows); returns it."""
+        tags = self.get(version).tags
+        lines = [f"**{label}:** {tags[key]}" for key, label in CARD_TAGS if tags.get(key)]
+        text = "  \n".join(lines)
+        self.client.update_model_version(self.model, str(version), description=text)
+        return text
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> version of this registered model ({} before the first registration)."""
+        try:
+            found = self.client.get_registered_model(self.model).aliases
+        except MlflowException:
+            return {}
+        return {str(k): str(v) for k, v in dict(found or {}).items()}
+
+    def _move_aliases(self, version: str, to_stage: str) -> None:
+        """`champion`/`challenger` follow the stages: set on the version entering, dropped from one leaving."""
+        held = self.aliases()
+        for stage, alias in STAGE_ALIAS.items():
+            if to_stage == stage:
+                self.client.set_registered_model_alias(self.model, alias, str(version))
+            elif held.get(alias) == str(version):
+                self.client.delete_registered_model_alias(self.model, alias)
 
     def record(
         self,
@@ -138,6 +180,7 @@ class Registry:
             updated = self.client.transition_model_version_stage(
                 self.model, str(version), to_stage, archive_existing_versions=to_stage in ("Staging", "Production")
             )
+        self._move_aliases(str(version), to_stage)
         if incumbent is not None and incumbent.version != str(version):
             self.record(
                 incumbent.version,
@@ -150,6 +193,39 @@ class Registry:
             )
         self.record(str(version), current.stage, to_stage, reason, evidence_run_id, who, flow_run_id)
         return _info(updated)
+
+
+def disagreements(reg: Registry) -> list[str]:
+    """Where stages, aliases and the ledger disagree about this model (empty when they agree)."""
+    versions = reg.all_versions()
+    if not versions:
+        return []
+    found: list[str] = []
+    aliases = reg.aliases()
+    for stage, alias in STAGE_ALIAS.items():
+        holders = [v.version for v in versions if v.stage == stage]
+        expected = holders[0] if len(holders) == 1 else None
+        if len(holders) > 1:
+            found.append(f"{reg.model}: {len(holders)} versions in {stage} ({holders}); expected at most one")
+        if aliases.get(alias) != expected:
+            found.append(
+                f"{reg.model}: alias @{alias} is on {_v(aliases.get(alias))} but the {stage} version is {_v(expected)}"
+            )
+    last_stage: dict[str, str] = {}
+    for entry in ledger_entries(reg):
+        last_stage[entry.version] = entry.to_stage
+    for v in versions:
+        if v.version not in last_stage:
+            found.append(f"{reg.model} v{v.version}: in the registry ({v.stage}) but never in the ledger")
+        elif last_stage[v.version] != v.stage:
+            found.append(
+                f"{reg.model} v{v.version}: the registry says {v.stage}, the ledger's last entry {last_stage[v.version]}"
+            )
+    return found
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "no version"
 
 
 def ledger_entries(reg: Registry) -> list[ledger.LedgerEntry]:
@@ -171,13 +247,21 @@ def rollback_release(
     reg: Registry, to_version: str | None, reason: str, who: str | None, flow_run_id: str | None = None
 ) -> tuple[str | None, str]:
     """Make the previous (or the named) release Production again; returns (from, to). The release context
-    travels with the version, so serving and monitoring follow it."""
+    travels with the version, so serving and monitoring follow it.
+
+    The target must have been Production before (per the ledger), be Archived now and not be the current one:
+    a version that never passed a gate and an approval is never made Production by a "rollback"."""
     current = reg.one("Production")
     target = reg.get(to_version) if to_version else previous_production(reg, current.version if current else None)
     if current is not None and target.version == current.version:
         raise RegistryError(f"v{target.version} is already Production")
-    if target.stage not in ("Archived", "Staging", "None"):
-        raise RegistryError(f"v{target.version} is in stage {target.stage}; cannot roll back to it")
-    reg.set_tags(target.version, {ROLLOUT_MODE_TAG: "off"})
+    if not any(e.version == target.version and e.to_stage == "Production" for e in ledger_entries(reg)):
+        raise RegistryError(
+            f"{reg.model} v{target.version} was never Production (per the ledger): a rollback only returns to an "
+            "earlier release; a new version reaches Production through `tollgate deploy`"
+        )
+    if target.stage != "Archived":
+        raise RegistryError(f"v{target.version} is in stage {target.stage}; a rollback target must be Archived")
+    reg.set_tags(target.version, {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: f"rolled back to: {reason}"[:500]})
     reg.transition(target.version, "Production", f"rollback: {reason}", None, who=who, flow_run_id=flow_run_id)
     return (current.version if current else None), target.version
