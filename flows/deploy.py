@@ -16,6 +16,7 @@ from tasks.deployment import (
     load_release_policy,
     promote_to_production,
     start_phase,
+    store_approval,
     verify_release,
     wait_for_traffic,
 )
@@ -40,7 +41,9 @@ def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str 
         enforce_phase(ctx, version, phases[-1], phase, run_id)
     # approve
     gate = load_gate_verdict(ctx, version)
-    approval = request_approval(ctx, version, evidence_markdown(version, champion, gate, phases))
+    evidence = evidence_markdown(version, champion, gate, phases)
+    approval = request_approval(ctx, version, evidence)
+    store_approval(ctx, version, approval, gate, phases, evidence)
     enforce_approval(ctx, version, approval, run_id)
     # promote, then smoke test (automatic rollback on failure)
     promote_to_production(ctx, version, approval, run_id)

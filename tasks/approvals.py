@@ -1,12 +1,20 @@
 """The approval step of deploy_model: the paused run's form (answered in the Prefect UI), and answering it
-from a shell (`tollgate approve`)."""
+from a shell (`tollgate approve`).
+
+An answer counts only with the approver's personal secret (tollgate/approvers.py). The flow checks it after
+every resume: a wrong or missing secret is recorded in the ledger and the run pauses again for the rest of
+the approval timeout, so nothing acts on it. The submitted form (which holds the secret) is deleted from the
+Prefect server as soon as it was read. `tollgate approve` checks the secret before it resumes anything.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tollgate import approvers
 from tollgate.context import Context
 
 
@@ -21,6 +29,8 @@ class Approval:
     approve: bool
     approver: str
     comment: str
+    at: str = ""
+    refused: tuple[str, ...] = ()  # answers refused before this one (wrong or missing secret)
 
 
 def approval_input(approvers: list[str]) -> type:
@@ -35,6 +45,7 @@ def approval_input(approvers: list[str]) -> type:
         __base__=RunInput,
         approve=(bool, Field(default=False, description="Promote this version to Production?")),
         approver=(who, Field(description="Who approves (rollout.approvers)")),
+        secret=(str, Field(default="", description="Your approver secret (from `tollgate approvers add`)")),
         comment=(str, Field(default="", description="Why")),
     )
 
@@ -48,24 +59,65 @@ def request_approval(ctx: Context, version: str, evidence: str) -> Approval:
 
     policy = ctx.config.rollout
     if policy.auto_approve:
-        return Approval(True, "auto-approved (rollout.auto_approve: demo mode)", "no person was asked")
+        return Approval(True, "auto-approved (rollout.auto_approve: demo mode)", "no person was asked", _now())
     form = approval_input(policy.approvers)
-    get_run_logger().warning(
-        "waiting up to %.0f s for approval of v%s: approve in the Prefect UI or run `tollgate approve %s --by NAME`",
-        policy.approval_timeout_s,
-        version,
-        version,
-    )
-    try:
-        answer = pause_flow_run(
-            wait_for_input=form.with_initial_data(description=evidence),  # type: ignore[attr-defined]
-            timeout=int(policy.approval_timeout_s),
-            key=f"approve-v{version}",
+    deadline = time.monotonic() + policy.approval_timeout_s
+    refused: list[str] = []
+    while (left := deadline - time.monotonic()) >= 1:
+        get_run_logger().warning(
+            "waiting up to %.0f s for approval of v%s: approve in the Prefect UI or run `tollgate approve %s --by NAME`",
+            left,
+            version,
+            version,
         )
-    except FlowPauseTimeout:
-        return Approval(False, "nobody", f"approval timed out after {policy.approval_timeout_s:.0f} s")
-    got: Any = answer
-    return Approval(bool(got.approve), str(got.approver), str(got.comment))
+        try:
+            answer: Any = pause_flow_run(
+                wait_for_input=form.with_initial_data(description=evidence),  # type: ignore[attr-defined]
+                timeout=int(left),
+                key=f"approve-v{version}-{len(refused)}",  # a new pause per attempt (a reused key returns at once)
+            )
+        except FlowPauseTimeout:
+            break
+        _forget_answer(answer)
+        why_not = approvers.check(ctx.paths.approvers, str(answer.approver), str(answer.secret))
+        if why_not is None:
+            return Approval(bool(answer.approve), str(answer.approver), str(answer.comment), _now(), tuple(refused))
+        refused.append(f"{answer.approver}: {why_not}")
+        record_refusal(ctx, version, str(answer.approver), why_not, _flow_run_id())
+        get_run_logger().error("approval refused (%s); v%s stays waiting for a valid answer", why_not, version)
+    return Approval(
+        False, "nobody", f"approval timed out after {policy.approval_timeout_s:.0f} s", _now(), tuple(refused)
+    )
+
+
+def record_refusal(ctx: Context, version: str, approver: str, why_not: str, flow_run_id: str | None) -> None:
+    """A refused answer lands in the ledger (the stage does not change)."""
+    ctx.registry.record(
+        version,
+        "Staging",
+        "Staging",
+        f"approval refused: {why_not}",
+        None,
+        who=f"{approver} (unproven)",
+        flow_run_id=flow_run_id,
+    )
+
+
+def _forget_answer(answer: Any) -> None:
+    """Delete the submitted form from the Prefect server: it holds the approver's secret."""
+    from prefect.input.actions import delete_flow_run_input
+
+    delete_flow_run_input(key=answer.metadata.key, flow_run_id=answer.metadata.receiver)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 async def _paused_runs(version: str) -> list[Any]:
@@ -89,16 +141,26 @@ async def _paused_runs(version: str) -> list[Any]:
     return [r for r in runs if str(r.parameters.get("version")) == str(version)]
 
 
-def answer_approval(version: str, approver: str, approve: bool, comment: str) -> str:
-    """Resume the paused deploy_model run for `version` with the answer; raise ApprovalError if refused."""
+def answer_approval(ctx: Context, version: str, approver: str, secret: str | None, approve: bool, comment: str) -> str:
+    """Resume the paused deploy_model run for `version` with the answer; raise ApprovalError if refused.
+
+    The secret is checked here first, so a wrong one resumes nothing (the run stays paused) and is recorded;
+    the flow checks it again, since anyone with Prefect API access could resume the run without this command."""
     from prefect.flow_runs import resume_flow_run
 
     runs = asyncio.run(_paused_runs(version))
     if not runs:
         raise ApprovalError(f"no deploy_model run is waiting for approval of v{version}")
     run = runs[0]
+    if approver not in ctx.config.rollout.approvers:
+        raise ApprovalError(f"refused: {approver!r} is not on rollout.approvers ({ctx.config.rollout.approvers})")
+    why_not = approvers.check(ctx.paths.approvers, approver, secret)
+    if why_not is not None:
+        record_refusal(ctx, version, approver, why_not, str(run.id))
+        raise ApprovalError(f"refused: {why_not}; v{version} is still waiting (flow run {run.name})")
+    answer = {"approve": approve, "approver": approver, "secret": secret, "comment": comment}
     try:
-        result: Any = resume_flow_run(run.id, run_input={"approve": approve, "approver": approver, "comment": comment})
+        result: Any = resume_flow_run(run.id, run_input=answer)
     except Exception as exc:
         raise ApprovalError(f"refused: {exc}") from None
     status = getattr(result, "status", None)

@@ -69,6 +69,14 @@ def load_gate_verdict(ctx: Context, version: str) -> dict[str, Any]:
 
 
 @tollgate_task
+def store_approval(
+    ctx: Context, version: str, approval: Approval, gate: dict[str, Any], phases: list[GateVerdict], evidence: str
+) -> dict[str, Any]:
+    """Keep the approval record (who, when, comment, the evidence seen) with the version."""
+    return rollout.store_approval(ctx, version, approval, gate, phases, evidence)
+
+
+@tollgate_task
 def enforce_approval(ctx: Context, version: str, approval: Approval, flow_run_id: str | None) -> None:
     """Stop the rollout and raise RolloutFailed unless approved."""
     rollout.enforce_approval(ctx, version, approval, flow_run_id)

@@ -23,6 +23,7 @@ from tollgate.objective import Objective
 from tollgate.predlog import read_log
 from tollgate.registry import (
     ROLLOUT_MODE_TAG,
+    ROLLOUT_OUTCOME_TAG,
     ROLLOUT_SHARE_TAG,
     RegistryError,
     previous_production,
@@ -135,7 +136,7 @@ def analyze_window(ctx: Context, version: str, champion: str, window: PhaseWindo
 
 def abort_rollout(ctx: Context, version: str, reason: str, flow_run_id: str | None) -> None:
     """Stop the rollout: the challenger is archived with the reason, Production untouched, gateway reloaded."""
-    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off"})
+    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: f"aborted: {reason}"[:500]})
     if ctx.registry.get(version).stage == "Staging":
         ctx.registry.transition(version, "Archived", f"rollout aborted: {reason}", None, flow_run_id=flow_run_id)
     ctx.gateway().reload()
@@ -147,6 +148,33 @@ def enforce_phase(ctx: Context, version: str, verdict: GateVerdict, phase: Phase
         reason = f"{phase} analysis failed: " + "; ".join(c.reason for c in verdict.failures)
         abort_rollout(ctx, version, reason, flow_run_id)
         raise RolloutFailed(reason)
+
+
+def store_approval(
+    ctx: Context, version: str, approval: Approval, gate: dict[str, Any], phases: list[GateVerdict], evidence: str
+) -> dict[str, Any]:
+    """Keep the answer with the version: who, when, comment and the evidence the approver saw (gate verdict,
+    shadow/canary tables) as a JSON artifact of its run (`approvals/`), and a summary in its tags/description."""
+    import mlflow
+
+    record = {
+        "version": version,
+        "approve": approval.approve,
+        "approver": approval.approver,
+        "at": approval.at,
+        "comment": approval.comment,
+        "refused_before": list(approval.refused),
+        "evidence": {"gate_verdict": gate, "phases": [p.to_dict() for p in phases], "form": evidence},
+    }
+    client = mlflow.MlflowClient(tracking_uri=ctx.config.servers.mlflow_url)
+    stamp = approval.at.replace(":", "").replace("-", "")
+    client.log_dict(ctx.registry.get(version).run_id, record, f"approvals/v{version}-{stamp}.json")
+    answer = f"{'approved' if approval.approve else 'rejected'} by {approval.approver} at {approval.at}"
+    tags = {"tollgate.approval": f"{answer}: {approval.comment}"[:500]}
+    if approval.approve:
+        tags["tollgate.approval.by"] = f"{approval.approver} at {approval.at}"
+    ctx.registry.set_tags(version, tags)
+    return record
 
 
 def enforce_approval(ctx: Context, version: str, approval: Approval, flow_run_id: str | None) -> None:
@@ -165,8 +193,11 @@ def load_gate_verdict(ctx: Context, version: str) -> dict[str, Any]:
 
 def promote_to_production(ctx: Context, version: str, approval: Approval, flow_run_id: str | None) -> dict[str, Any]:
     """Staging -> Production (the old Production -> Archived), rollout tags cleared, gateway reloaded."""
-    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off"})
     why = f"approved by {approval.approver}: {approval.comment}"
+    ctx.registry.set_tags(
+        version,
+        {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: f"promoted to Production, {why}"[:500]},
+    )
     ctx.registry.transition(version, "Production", why, None, who=approval.approver, flow_run_id=flow_run_id)
     state = ctx.gateway().reload()
     if state["champion"] != version:

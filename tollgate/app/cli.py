@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tollgate.app.commands import data, demo, history, monitor, rollout, stack, train
+from tollgate.app.commands import approvers, data, demo, history, monitor, rollout, stack, train
 from tollgate.app.commands.base import EXIT_NO, EXIT_USAGE, Command
 from tollgate.app.output import CommandLog, command_log
 from tollgate.app.output import log as app_log
@@ -27,6 +27,7 @@ COMMANDS: list[Command] = [
     *data.COMMANDS,
     *train.COMMANDS,
     *rollout.COMMANDS,
+    *approvers.COMMANDS,
     *monitor.COMMANDS,
     *history.COMMANDS,
     *demo.COMMANDS,
@@ -34,6 +35,7 @@ COMMANDS: list[Command] = [
 
 # Two-word commands ("data generate") live under a group; its help line.
 GROUPS = {
+    "approvers": "who may approve a promotion (personal secrets)",
     "config": "validate or print the resolved config",
     "data": "the bundled dataset",
     "hooks": "git hooks",

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from tollgate import approvers
 from tollgate.app.commands.base import EXIT_OK, CheckFailed, Command, UserError, arg, require_stack, warn
 from tollgate.app.output import Phrase, library_output
 from tollgate.context import Context
@@ -54,13 +58,24 @@ def deploy(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def approver_secret(name: str) -> str:
+    """The approver's secret: $TOLLGATE_APPROVER_SECRET, else a prompt (never echoed) when there is a terminal."""
+    secret = os.environ.get(approvers.SECRET_ENV)
+    if secret:
+        return secret
+    if not sys.stdin.isatty():
+        raise UserError(f"no approver secret: set {approvers.SECRET_ENV} (no terminal to prompt on)")
+    return getpass.getpass(f"approver secret for {name}: ")
+
+
 def approve(ctx: Context, args: argparse.Namespace) -> int:
     require_stack(ctx)
     from tasks.approvals import ApprovalError, answer_approval
 
+    secret = approver_secret(args.by)
     try:
         with library_output():
-            outcome = answer_approval(args.version, args.by, not args.reject, args.comment)
+            outcome = answer_approval(ctx, args.version, args.by, secret, not args.reject, args.comment)
     except ApprovalError as exc:
         raise CheckFailed(str(exc)) from None
     print(outcome)
@@ -128,7 +143,8 @@ COMMANDS = [
     ),
     Command(
         "approve",
-        "answer the paused approval of a deploy_model run (the same form as in the Prefect UI)",
+        "answer the paused approval of a deploy_model run (the same form as in the Prefect UI); the approver's "
+        "secret comes from $TOLLGATE_APPROVER_SECRET or a prompt",
         approve,
         (
             arg("version", help="the version awaiting approval"),
