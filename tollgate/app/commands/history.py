@@ -5,13 +5,60 @@ from __future__ import annotations
 import argparse
 
 from tollgate import ledger
-from tollgate.app.commands.base import EXIT_OK, JSON, Command, print_json, table
+from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, arg, print_json, require_stack, table
 from tollgate.context import Context
+from tollgate.gateway_client import GatewayError
 
 COLUMNS = ("at", "model", "version", "from", "to", "who", "reason", "evidence_run")
 
 
+def serving_disagreements(ctx: Context) -> list[str]:
+    """Where what the gateway serves differs from the registry's Production version (empty when the gateway
+    is not running: nothing is served, so nothing disagrees)."""
+    from tollgate.registry import STAGE_ALIAS
+
+    prod = ctx.registry.one("Production")
+    gateway = ctx.gateway()
+    try:
+        serving = gateway.health()
+    except GatewayError as exc:
+        if exc.unreachable:
+            return []
+        return [f"gateway at {ctx.config.servers.gateway_url} did not answer /health: {exc}"]
+    finally:
+        gateway.close()
+    found = []
+    if (serving.get("champion") or None) != (prod.version if prod else None):
+        found.append(
+            f"{ctx.registry.model}: the gateway serves v{serving.get('champion')} as champion but the registry's "
+            f"Production (@{STAGE_ALIAS['Production']}) is {'v' + prod.version if prod else 'no version'}"
+        )
+    return found
+
+
+def consistency(ctx: Context) -> list[str]:
+    """Every disagreement between the ledger's chain, registry stages, aliases, the ledger and serving."""
+    from tollgate.registry import disagreements
+
+    return [*ledger.verify(ctx.paths.ledger), *disagreements(ctx.registry), *serving_disagreements(ctx)]
+
+
+def verify(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    problems = consistency(ctx)
+    if args.json:
+        print_json({"ok": not problems, "problems": problems})
+    elif problems:
+        print("\n".join(f"DISAGREES: {p}" for p in problems))
+    else:
+        count = len(ledger.read(ctx.paths.ledger))
+        print(f"ok: {count} ledger entries chained intact; registry stages, aliases, ledger and gateway agree")
+    return EXIT_NO if problems else EXIT_OK
+
+
 def history(ctx: Context, args: argparse.Namespace) -> int:
+    if args.verify:
+        return verify(ctx, args)
     entries = ledger.read(ctx.paths.ledger)
     if args.json:
         print_json([e.to_dict() for e in entries])
@@ -36,5 +83,18 @@ def history(ctx: Context, args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    Command("history", "the promotion ledger: every stage transition, who, when, why, evidence run", history, (JSON,)),
+    Command(
+        "history",
+        "the promotion ledger: every stage transition, who, when, why, evidence run",
+        history,
+        (
+            JSON,
+            arg(
+                "--verify",
+                action="store_true",
+                help="check the ledger's hash chain and that registry stages, aliases, ledger and the gateway "
+                "agree; exit 1 naming the first problem",
+            ),
+        ),
+    ),
 ]
