@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -16,10 +17,10 @@ from tasks.approvals import ApprovalError, _paused_runs, answer_approval
 from tasks.deployment import RolloutFailed
 from tasks.rollout import rollback_via_gateway
 from tests.integration.live import Traffic, free_port, records, train
-from tollgate import ledger
+from tollgate import approvers, ledger
 from tollgate.context import Context
 from tollgate.predlog import read_log
-from tollgate.registry import Registry
+from tollgate.registry import Registry, disagreements
 
 WEAK = {"model": {"hyperparameters": {"max_iter": 10}}}  # a deliberately weak first model
 AUTO = {"rollout": {"auto_approve": True}}  # its release policy approves without asking anyone
@@ -45,14 +46,50 @@ def _deploy_in_thread(ctx: Context, version: str) -> tuple[threading.Thread, dic
 
 
 def _wait_paused(version: str, thread: threading.Thread, timeout: float = 240) -> None:
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and thread.is_alive():
         if asyncio.run(_paused_runs(version)):
             return
         time.sleep(1)
     raise AssertionError(f"deploy of v{version} never paused for approval")
+
+
+def _secret(ctx: Context, name: str) -> str:
+    """A fresh approver secret for `name` in this test's state folder."""
+    if name in approvers.read(ctx.paths.approvers):
+        approvers.remove(ctx.paths.approvers, name)
+    return approvers.add(ctx.paths.approvers, name, ctx.config.rollout.approvers)
+
+
+def _aliases(reg: Registry) -> dict[str, str]:
+    """champion/challenger as an MLflow 3 client sees them (None when the alias is not set)."""
+    out = {}
+    for alias in ("champion", "challenger"):
+        try:
+            out[alias] = str(reg.client.get_model_version_by_alias(reg.model, alias).version)
+        except Exception:
+            out[alias] = None
+    return out
+
+
+def _resume_directly(version: str, answer: dict[str, Any]) -> None:
+    """Answer the form through the Prefect API, as anyone with API access could (no `tollgate approve`)."""
+    from prefect.flow_runs import resume_flow_run
+
+    run = asyncio.run(_paused_runs(version))[0]
+    resume_flow_run(run.id, run_input=answer)
+
+
+def _wait_repaused(version: str, thread: threading.Thread, before: set[str]) -> None:
+    """Wait until the run is paused again under a new pause key (the flow refused the answer)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and thread.is_alive():
+        runs = asyncio.run(_paused_runs(version))
+        keys = {str(r.state.state_details.pause_key) for r in runs}
+        if keys and not keys & before:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"v{version} did not pause again after a refused answer")
 
 
 def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]) -> None:
@@ -63,16 +100,29 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
     v1 = train(ctx, **WEAK, **AUTO)
     assert deploy_model(version=v1.version, config=ctx)["approved_by"].startswith("auto-approved")
     assert reg.one("Production").version == v1.version  # type: ignore[union-attr]
+    assert _aliases(reg) == {"champion": v1.version, "challenger": None}
     assert httpx.get(f"{gateway['url']}/health").json()["champion"] == v1.version
-    # v2: clearly better; its release requires a person from rollout.approvers.
+    # v2: clearly better; its release requires a person from rollout.approvers, with their secret.
     v2 = train(ctx)
     assert v2.stage == "Staging"
+    assert _aliases(reg) == {"champion": v1.version, "challenger": v2.version}
+    description = reg.client.get_model_version(reg.model, v2.version).description
+    assert "**Owner:**" in description and "**Gate verdict:** gate PASSED" in description
+    secret = _secret(ctx, "alice")
     with Traffic(gateway["url"]) as traffic:
         thread, out = _deploy_in_thread(ctx, v2.version)
         _wait_paused(v2.version, thread)
-        with pytest.raises(ApprovalError, match="refused"):
-            answer_approval(v2.version, "mallory", True, "not on the list")
-        assert "approved" in answer_approval(v2.version, "alice", True, "shadow and canary look fine")
+        with pytest.raises(ApprovalError, match=r"not on rollout\.approvers"):
+            answer_approval(ctx, v2.version, "mallory", "x", True, "not on the list")
+        with pytest.raises(ApprovalError, match="wrong secret for 'alice'"):
+            answer_approval(ctx, v2.version, "alice", "guessed", True, "a wrong secret, through the CLI path")
+        paused = {str(r.state.state_details.pause_key) for r in asyncio.run(_paused_runs(v2.version))}
+        assert paused, "a refused CLI answer must leave the run paused"
+        # the same wrong secret straight through the Prefect API: the flow refuses it and pauses again
+        _resume_directly(v2.version, {"approve": True, "approver": "alice", "secret": "guessed", "comment": "api"})
+        _wait_repaused(v2.version, thread, paused)
+        assert reg.one("Production").version == v1.version  # type: ignore[union-attr]
+        assert "approved" in answer_approval(ctx, v2.version, "alice", secret, True, "shadow and canary look fine")
         thread.join(240)
         assert "error" not in out, out.get("error")
         roles = {(a["model_version"], a["role"]) for a in traffic.answers}
@@ -86,6 +136,18 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
         time.sleep(0.5)
     assert traffic.failures == []
     assert reg.one("Production").version == v1.version and reg.get(v2.version).stage == "Archived"  # type: ignore[union-attr]
+    assert _aliases(reg) == {"champion": v1.version, "challenger": None}
+    assert disagreements(reg) == []
+    tags = reg.get(v2.version).tags
+    assert (
+        tags["tollgate.approval.by"].startswith("alice at ")
+        and "promoted to Production" in tags["tollgate.rollout.outcome"]
+    )
+    records_ = [a for a in reg.client.list_artifacts(v2.run_id, "approvals")]
+    assert len(records_) == 1  # the approval record with the evidence it saw
+    refusals = [e for e in ledger.read(reg.ledger_path, gateway["name"]) if e.reason.startswith("approval refused")]
+    assert [e.who for e in refusals] == ["alice (unproven)", "alice (unproven)"]  # CLI path, then Prefect API
+    assert ledger.verify(reg.ledger_path) == []
     log = _log(gateway)
     mine = log[log["model_version"].isin([v1.version, v2.version])]
     assert {"champion", "shadow", "canary"} <= set(mine["role"])
@@ -101,6 +163,7 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
     done = rollback_via_gateway(unreachable, v2.version, "test: gateway down", None)
     assert done == {"from": v1.version, "to": v2.version, "served": False}
     assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
+    assert _aliases(reg) == {"champion": v2.version, "challenger": None}
 
 
 def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) -> None:
@@ -112,11 +175,12 @@ def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) 
     with Traffic(gateway["url"]):
         thread, out = _deploy_in_thread(ctx, v2.version)
         _wait_paused(v2.version, thread)
-        answer_approval(v2.version, "bob", False, "canary is too small to judge")
+        answer_approval(ctx, v2.version, "bob", _secret(ctx, "bob"), False, "canary is too small to judge")
         thread.join(120)
     assert isinstance(out.get("error"), RolloutFailed) and "not approved by bob" in str(out["error"])
     assert reg.one("Production").version == v1.version and reg.get(v2.version).stage == "Archived"  # type: ignore[union-attr]
     assert reg.one("Staging") is None
+    assert _aliases(reg) == {"champion": v1.version, "challenger": None}
     assert httpx.get(f"{gateway['url']}/health").json() == {
         "status": "ok",
         "champion": v1.version,
