@@ -1,6 +1,7 @@
 """The prediction gateway: a plain ASGI app with adaptive micro-batching and a durable prediction log.
 
-POST /predict   one record (a JSON object) or {"records": [...]} / a JSON list; 422 names each field at fault
+POST /predict   one record (a JSON object) or {"records": [...]} / a JSON list; 422 names each field at fault,
+                413 the setting a body (serving.max_body_bytes) or a batch (serving.max_batch_size) is over
 GET  /health    liveness plus what is being served
 GET  /metrics   Prometheus exposition (serving/metrics.py)
 POST /admin/reload, POST /admin/rollback, GET /admin/state   behind the Bearer token (serving/admin.py)
@@ -19,7 +20,7 @@ import orjson
 
 from serving.admin import Admin
 from serving.batcher import Batcher
-from serving.http import HttpApp, Receive, Request, Response, Scope, Send, invalid_json, json_response
+from serving.http import HttpApp, Limit, Receive, Request, Response, Scope, Send, invalid_json, json_response
 from serving.metrics import CONTENT_TYPE, GatewayMetrics
 from serving.release import ReleaseStore, Routing
 from serving.shadow import ShadowScorer
@@ -78,6 +79,7 @@ class Gateway:
         self.plog: PredictionLog | None = None
         self.shadow = ShadowScorer(self.metrics)
         self.batcher = Batcher(cfg.serving, self.metrics, self.shadow.submit)
+        self.max_batch = Limit("serving.max_batch_size", cfg.serving.max_batch_size)
         self.admin = Admin(
             admin_token(cfg, paths),
             f"set {cfg.serving.admin_token_env} or create {paths.admin_token}",
@@ -96,6 +98,7 @@ class Gateway:
             self.metrics,
             self.startup,
             self.shutdown,
+            Limit("serving.max_body_bytes", cfg.serving.max_body_bytes),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,6 +146,8 @@ class Gateway:
         if isinstance(parsed, Response):
             return parsed
         records, single = parsed
+        if len(records) > self.max_batch.value:  # one request is scored as one batch at most
+            return self.max_batch.refuse(f"request has {len(records)} records")
         routing = self.routing
         if routing.champion is None:
             return json_response(503, {"error": "no Production model is being served yet"})

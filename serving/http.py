@@ -1,9 +1,18 @@
 """ASGI plumbing: lifespan hooks, a fixed route table, body reading with a size limit, JSON responses, and the
 per-request metrics (route label from a fixed set, status, /predict latency). Nothing a handler raises
-crashes the worker: it becomes a 500 counted as an internal error."""
+crashes the worker: it becomes a 500 counted as an internal error.
+
+A request over a limit gets a 413 naming the setting, never a connection reset. uvicorn closes the connection
+as soon as a response is sent when the client asked for that (`Connection: close`, HTTP/1.0, urllib); a close
+with request bytes still unread makes the kernel send a reset, which the client sees instead of the answer.
+So before any response the rest of an unread body is read and dropped (within DRAIN_S), and a body that was
+never asked for (`Expect: 100-continue`, not yet sent) is answered with `Connection: close` instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,12 +27,84 @@ log = logging.getLogger("tollgate.gateway")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-MAX_BODY = 20 * 1024 * 1024
 JSON = b"application/json"
+# How long the rest of an unwanted body is read and dropped before answering (nginx's lingering_time): a client
+# that is still sending after this gets its answer on a closed connection, and may see a reset.
+DRAIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A configured request limit: the setting's dotted name and its value."""
+
+    setting: str
+    value: int
+
+    def refuse(self, what: str) -> Response:
+        """The 413 naming this limit; `what` says what was over it (e.g. 'request body is 52428800 bytes')."""
+        return json_response(
+            413, {"error": f"{what}, over {self.setting} = {self.value}", "setting": self.setting, "limit": self.value}
+        )
 
 
 class BodyTooLarge(Exception):
-    """The request body exceeds MAX_BODY."""
+    """The request body is over its limit (raised once that is known, with the rest of the body unread)."""
+
+
+class Body:
+    """One request's body stream: read whole up to a limit, or drained (read and dropped) so that the connection
+    can be answered, and closed if it must be, without a reset."""
+
+    def __init__(self, receive: Receive, headers: Mapping[bytes, bytes], limit: int):
+        self.receive = receive
+        self.limit = limit
+        length = headers.get(b"content-length")
+        self.declared = int(length) if length is not None and length.isdigit() else None
+        self.done = False  # until the server says no more is coming (one receive when there is no body)
+        self.awaits_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+        self.received = 0  # bytes taken off the connection so far (kept or dropped)
+
+    async def _next(self) -> bytes:
+        # uvicorn sends the `100 Continue` on the first receive, so after it the client is sending
+        self.awaits_continue = False
+        message = await self.receive()
+        chunk: bytes = message.get("body", b"")
+        self.received += len(chunk)
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            self.done = True
+        return chunk
+
+    async def read(self) -> bytes:
+        """The whole body; raises BodyTooLarge, before reading it, when its Content-Length is over the limit, and
+        as soon as the bytes received pass the limit otherwise."""
+        if self.declared is not None and self.declared > self.limit:
+            raise BodyTooLarge
+        chunks = []
+        while not self.done:
+            chunks.append(await self._next())
+            if self.received > self.limit:
+                raise BodyTooLarge
+        return b"".join(chunks)
+
+    async def drain(self) -> bool:
+        """Read and drop what is left of the body within DRAIN_S; True when it is all read, so the connection may
+        stay open. A client still waiting for `100 Continue` has sent nothing: it is not asked to (False), since
+        closing then loses nothing and on an open connection its next request would be read as this body."""
+        if self.awaits_continue:
+            return False
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                while not self.done:
+                    await self._next()
+        except TimeoutError:
+            return False
+        return True
+
+    def size(self) -> str:
+        """The body's length as far as it is known: declared, counted whole, or 'more than' what was read."""
+        if self.declared is not None:
+            return f"{self.declared} bytes"
+        return f"{self.received} bytes" if self.done else f"more than {self.received} bytes"
 
 
 @dataclass(frozen=True)
@@ -33,21 +114,22 @@ class Request:
     method: str
     path: str
     headers: Mapping[bytes, bytes]
-    receive: Receive
+    stream: Body
     start: float
 
     async def body(self) -> bytes:
-        """The whole body; raises BodyTooLarge past MAX_BODY."""
-        return await read_body(self.receive)
+        """The whole body; raises BodyTooLarge when it is over the body limit."""
+        return await self.stream.read()
 
 
 @dataclass(frozen=True)
 class Response:
-    """Status, encoded body and content type."""
+    """Status, encoded body, content type, and whether the connection is to be closed after it."""
 
     status: int
     body: bytes
     content_type: bytes = JSON
+    close: bool = False
 
 
 def json_response(status: int, payload: Any) -> Response:
@@ -63,37 +145,18 @@ def invalid_json(exc: Exception) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def read_body(receive: Receive) -> bytes:
-    """Concatenate the body chunks; raises BodyTooLarge as soon as they pass MAX_BODY."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
 async def respond(send: Send, response: Response) -> None:
     """Send one complete response."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": [
-                (b"content-type", response.content_type),
-                (b"content-length", str(len(response.body)).encode()),
-            ],
-        }
-    )
+    headers = [(b"content-type", response.content_type), (b"content-length", str(len(response.body)).encode())]
+    if response.close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 
 
 class HttpApp:
-    """An ASGI app over exact (method, path) routes plus path-prefix routes (e.g. /admin/ behind a token)."""
+    """An ASGI app over exact (method, path) routes plus path-prefix routes (e.g. /admin/ behind a token); a
+    request body over `max_body` gets the 413 naming it."""
 
     def __init__(
         self,
@@ -102,7 +165,9 @@ class HttpApp:
         metrics: GatewayMetrics,
         startup: Callable[[], Awaitable[None]],
         shutdown: Callable[[], Awaitable[None]],
+        max_body: Limit,
     ):
+        self.max_body = max_body
         self.routes = dict(routes)
         self.prefixes = dict(prefixes)
         self.metrics = metrics
@@ -116,15 +181,24 @@ class HttpApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        request = Request(method, path, dict(scope.get("headers") or []), receive, time.time())
+        headers = dict(scope.get("headers") or [])
+        stream = Body(receive, headers, self.max_body.value)
+        request = Request(method, path, headers, stream, time.time())
+        response: Response | None
         try:
             response = await self._dispatch(request)
         except BodyTooLarge:
-            response = json_response(413, {"error": f"request body over {MAX_BODY} bytes"})
+            response = None  # answered below, once the rest is drained and the size known
         except Exception as exc:  # nothing crashes the worker
             log.exception("request failed")
             self.metrics.error("internal")
             response = json_response(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+        # whatever the answer, the client must be able to finish sending and then read it
+        keep_open = stream.done or await stream.drain()
+        if response is None:
+            response = self.max_body.refuse(f"request body is {stream.size()}")
+        if not keep_open:
+            response = dataclasses.replace(response, close=True)
         self.metrics.count_request(path, response.status)
         if path == "/predict":
             self.metrics.latency.observe(time.time() - request.start)
