@@ -12,6 +12,7 @@ import orjson
 
 from serving.http import Handler, Request, Response, invalid_json, json_response
 from serving.metrics import GatewayMetrics
+from tollgate.provenance import UntrustedRelease
 from tollgate.registry import Registry, RegistryError, rollback_release
 
 
@@ -57,7 +58,7 @@ class Admin:
         try:
             return json_response(200, await self.reload())
         except Exception as exc:
-            self.metrics.error("reload")
+            self.metrics.error("untrusted_release" if isinstance(exc, UntrustedRelease) else "reload")
             return json_response(502, {"error": f"reload failed, still serving {self.describe()}: {exc}"})
 
     async def _rollback(self, request: Request) -> Response:

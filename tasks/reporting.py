@@ -19,7 +19,7 @@ from tasks.tracking import artifact_key
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
 from tollgate.keys import key_part
-from tollgate.release import RELEASE_DIR, Release
+from tollgate.release import Release
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,10 @@ def evidently_verdicts(stats: dict[str, float], cfg: TollgateConfig) -> set[str]
 
 
 def release_reference_sample(release: Release) -> pd.DataFrame:
-    """The reference rows stored with the release (what Evidently compares the window against)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(release.tracking_uri)
+    """The reference rows stored with the release (what Evidently compares the window against), checked
+    against their registration digest before they are read."""
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=release.run_id, artifact_path=f"{RELEASE_DIR}/reference_sample.parquet", dst_path=tmp
-        )
-        return pd.read_parquet(local)
+        return pd.read_parquet(release.local_file("reference_sample.parquet", Path(tmp)))
 
 
 @tollgate_task(idempotent_io=True)

@@ -33,6 +33,7 @@ from tollgate.config import TollgateConfig
 from tollgate.context import Context
 from tollgate.keys import key_part, segment_key
 from tollgate.objective import Objective
+from tollgate.provenance import REGISTERED_REASON, SKOPS_TRUSTED_TYPES, VERDICT_REASON, digest_tags, digest_tree
 from tollgate.release import RELEASE_DIR, load_release, load_release_file
 
 REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
@@ -58,6 +59,7 @@ class LoggedRun:
 
     run_id: str
     model_uri: str
+    digests: dict[str, str]  # "release/<file>" -> sha256 of the release context as written
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
                 min(cfg.monitoring.report_sample_rows, len(frame)), random_state=cfg.model.seed
             )
             sample.to_parquet(folder / "reference_sample.parquet", index=False)
+            digests = digest_tree(folder, RELEASE_DIR)
             mlflow.log_artifacts(tmp, RELEASE_DIR)
         sample = holdout[features].head(50)
         info = mlflow.sklearn.log_model(
@@ -201,9 +204,21 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
             name="model",
             signature=infer_signature(sample, Objective.from_config(cfg).outputs(model, sample)),
             pip_requirements=_requirements(),
-            skops_trusted_types=sio.get_untrusted_types(data=sio.dumps(model)),
+            serialization_format="skops",
+            skops_trusted_types=skops_types(sio.get_untrusted_types(data=sio.dumps(model)), cfg.model.kind),
         )
-        return LoggedRun(str(run.info.run_id), str(info.model_uri))
+        return LoggedRun(str(run.info.run_id), str(info.model_uri), digests)
+
+
+def skops_types(found: list[str], kind: str) -> list[str]:
+    """The project's skops allow-list, after checking the fitted pipeline needs nothing outside it (every loader
+    uses that list, so a model holding another type could never be served)."""
+    foreign = sorted(set(found) - set(SKOPS_TRUSTED_TYPES))
+    if foreign:
+        raise TypeError(
+            f"the fitted {kind} pipeline holds types outside tollgate.provenance.SKOPS_TRUSTED_TYPES: {foreign}"
+        )
+    return list(SKOPS_TRUSTED_TYPES)
 
 
 SCHEMA_SAMPLE_ROWS = 10_000
@@ -247,9 +262,13 @@ def register(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -> Regist
     mlflow.set_tracking_uri(ctx.config.servers.mlflow_url)
     name = ctx.config.project.registered_model
     run_id = logged.run_id
+    with tempfile.TemporaryDirectory() as tmp:  # the model files as the server stores them, before anyone loads
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.model_uri, dst_path=tmp))
+        digests = {**digest_tree(model_dir, "model"), **logged.digests}
     mv = mlflow.register_model(logged.model_uri, name, tags={"tollgate.run_id": run_id})
     version = str(mv.version)
-    ctx.registry.record(version, "-", "None", "registered from training run", run_id, flow_run_id=flow_run_id)
+    ctx.registry.record(version, "-", "None", REGISTERED_REASON, run_id, flow_run_id=flow_run_id, digests=digests)
+    ctx.registry.set_tags(version, digest_tags(digests))
     run = mlflow.get_run(run_id)
     project, tags = ctx.config.project, run.data.tags
     ctx.registry.set_tags(
@@ -307,10 +326,13 @@ def store_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict,
     """Store the verdict as a run artifact, version tags and a Prefect table; a rejection lands in the ledger."""
     cfg = ctx.config
     client = mlflow.MlflowClient(tracking_uri=cfg.servers.mlflow_url)
+    registry = ctx.registry
     with tempfile.TemporaryDirectory() as tmp:
         _write_json(Path(tmp), "gate_verdict.json", verdict.to_dict())
+        digests = digest_tree(Path(tmp), RELEASE_DIR)
+        registry.record(registered.version, "None", "None", VERDICT_REASON, registered.run_id, digests=digests)
         client.log_artifact(registered.run_id, str(Path(tmp) / "gate_verdict.json"), RELEASE_DIR)
-    registry = ctx.registry
+    registry.set_tags(registered.version, digest_tags(digests))
     failing = "; ".join(f"{c.scope} {c.check}" for c in verdict.failures)
     registry.set_tags(
         registered.version,

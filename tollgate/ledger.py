@@ -32,14 +32,20 @@ class LedgerEntry:
     evidence_run_id: str | None = None
     flow_run_id: str | None = None
     at: str = ""
+    # sha256 of every file of the version the pipeline stored ("model/MLmodel", "release/config.json", ...):
+    # what loaders check before they deserialize anything (tollgate/provenance.py). Only on pipeline entries.
+    digests: dict[str, str] | None = None
     prev: str = ""
     hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        body = asdict(self)
+        if body["digests"] is None:  # entries without file digests keep the shape (and hash) they had
+            del body["digests"]
+        return body
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of every field but `hash` (so `prev` is covered)."""
+        """sha256 of the canonical JSON of every field but `hash` (so `prev` and `digests` are covered)."""
         body = {k: v for k, v in self.to_dict().items() if k != "hash"}
         return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

@@ -11,40 +11,63 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from tollgate import ledger, provenance
 from tollgate.config import TollgateConfig
 from tollgate.objective import Objective
 from tollgate.registry import Registry, RegistryError, VersionInfo
+
+T = TypeVar("T")
 
 RELEASE_DIR = "release"  # the run artifact folder holding the release context
 
 
 def load_release_file(tracking_uri: str, run_id: str, name: str) -> Any:
-    """One release-context artifact of a version's run (JSON parsed, anything else as text)."""
+    """One release-context artifact of a run the pipeline is writing right now (JSON parsed, else text).
+    Not for a registered version: `Release.file` checks the file against the ledger first."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _parse(name, _download(tracking_uri, run_id, f"{RELEASE_DIR}/{name}", Path(tmp)))
+
+
+def _download(tracking_uri: str, run_id: str, artifact_path: str, dst: Path) -> Path:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{RELEASE_DIR}/{name}", dst_path=tmp)
-        text = Path(local).read_text()
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
+
+
+def _parse(name: str, local: Path) -> Any:
+    text = local.read_text()
     return json.loads(text) if name.endswith(".json") else text
 
 
-def load_model(tracking_uri: str, model_name: str, version: str) -> Any:
-    """The fitted sklearn Pipeline of a registered version."""
-    import mlflow
-    import mlflow.sklearn
+def load_skops_model(folder: Path, model: str, version: str) -> Any:
+    """The sklearn pipeline in a (digest-checked) MLflow model folder, loaded by skops with the project's own
+    allow-list: a pickle format, or a type outside that list, is refused before anything is deserialized."""
+    import skops.io as sio
+    import yaml
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+    flavor = dict(yaml.safe_load((folder / "MLmodel").read_text()).get("flavors", {}).get("sklearn", {}))
+    fmt = flavor.get("serialization_format")
+    if fmt != "skops":
+        raise provenance.UntrustedRelease(model, version, "model/MLmodel", f"serialization format {fmt!r}, not skops")
+    path = folder / str(flavor.get("pickled_model", "model.skops"))
+    foreign = sorted(set(sio.get_untrusted_types(file=path)) - set(provenance.SKOPS_TRUSTED_TYPES))
+    if foreign:
+        raise provenance.UntrustedRelease(
+            model, version, f"model/{path.name}", f"holds types outside the project's allow-list: {foreign}"
+        )
+    return sio.load(path, trusted=list(provenance.SKOPS_TRUSTED_TYPES))
 
 
 @dataclass(frozen=True)
 class Release:
-    """One registered version with its release context; further context files are read on demand."""
+    """One registered version with its release context; further context files are read on demand, each one
+    checked against the digests the pipeline recorded at registration before it is parsed."""
 
     model_name: str
     version: str
@@ -53,12 +76,21 @@ class Release:
     tags: dict[str, str]
     config: TollgateConfig
     tracking_uri: str
+    trusted: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    registry: Registry | None = field(default=None, compare=False, repr=False)
     _files: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def local_file(self, name: str, dst: Path) -> Path:
+        """A release-context artifact downloaded into `dst`, checked against its registration digest."""
+        local = _download(self.tracking_uri, self.run_id, f"{RELEASE_DIR}/{name}", dst)
+        self._check(lambda: provenance.check_file(self.trusted, f"{RELEASE_DIR}/{name}", local, *self._id))
+        return local
 
     def file(self, name: str) -> Any:
         """A release-context artifact (config.json, reference_profile.json, gate_verdict.json, ...), read once."""
         if name not in self._files:
-            self._files[name] = load_release_file(self.tracking_uri, self.run_id, name)
+            with tempfile.TemporaryDirectory() as tmp:
+                self._files[name] = _parse(name, self.local_file(name, Path(tmp)))
         return self._files[name]
 
     @property
@@ -76,8 +108,35 @@ class Release:
         return Objective.from_config(self.config)
 
     def load_model(self) -> Any:
-        """The fitted pipeline of this version."""
-        return load_model(self.tracking_uri, self.model_name, self.version)
+        """The fitted pipeline of this version: every model file checked against the ledger, then skops."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.model_name}/{self.version}", dst_path=tmp
+                )
+            )
+            self._check(lambda: provenance.check_tree(self.trusted, folder, "model", *self._id))
+            return self._check(lambda: load_skops_model(folder, *self._id))
+
+    @property
+    def _id(self) -> tuple[str, str]:
+        return self.model_name, self.version
+
+    def _check(self, step: Callable[[], T]) -> T:
+        try:
+            return step()
+        except provenance.UntrustedRelease as exc:
+            record_refusal(self.registry, self.stage, exc)
+            raise
+
+
+def record_refusal(registry: Registry | None, stage: str, exc: provenance.UntrustedRelease) -> None:
+    """A refused load is a ledger entry (the version stays where it is)."""
+    if registry is not None:
+        registry.record(exc.version, stage, stage, f"refused to load: {exc.file}: {exc.why}", None, who="tollgate")
 
 
 def upgrade_release_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -111,15 +170,12 @@ def load_release(
             raise RegistryError(f"{registry.model} has no {stage} version")
     else:
         raise ValueError("load_release needs a version or a stage")
+    try:
+        trusted = provenance.trusted_digests(ledger.read(registry.ledger_path), registry.model, info.version)
+    except provenance.UntrustedRelease as exc:
+        record_refusal(registry, info.stage, exc)
+        raise
     uri = cfg.servers.mlflow_url
-    body = load_release_file(uri, info.run_id, "config.json")
-    return Release(
-        model_name=registry.model,
-        version=info.version,
-        run_id=info.run_id,
-        stage=info.stage,
-        tags=info.tags,
-        config=release_config(body, cfg),
-        tracking_uri=uri,
-        _files={"config.json": body},
-    )
+    release = Release(registry.model, info.version, info.run_id, info.stage, info.tags, cfg, uri, trusted, registry)
+    body = release.file("config.json")
+    return replace(release, config=release_config(body, cfg), _files={"config.json": body})

@@ -20,7 +20,7 @@ from tests.integration.live import model_context
 from tollgate import ledger
 from tollgate.context import Context, make_context
 from tollgate.registry import Registry
-from tollgate.release import load_release_file
+from tollgate.release import load_release, load_release_file
 from tollgate.synthetic import generate, write_parquet
 
 CONFIG = str(ROOT / "configs" / "pipeline.yaml")
@@ -102,8 +102,18 @@ def test_first_model_reaches_staging_with_its_whole_release_context(
     version_tags = reg.get(result.version).tags
     assert version_tags["tollgate.gate.passed"] == "true"
     entries = [e for e in ledger.read(Path(live_stack["home"]) / "ledger.jsonl", model_name)]
-    assert [(e.from_stage, e.to_stage) for e in entries] == [("-", "None"), ("None", "Staging")]
+    assert [(e.from_stage, e.to_stage) for e in entries] == [("-", "None"), ("None", "None"), ("None", "Staging")]
     assert entries[-1].evidence_run_id == result.run_id and entries[-1].flow_run_id
+    # Provenance: every file of the model and the release context has its sha256 in the (chained) ledger and
+    # as a version tag, and the one loader checks them before it deserializes anything.
+    registered, verdict = entries[0].digests or {}, entries[1].digests or {}
+    assert {"model/MLmodel", "model/model.skops", "release/config.json", "release/reference_sample.parquet"} <= set(
+        registered
+    )
+    assert set(verdict) == {"release/gate_verdict.json"}
+    assert version_tags["tollgate.sha256.model/model.skops"] == registered["model/model.skops"]
+    release = load_release(ctx.config, reg, result.version)
+    assert release.file("gate_verdict.json")["passed"] and hasattr(release.load_model(), "predict")
     _assert_prefect_artifacts(model_name)
 
 

@@ -1,0 +1,102 @@
+"""Only files the training pipeline stored, unchanged since, are ever loaded (issue 16): a version registered
+outside the pipeline (a pickle that runs code when loaded) and a registered version whose model file was
+replaced afterwards are refused by every loader, with production and serving untouched."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import mlflow.sklearn
+import pytest
+from mlflow import MlflowClient
+
+from flows.deploy import deploy_model
+from tests.integration.live import records, train
+from tollgate import ledger
+from tollgate.provenance import UntrustedRelease
+from tollgate.release import RELEASE_DIR, load_release
+from tollgate.secrets import admin_token
+
+AUTO = {"rollout": {"auto_approve": True}}
+
+
+class RunsCodeWhenLoaded:
+    """What an attacker registers: unpickling it creates the marker file (any code could run instead)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def _register_outside_the_pipeline(ctx: Any, copy_from_run: str, marker: Path) -> str:
+    """Any MLflow client with registry write access: a pickle model plus release/ files copied from v1."""
+    mlflow.set_tracking_uri(ctx.config.servers.mlflow_url)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="not-the-pipeline"):
+        local = mlflow.artifacts.download_artifacts(run_id=copy_from_run, artifact_path=RELEASE_DIR, dst_path=tmp)
+        mlflow.log_artifacts(local, RELEASE_DIR)
+        info = mlflow.sklearn.log_model(RunsCodeWhenLoaded(marker), name="model", serialization_format="pickle")
+    return str(mlflow.register_model(info.model_uri, ctx.config.project.registered_model).version)
+
+
+def _admin(gateway: dict[str, Any]) -> dict[str, str]:
+    ctx = gateway["ctx"]
+    return {"Authorization": f"Bearer {admin_token(ctx.config, ctx.paths)}"}
+
+
+def _served(gateway: dict[str, Any]) -> str:
+    answer = httpx.post(f"{gateway['url']}/predict", json=records(1)[0], timeout=30)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["model_version"])
+
+
+def test_a_version_registered_outside_the_pipeline_never_runs(gateway: dict[str, Any], tmp_path: Path) -> None:
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx)
+    marker = tmp_path / "code-ran"
+    evil = _register_outside_the_pipeline(ctx, v1.run_id, marker)
+
+    # The rollback deployment's path (through the gateway): refused by the rollback rules, nothing moves.
+    refused = httpx.post(f"{gateway['url']}/admin/rollback", json={"to": evil}, headers=_admin(gateway), timeout=60)
+    assert refused.status_code == 409 and "never Production" in refused.json()["error"], refused.text
+    # Someone with registry write access moves it to Production by hand and asks the gateway to reload.
+    client = MlflowClient(ctx.config.servers.mlflow_url)
+    client.transition_model_version_stage(ctx.config.project.registered_model, evil, "Production", True)
+    reload = httpx.post(f"{gateway['url']}/admin/reload", headers=_admin(gateway), timeout=60)
+    assert reload.status_code == 502 and f"refused {ctx.config.project.registered_model} v{evil}" in reload.text
+    assert "no registration entry" in reload.text
+    assert _served(gateway) == v1.version  # the gateway keeps serving what it served
+    with pytest.raises(UntrustedRelease, match="no registration entry"):
+        load_release(ctx.config, ctx.registry, version=evil)  # deploy, monitoring and rollback load through it
+    assert not marker.exists(), "the registered pickle ran its code"
+    metrics = httpx.get(f"{gateway['url']}/metrics").text
+    assert 'tollgate_errors_total{kind="untrusted_release"}' in metrics
+    refusals = [e for e in ledger.read(ctx.paths.ledger, ctx.config.project.registered_model) if e.version == evil]
+    assert refusals and all(e.reason.startswith("refused to load:") for e in refusals)
+
+
+def test_a_model_file_replaced_after_registration_is_refused_by_digest(gateway: dict[str, Any]) -> None:
+    ctx = gateway["ctx"]
+    name = ctx.config.project.registered_model
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx)
+    v2 = train(ctx, **AUTO)
+    client = MlflowClient(ctx.config.servers.mlflow_url)
+    model_ids = [
+        str(client.get_model_version(name, v).source).removeprefix("models:/") for v in (v1.version, v2.version)
+    ]
+    first, second = (next(ctx.paths.mlflow_artifacts.rglob(f"{m}/artifacts/model.skops")) for m in model_ids)
+    second.write_bytes(first.read_bytes())  # a valid model file, just not the one the pipeline stored for v2
+
+    with pytest.raises(UntrustedRelease, match=r"model/model\.skops: sha256 .* differs"):
+        load_release(ctx.config, ctx.registry, version=v2.version).load_model()
+    with pytest.raises(Exception, match=rf"refused {name} v{v2.version}: model/model\.skops"):
+        deploy_model(version=v2.version, config=ctx)
+    prod = ctx.registry.one("Production")
+    assert prod is not None and prod.version == v1.version and _served(gateway) == v1.version
