@@ -256,8 +256,14 @@ def rollback_via_gateway(
         if not exc.unreachable:
             raise  # the gateway answered (refused, or failed after acting): rolling back again could go too far
         run_logger().warning("gateway rollback failed (%s); rolling back in the registry directly", exc)
-    before, after = rollback_release(ctx.registry, to, reason, who, flow_run_id)
+    before, after = rollback_release(ctx.registry, to, reason, who, flow_run_id, check=lambda t: _loads(ctx, t.version))
     return {"from": before, "to": after, "served": False}
+
+
+def _loads(ctx: Context, version: str) -> None:
+    """With no gateway to smoke-test in, at least prove the target loads: its files are the ones the pipeline
+    stored (provenance) and its model deserializes under the project's allow-list."""
+    load_release(ctx.config, ctx.registry, version=version).load_model()
 
 
 def verify_release(ctx: Context, version: str, flow_run_id: str | None) -> dict[str, Any]:

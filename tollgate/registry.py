@@ -11,6 +11,7 @@ same function without importing each other.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,8 +142,9 @@ class Registry:
         evidence_run_id: str | None,
         who: str | None = None,
         flow_run_id: str | None = None,
+        digests: dict[str, str] | None = None,
     ) -> ledger.LedgerEntry:
-        """Append a ledger entry without changing the registry (registration, rejection)."""
+        """Append a ledger entry without changing the registry (registration, rejection, a file digest)."""
         return ledger.append(
             self.ledger_path,
             ledger.LedgerEntry(
@@ -154,6 +156,7 @@ class Registry:
                 reason=reason,
                 evidence_run_id=evidence_run_id,
                 flow_run_id=flow_run_id,
+                digests=digests,
             ),
         )
 
@@ -243,14 +246,10 @@ def previous_production(reg: Registry, current: str | None) -> VersionInfo:
     raise RegistryError(f"{reg.model}: no earlier Production version to roll back to")
 
 
-def rollback_release(
-    reg: Registry, to_version: str | None, reason: str, who: str | None, flow_run_id: str | None = None
-) -> tuple[str | None, str]:
-    """Make the previous (or the named) release Production again; returns (from, to). The release context
-    travels with the version, so serving and monitoring follow it.
-
-    The target must have been Production before (per the ledger), be Archived now and not be the current one:
-    a version that never passed a gate and an approval is never made Production by a "rollback"."""
+def rollback_target(reg: Registry, to_version: str | None) -> tuple[VersionInfo | None, VersionInfo]:
+    """(current Production, the version a rollback would restore), or RegistryError naming the rule it breaks:
+    the target must have been Production before (per the ledger), be Archived now and not be the current one,
+    so a version that never passed a gate and an approval is never made Production by a "rollback"."""
     current = reg.one("Production")
     target = reg.get(to_version) if to_version else previous_production(reg, current.version if current else None)
     if current is not None and target.version == current.version:
@@ -262,6 +261,23 @@ def rollback_release(
         )
     if target.stage != "Archived":
         raise RegistryError(f"v{target.version} is in stage {target.stage}; a rollback target must be Archived")
+    return current, target
+
+
+def rollback_release(
+    reg: Registry,
+    to_version: str | None,
+    reason: str,
+    who: str | None,
+    flow_run_id: str | None = None,
+    check: Callable[[VersionInfo], None] | None = None,
+) -> tuple[str | None, str]:
+    """Make the previous (or the named) release Production again; returns (from, to). The release context
+    travels with the version, so serving and monitoring follow it. `check` (the gateway's load + smoke test of
+    the target) runs before anything moves: if it raises, registry and ledger stay as they were."""
+    current, target = rollback_target(reg, to_version)
+    if check is not None:
+        check(target)
     reg.set_tags(target.version, {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: f"rolled back to: {reason}"[:500]})
     reg.transition(target.version, "Production", f"rollback: {reason}", None, who=who, flow_run_id=flow_run_id)
     return (current.version if current else None), target.version
