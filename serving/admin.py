@@ -12,8 +12,9 @@ import orjson
 
 from serving.http import Handler, Request, Response, invalid_json, json_response
 from serving.metrics import GatewayMetrics
+from serving.scoring import SmokeFailed
 from tollgate.provenance import UntrustedRelease
-from tollgate.registry import Registry, RegistryError, rollback_release
+from tollgate.registry import Registry, RegistryError, VersionInfo, rollback_release
 
 
 class Admin:
@@ -27,6 +28,7 @@ class Admin:
         reload: Callable[[], Awaitable[dict[str, Any]]],
         describe: Callable[[], dict[str, Any]],
         metrics: GatewayMetrics,
+        preflight: Callable[[VersionInfo], None],
     ):
         self.token = token
         self.disabled_hint = disabled_hint
@@ -34,6 +36,7 @@ class Admin:
         self.reload = reload
         self.describe = describe
         self.metrics = metrics
+        self.preflight = preflight  # load + smoke-test a rollback target before the registry moves
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/admin/reload"): self._reload,
             ("POST", "/admin/rollback"): self._rollback,
@@ -79,8 +82,12 @@ class Admin:
                 body.get("reason") or "manual",
                 body.get("who"),
                 body.get("flow_run_id"),
+                self.preflight,
             )
-        except RegistryError as exc:
+        except (RegistryError, SmokeFailed) as exc:
+            return json_response(409, {"error": str(exc)})
+        except UntrustedRelease as exc:
+            self.metrics.error("untrusted_release")
             return json_response(409, {"error": str(exc)})
         state = await self.reload()
         return json_response(200, {"from": before, "to": after, "served": state["champion"] == after, **state})

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from serving import scoring
 from serving.admin import Admin
 from serving.batcher import Batcher
 from serving.http import HttpApp, Limit, Receive, Request, Response, Scope, Send, invalid_json, json_response
@@ -27,7 +28,7 @@ from serving.shadow import ShadowScorer
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
 from tollgate.predlog import PredictionLog
-from tollgate.registry import Registry
+from tollgate.registry import Registry, VersionInfo
 from tollgate.secrets import admin_token
 
 log = logging.getLogger("tollgate.gateway")
@@ -87,6 +88,7 @@ class Gateway:
             self.reload,
             self.routing_state,
             self.metrics,
+            self.preflight,
         )
         self.http = HttpApp(
             {
@@ -135,6 +137,12 @@ class Gateway:
         log.warning("serving %s", routing.describe())
         return routing.describe()
 
+    def preflight(self, target: VersionInfo) -> None:
+        """Load `target` (provenance, allow-list) and smoke-test it in process; raises before anything moves.
+        Runs in the admin executor thread; the loaded release stays warm for the swap that follows."""
+        release = self.store.release(target.version, target.run_id)
+        scoring.smoke_test(release, self.store.smoke_records(target.version))
+
     def routing_state(self) -> dict[str, Any]:
         """What is being served (champion, challenger, mode, share)."""
         return self.routing.describe()
@@ -167,16 +175,19 @@ class Gateway:
         return Response(200, self.metrics.render(), CONTENT_TYPE)
 
 
-def serve(cfg: TollgateConfig, paths: StatePaths) -> None:
-    """Run the gateway in the foreground on servers.host:servers.gateway_port until SIGINT/SIGTERM."""
+def serve(cfg: TollgateConfig, paths: StatePaths, fd: int | None = None) -> None:
+    """Run the gateway in the foreground on servers.host:servers.gateway_port (or on the listening socket `fd`
+    a supervisor holds open) until SIGINT/SIGTERM."""
     import uvicorn
 
     paths.ensure()
     app = Gateway(cfg, paths)
+    where: dict[str, Any] = (
+        {"fd": fd} if fd is not None else {"host": cfg.servers.host, "port": cfg.servers.gateway_port}
+    )
     uvicorn.run(
         app,
-        host=cfg.servers.host,
-        port=cfg.servers.gateway_port,
+        **where,
         loop="uvloop",
         http="httptools",
         lifespan="on",

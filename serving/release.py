@@ -83,6 +83,10 @@ class ReleaseStore:
                 self._cache.pop(next(iter(self._cache)))
         return rel
 
+    def smoke_records(self, version: str) -> list[dict[str, Any]]:
+        """The release's own smoke records (digest-checked like every release file)."""
+        return list(load_release(self.cfg, self.registry, version=version).file("smoke_records.json"))
+
     def routing(self) -> Routing:
         """Current routing from the registry: Production is the champion; a Staging version whose rollout tag
         says shadow or canary is the challenger."""

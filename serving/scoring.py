@@ -44,6 +44,28 @@ def score(release: Release, records: list[dict[str, Any]]) -> np.ndarray:
     return release.objective.score(outputs(release, records))
 
 
+class SmokeFailed(Exception):
+    """A release's own smoke records do not validate or do not score to finite outputs."""
+
+
+def smoke_test(release: Release, records: list[dict[str, Any]]) -> None:
+    """Validate the release's smoke records with its own serving rules and score them in process: every one
+    must pass and give a finite output; SmokeFailed names the first problem."""
+    if not records:
+        raise SmokeFailed(f"v{release.version} has no smoke records")
+    problems = [e for i, r in enumerate(records) for e in release.schema.errors(r, f"smoke_records[{i}]")]
+    if problems:
+        raise SmokeFailed(f"v{release.version} smoke test: {len(problems)} invalid fields, first {problems[0]}")
+    try:
+        out = np.asarray(outputs(release, records), dtype="float64")
+    except Exception as exc:
+        raise SmokeFailed(f"v{release.version} smoke test: scoring raised {type(exc).__name__}: {exc}") from exc
+    if len(out) != len(records) or not np.isfinite(out).all():
+        raise SmokeFailed(
+            f"v{release.version} smoke test: {len(out)} outputs for {len(records)} records, or not finite"
+        )
+
+
 def answer_fields(release: Release, out: np.ndarray) -> list[tuple[dict[str, Any], list[float] | None]]:
     """Per row: the answer fields (objective.answer) and the class probabilities to log (multiclass, else None).
     One tolist() of the batch, then plain Python per row: no per-row numpy or pandas indexing."""

@@ -4,6 +4,7 @@ replaced afterwards are refused by every loader, with production and serving unt
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.deploy import deploy_model
+from tasks.rollout import rollback_via_gateway
 from tests.integration.live import records, train
 from tollgate import ledger
-from tollgate.provenance import UntrustedRelease
+from tollgate.gateway_client import GatewayError
+from tollgate.provenance import UntrustedRelease, sha256_file
 from tollgate.release import RELEASE_DIR, load_release
 from tollgate.secrets import admin_token
 
@@ -100,3 +103,29 @@ def test_a_model_file_replaced_after_registration_is_refused_by_digest(gateway: 
         deploy_model(version=v2.version, config=ctx)
     prod = ctx.registry.one("Production")
     assert prod is not None and prod.version == v1.version and _served(gateway) == v1.version
+
+
+def test_a_rollback_target_that_fails_its_smoke_test_changes_nothing(gateway: dict[str, Any]) -> None:
+    ctx = gateway["ctx"]
+    name = ctx.config.project.registered_model
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx)
+    v2 = train(ctx, **AUTO)
+    ctx.registry.transition(v2.version, "Production", "test: promoted directly", v2.run_id)  # v1 -> Archived
+    ctx.gateway().reload()
+    # v1's smoke records now break its own serving rules. The test acts as the pipeline would (it records the
+    # new file's digest), so provenance holds and only the smoke test can say no.
+    smoke = next(ctx.paths.mlflow_artifacts.rglob(f"{v1.run_id}/artifacts/{RELEASE_DIR}/smoke_records.json"))
+    bad = [{**r, ctx.config.features.numeric[0]: "not a number"} for r in json.loads(smoke.read_text())]
+    smoke.write_text(json.dumps(bad))
+    digest = {f"{RELEASE_DIR}/smoke_records.json": sha256_file(smoke)}
+    ctx.registry.record(v1.version, "Archived", "Archived", "test: smoke records replaced", None, digests=digest)
+    before = ledger.read(ctx.paths.ledger, name)
+
+    with pytest.raises(GatewayError, match="smoke test") as refused:
+        rollback_via_gateway(ctx, v1.version, "test", None)  # what `tollgate rollback --to` and the flow run
+    assert refused.value.status == 409
+    prod = ctx.registry.one("Production")
+    assert prod is not None and prod.version == v2.version and ctx.registry.get(v1.version).stage == "Archived"
+    assert ledger.read(ctx.paths.ledger, name) == before and ctx.registry.aliases().get("champion") == v2.version
+    assert _served(gateway) == v2.version
