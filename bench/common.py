@@ -20,6 +20,7 @@ from typing import Any
 from tollgate.config import TollgateConfig, load_config
 from tollgate.context import Context, make_context
 from tollgate.procs import free_port, healthy
+from tollgate.secrets import ensure_stack_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,6 +82,7 @@ def bench_context() -> Context:
     imported: Prefect reads its client settings from the environment at import)."""
     home = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     ctx = make_context(CONFIG, "dev", home=home).with_config(servers={port: free_port() for port in PORTS})
+    ensure_stack_credentials(ctx.config.servers, ctx.paths)  # the stack's logins, for this process's clients too
     ctx.activate()
     import prefect  # noqa: F401  (configures its loggers, which are then quieted)
 

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tollgate.procs import free_port  # no Prefect import: safe before the environment is set
+# No Prefect import in these: safe before the environment is set.
+from tollgate.config import load_config
+from tollgate.paths import StatePaths
+from tollgate.procs import free_port
+from tollgate.secrets import credential_env, ensure_stack_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,12 +35,15 @@ os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{_PORTS['MLFLOW_PORT']}"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# The session stack's logins exist before anything imports Prefect (which reads PREFECT_API_AUTH_STRING then);
+# `up` keeps them. A command with a state folder of its own inherits them from here.
+_SERVERS = load_config(ROOT / "configs" / "pipeline.yaml").config.servers
+ensure_stack_credentials(_SERVERS, StatePaths(_HOME))
+os.environ.update(credential_env(_SERVERS, StatePaths(_HOME)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tollgate.app.stack import Stack
-    from tollgate.config import load_config
-    from tollgate.paths import StatePaths
 
     if (_HOME / "pids").exists() and any((_HOME / "pids").iterdir()):
         Stack(
@@ -68,8 +75,6 @@ def config_dir(tmp_path: Path) -> Path:
 def live_stack(state_home: Path) -> Iterator[dict[str, str]]:
     """The real stack (Prefect server, MLflow server, worker, gateway) on free ports, started once per session."""
     from tollgate.app.stack import Stack
-    from tollgate.config import load_config
-    from tollgate.paths import StatePaths
 
     config = ROOT / "configs" / "pipeline.yaml"
     servers = load_config(config).config.servers

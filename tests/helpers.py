@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from tollgate.config import DatasetConfig, TollgateConfig, load_config
+from tollgate.paths import StatePaths
+from tollgate.secrets import Login, read_login
 from tollgate.synthetic import generate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +17,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def bundled_config(environ: dict[str, str] | None = None) -> TollgateConfig:
     """The bundled config (dev), ignoring the session's TOLLGATE__ overrides unless given."""
     return load_config(ROOT / "configs" / "pipeline.yaml", "dev", environ=environ or {}).config
+
+
+def _login(path: Path) -> tuple[str, str]:
+    login: Login | None = read_login(path)
+    assert login is not None, f"no login in {path}: the stack was not started with servers.auth on"
+    return login.username, login.password
+
+
+def prefect_auth(home: Path | None = None) -> tuple[str, str]:
+    """(user, password) of the Prefect API of the stack kept in `home` (default: the session's, $TOLLGATE_HOME),
+    as httpx's `auth=` takes it."""
+    return _login((StatePaths(home) if home else StatePaths.from_env()).prefect_auth)
+
+
+def mlflow_auth(home: Path | None = None) -> tuple[str, str]:
+    """(user, password) of the MLflow server of the stack kept in `home` (default: the session's), for `auth=`."""
+    return _login((StatePaths(home) if home else StatePaths.from_env()).mlflow_auth)
 
 
 def small_dataset_config(min_rows: int = 10) -> DatasetConfig:

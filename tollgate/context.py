@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tollgate.config import LoadedConfig, ServersConfig, TollgateConfig, load_config
 from tollgate.paths import PROJECT_ROOT, StatePaths
+from tollgate.secrets import credential_env
 
 if TYPE_CHECKING:
     from tollgate.gateway_client import GatewayClient
@@ -25,7 +26,8 @@ DEFAULT_CONFIG = str(PROJECT_ROOT / "configs" / "pipeline.yaml")
 
 
 def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
-    """Environment variables a Prefect/MLflow client process needs to talk to this stack."""
+    """Environment variables a Prefect/MLflow client process needs to talk to this stack, with the local servers'
+    logins when auth is on (a remote server's login is left to the user's environment: see credential_env)."""
     return {
         "PREFECT_API_URL": servers.prefect_url,
         "PREFECT_HOME": str(paths.prefect_home),
@@ -36,6 +38,7 @@ def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
         # its session variable seen under load).
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "TOLLGATE_HOME": str(paths.home),
+        **credential_env(servers, paths),
     }
 
 

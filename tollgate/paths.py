@@ -58,6 +58,31 @@ class StatePaths:
         return self.home / "admin-token"
 
     @property
+    def prefect_auth(self) -> Path:
+        """The Prefect API's basic-auth string ("user:password") of the local stack; written 0600 by `up`."""
+        return self.home / "prefect-auth"
+
+    @property
+    def mlflow_auth(self) -> Path:
+        """The local MLflow server's admin login ("user:password"); written 0600 by `up`."""
+        return self.home / "mlflow-auth"
+
+    @property
+    def mlflow_secret_key(self) -> Path:
+        """The key MLflow's basic-auth app signs its CSRF tokens with (MLFLOW_FLASK_SERVER_SECRET_KEY); 0600."""
+        return self.home / "mlflow-secret-key"
+
+    @property
+    def mlflow_auth_db(self) -> Path:
+        """MLflow's basic-auth user store (the admin is created in it from `mlflow_auth` on first start)."""
+        return self.home / "mlflow" / "auth.db"
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        """The ini MLflow's basic-auth app reads (MLFLOW_AUTH_CONFIG_PATH); holds no password."""
+        return self.home / "mlflow" / "basic_auth.ini"
+
+    @property
     def approvers(self) -> Path:
         """Approvers' salted secret hashes (issue 12); written 0600 by `tollgate approvers add`."""
         return self.home / "approvers.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import urllib.error
 import urllib.request
@@ -73,10 +74,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def healthy(url: str, timeout: float = 2.0) -> bool:
-    """True when GET url answers 2xx within `timeout` seconds."""
+def http_status(url: str, login: tuple[str, str] | None = None, timeout: float = 5.0) -> int | None:
+    """The status of GET url (with HTTP basic auth when `login` is given), or None when nothing answers."""
+    request = urllib.request.Request(url)
+    if login is not None:
+        token = base64.b64encode(":".join(login).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= resp.status < 300
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when GET url answers 2xx within `timeout` seconds (the servers' /health needs no login)."""
+    status = http_status(url, timeout=timeout)
+    return status is not None and 200 <= status < 300

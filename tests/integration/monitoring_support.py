@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from tests.helpers import bundled_config
+from tests.helpers import bundled_config, prefect_auth
 from tests.integration.live import records
 from tollgate.procs import free_port
 from tollgate.synthetic import generate
@@ -96,7 +96,7 @@ def prefect_events(
     deadline = time.monotonic() + timeout_s
     events: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        resp = httpx.post(f"{prefect_url}/events/filter", json=body)
+        resp = httpx.post(f"{prefect_url}/events/filter", json=body, auth=prefect_auth())
         assert resp.status_code == 200, resp.text
         events = list(resp.json()["events"])
         if until(events):

@@ -25,7 +25,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, prefect_auth
 from tollgate import ledger
 
 MODEL = "cli-errors"
@@ -178,7 +178,8 @@ def test_the_traceback_is_in_the_command_log_and_the_prefect_api(
     deadline, messages = time.monotonic() + 30, []
     while time.monotonic() < deadline:
         body = {"logs": {"flow_run_id": {"any_": [link.group(2)]}}, "limit": 200}
-        messages = [r["message"] for r in httpx.post(f"{live_stack['prefect']}/logs/filter", json=body).json()]
+        resp = httpx.post(f"{live_stack['prefect']}/logs/filter", json=body, auth=prefect_auth())
+        messages = [r["message"] for r in resp.json()]
         if any("DataReadError" in m for m in messages):
             break
         time.sleep(1)

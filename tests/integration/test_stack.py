@@ -7,11 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.helpers import mlflow_auth
 from tollgate.app.stack import Stack, StackError, group_pids, port_in_use
 from tollgate.config import load_config
 from tollgate.paths import StatePaths
@@ -45,9 +46,11 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
         assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker", "gateway"}
         assert [m["failed_alerts"] for m in body["models"]] == [0]  # per model: nothing failed yet
         assert all(r["healthy"] and r["rss_mb"] > 0 for r in rows.values())
-        for url in (servers.prefect_ui_url, servers.mlflow_url):  # the UIs answer, not only /health
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                assert resp.status == 200
+        # The UIs answer, not only /health: Prefect's page loads (it asks for the login itself), MLflow's after the
+        # browser's basic-auth prompt.
+        assert httpx.get(servers.prefect_ui_url, timeout=10).status_code == 200
+        assert httpx.get(servers.mlflow_url, timeout=10).status_code == 401
+        assert httpx.get(servers.mlflow_url, timeout=10, auth=mlflow_auth(tmp_path / "home")).status_code == 200
         pids = {name: r["pid"] for name, r in rows.items()}
         again = subprocess.run([*TG, "up"], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and again.stdout.count("already running") == 4

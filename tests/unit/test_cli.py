@@ -166,9 +166,11 @@ def test_demo_json_prints_only_the_summary_object_on_stdout(
     """`tollgate demo --json`: progress goes to stderr, stdout is one JSON object (the run itself is the e2e test)."""
     import tollgate.app.demo as demo_module
     from tollgate.context import client_env
+    from tollgate.secrets import CREDENTIAL_VARS
 
     ctx = make_context(CONFIG, "dev", home=tmp_path)
-    for key in client_env(ctx.config.servers, ctx.paths):  # the command activates the demo's folder: restore after
+    # The command activates the demo's folder (with the logins it makes there): restore after.
+    for key in (*client_env(ctx.config.servers, ctx.paths), *CREDENTIAL_VARS):
         monkeypatch.setenv(key, "restored after the test")
     monkeypatch.setenv("TOLLGATE_HOME", str(tmp_path))
 

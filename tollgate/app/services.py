@@ -11,6 +11,7 @@ from pathlib import Path
 from tollgate.config import ServersConfig
 from tollgate.context import client_env
 from tollgate.paths import StatePaths
+from tollgate.secrets import MLFLOW_ADMIN, mlflow_login, mlflow_secret_key, prefect_login
 
 BIN = Path(sys.executable).parent
 
@@ -21,6 +22,45 @@ def servers_env(servers: ServersConfig) -> dict[str, str]:
     (`ctx.with_config(servers=...)`, as the benchmarks build) rather than what the files say."""
     values = servers.model_dump(mode="json", exclude_none=True)
     return {f"TOLLGATE__SERVERS__{key.upper()}": json.dumps(value) for key, value in values.items()}
+
+
+def prefect_server_auth_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
+    """The Prefect server's basic-auth string (and the same for its own client calls); empty with auth off or
+    before `ensure_stack_credentials` wrote the login."""
+    login = prefect_login(servers, paths)
+    if login is None:
+        return {}
+    return {"PREFECT_SERVER_API_AUTH_STRING": login.auth_string, "PREFECT_API_AUTH_STRING": login.auth_string}
+
+
+def mlflow_server_auth_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
+    """What MLflow's basic-auth app reads: its ini (mlflow_auth_ini), the admin it creates on first start (the
+    password through the environment, so no second copy of it is on disk) and its CSRF key; empty with auth off."""
+    if not servers.auth:
+        return {}
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(paths.mlflow_auth_config)}
+    login = mlflow_login(servers, paths)
+    if login is not None:
+        env |= {"MLFLOW_AUTH_ADMIN_USERNAME": login.username, "MLFLOW_AUTH_ADMIN_PASSWORD": login.password}
+    if (key := mlflow_secret_key(paths)) is not None:
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = key
+    return env
+
+
+def mlflow_auth_ini(paths: StatePaths) -> str:
+    """The basic-auth app's ini: its user store under the state folder, no access for any other user until an
+    admin grants it (the only user is the stack's admin), and a successful login check remembered a while."""
+    return (
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{paths.mlflow_auth_db}\n"
+        f"admin_username = {MLFLOW_ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow checks the password hash (werkzeug's scrypt) on every request: ~0.45 s each on this 2-core
+        # machine, which made a model load take 11 s. Cache a successful check for 5 minutes (MLflow's own opt-in
+        # cache; it lives in the one server worker, so a password changed through the API is dropped at once).
+        "auth_cache_ttl_seconds = 300\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -52,6 +92,7 @@ def services(
         }
         if servers.prefect_database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = servers.prefect_database_url
+        env.update(prefect_server_auth_env(servers, paths))
         out.append(
             Service(
                 name="prefect-server",
@@ -83,13 +124,14 @@ def services(
                     str(servers.mlflow_port),
                     "--workers",
                     "1",
+                    *(["--app-name", "basic-auth"] if servers.auth else []),
                 ],
                 port=servers.mlflow_port,
                 port_key="servers.mlflow_port",
                 health_url=f"{servers.mlflow_url}/health",
                 ui_url=servers.mlflow_url,
                 # One process pair (~500 MB) instead of nine (~1.3 GB): no job runner needed.
-                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **mlflow_server_auth_env(servers, paths)},
                 marker="mlflow",
             )
         )

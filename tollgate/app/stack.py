@@ -6,6 +6,7 @@ stops exactly what `up` started. Every URL and port comes from ServersConfig.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -16,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tollgate.app.services import BIN, Service, services
+from tollgate.app.services import BIN, Service, mlflow_auth_ini, services
 from tollgate.config import ServersConfig
 from tollgate.context import Context, client_env
 from tollgate.paths import StatePaths
-from tollgate.procs import cmdline, group_pids, group_rss_mb, healthy, pid_alive, port_in_use
-from tollgate.secrets import ensure_admin_token
+from tollgate.procs import cmdline, group_pids, group_rss_mb, healthy, http_status, pid_alive, port_in_use
+from tollgate.secrets import Login, ensure_admin_token, ensure_stack_credentials, mlflow_login, prefect_login
 
 __all__ = [
     "BIN",
@@ -40,6 +41,26 @@ class StackError(Exception):
     """A service could not be started, checked or stopped; the message names the service and its log."""
 
 
+def is_loopback(host: str) -> bool:
+    """True when `host` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_host_warning(servers: ServersConfig) -> str | None:
+    """What `up` says when the servers take anyone's requests on an address beyond this machine; else None."""
+    if servers.auth or is_loopback(servers.host):
+        return None
+    return (
+        f"warning: servers.auth is off and the stack binds to {servers.host}: anyone who can reach that address "
+        "can use the Prefect and MLflow APIs. Turn servers.auth on unless this is a throw-away stack."
+    )
+
+
 class Stack:
     """Start, check and stop the local services under one state folder."""
 
@@ -54,6 +75,8 @@ class Stack:
         self.servers = servers
         self.paths = paths
         self.say = say
+        self.config_path = config_path
+        self.env_name = env
         self.services = services(servers, paths, config_path, env)
 
     # -- pid files -------------------------------------------------------------------------------
@@ -80,6 +103,7 @@ class Stack:
     def up(self) -> None:
         """Start every service not already running and wait until all are healthy."""
         self.paths.ensure()
+        self._prepare_auth()
         started: list[Service] = []
         try:
             ensure_admin_token(self.paths)
@@ -98,10 +122,55 @@ class Stack:
             for svc in started:
                 if svc.name not in waited:
                     self._wait_healthy(svc)
+            self._check_logins()
         except StackError:
             for svc in reversed(started):
                 self._stop(svc, quiet=True)
             raise
+
+    def _prepare_auth(self) -> None:
+        """Make the local servers' logins (first `up`) and MLflow's auth ini, then describe the services again so
+        their environments carry the logins; warn when a server open to anyone is bound beyond this machine."""
+        if not self.servers.auth:
+            if (warning := open_host_warning(self.servers)) is not None:
+                self.say(warning)
+            return
+        ensure_stack_credentials(self.servers, self.paths)
+        if self.servers.mlflow_tracking_uri is None:
+            self.paths.mlflow_auth_config.write_text(mlflow_auth_ini(self.paths))
+        self.services = services(self.servers, self.paths, self.config_path, self.env_name)
+
+    def _login_checks(self) -> list[tuple[str, Login | None, str, str]]:
+        """Per local server: its name, login, a URL that needs the login, and what to do when it is refused."""
+        servers, paths = self.servers, self.paths
+        return [
+            (
+                "prefect-server",
+                prefect_login(servers, paths),
+                f"{servers.prefect_url}/admin/version",
+                f"it was started with another login than {paths.prefect_auth} holds. Run `tollgate down`, then "
+                "`tollgate up`.",
+            ),
+            (
+                "mlflow-server",
+                mlflow_login(servers, paths),
+                f"{servers.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1",
+                f"its admin in {paths.mlflow_auth_db} was created with another password than {paths.mlflow_auth} "
+                f"holds. Run `tollgate down`, delete {paths.mlflow_auth_db} (MLflow creates the admin again from "
+                "the file), then `tollgate up`.",
+            ),
+        ]
+
+    def _check_logins(self) -> None:
+        """Fail loudly when a local server refuses the login its clients get, and warn when it needs none (started
+        before servers.auth was on): /health answers without a login either way, so it cannot tell."""
+        for name, login, url, fix in self._login_checks():
+            if login is None:
+                continue
+            if http_status(url, (login.username, login.password)) in (401, 403):
+                raise StackError(f"{name} refuses the stack's login: {fix}")
+            if http_status(url) == 200:
+                self.say(f"warning: {name} answers without a login; restart it (`tollgate down`, `tollgate up`)")
 
     def _wait_remote_prefect(self) -> None:
         if self.servers.prefect_api_url is not None and not healthy(f"{self.servers.prefect_url}/health", 5):

@@ -8,12 +8,15 @@ import sys
 
 from tollgate.app.commands.base import EXIT_OK, Command, UserError, arg, print_json, warn
 from tollgate.context import Context
+from tollgate.secrets import ensure_stack_credentials
 
 
 def demo(ctx: Context, args: argparse.Namespace) -> int:
     from tollgate.app.demo import DemoError, fresh_home, run_demo
 
     demo_ctx = ctx.with_home(fresh_home(ctx.paths.home))
+    # The demo stack's logins exist before this process's clients are pointed at it (its `up` keeps them).
+    ensure_stack_credentials(demo_ctx.config.servers, demo_ctx.paths)
     demo_ctx.activate()  # before Prefect is imported: Prefect and the stack use the demo's own state folder
     # With --json, stdout carries only the summary object: progress (and anything a library prints) goes to stderr.
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
