@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from tollgate.paths import StatePaths
 from tollgate.signals import alert_failures, read_signals
 
-ROUTES = ("/predict", "/health", "/metrics", "/admin/reload", "/admin/rollback", "/admin/state")
+ROUTES = ("/predict", "/health", "/metrics", "/admin/reload", "/admin/rollback", "/admin/preflight", "/admin/state")
 OTHER_ROUTE = "other"
 _ROUTE_SET = frozenset(ROUTES)
 ERROR_KINDS = ("validation", "batch", "canary", "shadow", "shadow_dropped", "reload", "untrusted_release", "internal")
@@ -47,7 +47,7 @@ class SignalsCollector(Collector):
         self.paths = paths
         self.model = model
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tollgate_drift_detected", "1 when the latest drift check of the model detected drift", labels=["model"]
@@ -60,6 +60,9 @@ class SignalsCollector(Collector):
             CounterMetricFamily(
                 "tollgate_alert_delivery_failures", "Alert deliveries that failed for the model", labels=["model"]
             ),
+            CounterMetricFamily(
+                "tollgate_gateway_restarts", "Restarts of the serving process by its supervisor (this state folder)"
+            ),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -69,11 +72,13 @@ class SignalsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """The families with their current values."""
         signals = read_signals(self.paths, self.model)
-        drift, degraded, failures = self._families()
+        drift, degraded, failures, restarts = self._families()
         drift.add_metric([self.model], _flag(signals.get("drift_detected")))
         degraded.add_metric([self.model], 1.0 if signals.get("live_status") in DEGRADED_STATUSES else 0.0)
         failures.add_metric([self.model], float(len(alert_failures(self.paths, self.model))))
-        return (drift, degraded, failures)
+        path = self.paths.gateway_restarts
+        restarts.add_metric([], float(sum(1 for _ in path.open()) if path.exists() else 0))
+        return (drift, degraded, failures, restarts)
 
 
 def _totals(metric: Counter) -> dict[tuple[str, ...], float]:

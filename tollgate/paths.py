@@ -104,6 +104,11 @@ class StatePaths:
         """Scratch space for flows (checkouts, temporary snapshots)."""
         return self.home / "work"
 
+    @property
+    def gateway_restarts(self) -> Path:
+        """One JSON line per restart of the serving process by its supervisor (`tollgate serve --supervise`)."""
+        return self.home / "gateway-restarts.jsonl"
+
     def model_log(self, model: str) -> Path:
         """The prediction log of one registered model (version numbers are only unique within a model)."""
         return self.prediction_log / model

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,7 +52,7 @@ def records(n: int, offset: int = 0, source: pd.DataFrame | None = None) -> list
 
 
 @contextmanager
-def running_gateway(live_stack: dict[str, str], name: str) -> Iterator[dict[str, Any]]:
+def running_gateway(live_stack: dict[str, str], name: str, supervise: bool = False) -> Iterator[dict[str, Any]]:
     """A real gateway process serving the registered model `name` on a free port. Yields its url, process,
     registry and `ctx`: the Context variant the test's flows run with (this model, this gateway, small rollouts).
     The gateway process gets the same settings through its environment (it is a child process)."""
@@ -64,11 +65,13 @@ def running_gateway(live_stack: dict[str, str], name: str) -> Iterator[dict[str,
         "TOLLGATE__PROJECT__REGISTERED_MODEL": name,
         "TOLLGATE__SERVERS__GATEWAY_PORT": str(port),
     }
+    ctx.paths.logs.mkdir(parents=True, exist_ok=True)
+    stderr = (ctx.paths.logs / f"gateway-{name}.log").open("ab")  # a file, not a pipe nobody drains
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tollgate.app.cli", "serve"],
+        [sys.executable, "-m", "tollgate.app.cli", "serve", *(["--supervise"] if supervise else [])],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -81,14 +84,15 @@ def running_gateway(live_stack: dict[str, str], name: str) -> Iterator[dict[str,
             time.sleep(0.3)
     else:
         proc.kill()
-        raise AssertionError(f"gateway did not start: {proc.stderr.read() if proc.stderr else ''}")
-    yield {"url": url, "proc": proc, "name": name, "registry": ctx.registry, "ctx": ctx}
+        raise AssertionError(f"gateway did not start: {Path(stderr.name).read_text()[-4000:]}")
+    yield {"url": url, "proc": proc, "name": name, "registry": ctx.registry, "ctx": ctx, "log": Path(stderr.name)}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    stderr.close()
 
 
 class Traffic:

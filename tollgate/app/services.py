@@ -166,7 +166,15 @@ def services(
         out.append(
             Service(
                 name="gateway",
-                cmd=[str(BIN / "tollgate"), "--config", str(config_path.resolve()), "--env", env_name, "serve"],
+                cmd=[
+                    str(BIN / "tollgate"),
+                    "--config",
+                    str(config_path.resolve()),
+                    "--env",
+                    env_name,
+                    "serve",
+                    "--supervise",
+                ],
                 port=servers.gateway_port,
                 port_key="servers.gateway_port",
                 health_url=f"{servers.gateway_url}/health",

@@ -78,12 +78,19 @@ def _failure_text(failure: dict[str, Any] | None) -> str | None:
 
 
 def status(ctx: Context, args: argparse.Namespace) -> int:
+    from tollgate.app.supervise import restart_count
+
     services = stack_of(ctx).status()
     models = model_signals(ctx)
+    restarts = restart_count(ctx.paths)
     if args.json:
-        print_json({"services": services, "models": models, "state_folder": str(ctx.paths.home)})
+        print_json(
+            {"services": services, "models": models, "gateway_restarts": restarts, "state_folder": str(ctx.paths.home)}
+        )
     else:
         print(table(services, SERVICE_COLUMNS))
+        if restarts:
+            print(f"gateway restarted by its supervisor {restarts} times ({ctx.paths.gateway_restarts})")
         rows = [
             {**m, "last_failed_alert": _failure_text(m["last_failed_alert"]), "signals": _signal_text(m["signals"])}
             for m in models
@@ -95,6 +102,10 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def serve(ctx: Context, args: argparse.Namespace) -> int:
+    if args.supervise:
+        from tollgate.app.supervise import supervise_gateway
+
+        return supervise_gateway(ctx)
     from serving.app import serve as serve_gateway
 
     serve_gateway(ctx.config, ctx.paths)
@@ -132,8 +143,16 @@ COMMANDS = [
     ),
     Command(
         "serve",
-        "the prediction gateway in the foreground on servers.gateway_port (tollgate up also starts it)",
+        "the prediction gateway in the foreground on servers.gateway_port (tollgate up starts it supervised)",
         serve,
+        (
+            arg(
+                "--supervise",
+                action="store_true",
+                help="restart the serving process whenever it dies (kill -9, crash), keeping the port open; "
+                "restarts are logged and counted in $TOLLGATE_HOME/gateway-restarts.jsonl",
+            ),
+        ),
     ),
     Command(
         "hooks install",
