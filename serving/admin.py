@@ -40,6 +40,7 @@ class Admin:
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/admin/reload"): self._reload,
             ("POST", "/admin/rollback"): self._rollback,
+            ("POST", "/admin/preflight"): self._preflight,
             ("GET", "/admin/state"): self._state,
         }
 
@@ -91,6 +92,25 @@ class Admin:
             return json_response(409, {"error": str(exc)})
         state = await self.reload()
         return json_response(200, {"from": before, "to": after, "served": state["champion"] == after, **state})
+
+    async def _preflight(self, request: Request) -> Response:
+        """Load + smoke-test a version before a promotion moves the registry; changes nothing."""
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return invalid_json(exc)
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(version, str) or not version:
+            return json_response(422, {"detail": [{"field": "version", "error": "expected a version string"}]})
+        try:
+            target = await asyncio.get_running_loop().run_in_executor(None, self.registry.get, version)
+            await asyncio.get_running_loop().run_in_executor(None, self.preflight, target)
+        except (RegistryError, SmokeFailed) as exc:
+            return json_response(409, {"error": str(exc)})
+        except UntrustedRelease as exc:
+            self.metrics.error("untrusted_release")
+            return json_response(409, {"error": str(exc)})
+        return json_response(200, {"version": version, "loaded": True, "smoke_test": "passed"})
 
     async def _state(self, request: Request) -> Response:
         return json_response(200, {**self.describe(), **self.metrics.state()})

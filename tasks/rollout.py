@@ -192,7 +192,12 @@ def load_gate_verdict(ctx: Context, version: str) -> dict[str, Any]:
 
 
 def promote_to_production(ctx: Context, version: str, approval: Approval, flow_run_id: str | None) -> dict[str, Any]:
-    """Staging -> Production (the old Production -> Archived), rollout tags cleared, gateway reloaded."""
+    """Staging -> Production (the old Production -> Archived), rollout tags cleared, gateway reloaded. The
+    gateway loads and smoke-tests the version first: if it cannot, nothing moves (RolloutFailed naming why)."""
+    try:
+        ctx.gateway().preflight(version)
+    except GatewayError as exc:
+        raise RolloutFailed(f"v{version} failed the gateway's load + smoke test, nothing promoted: {exc}") from exc
     why = f"approved by {approval.approver}: {approval.comment}"
     ctx.registry.set_tags(
         version,

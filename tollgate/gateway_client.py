@@ -61,6 +61,10 @@ class GatewayClient:
         body = {"to": to_version, "reason": reason, "flow_run_id": flow_run_id, "who": who}
         return dict(self._call("POST", "/admin/rollback", json=body))
 
+    def preflight(self, version: str) -> dict[str, Any]:
+        """Ask the gateway to load `version` and smoke-test it in process, changing nothing (409 if it fails)."""
+        return dict(self._call("POST", "/admin/preflight", json={"version": version}))
+
     def state(self) -> dict[str, Any]:
         return dict(self._call("GET", "/admin/state"))
 
