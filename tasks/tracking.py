@@ -268,7 +268,7 @@ def register(ctx: Context, logged: LoggedRun, flow_run_id: str | None) -> Regist
     mv = mlflow.register_model(logged.model_uri, name, tags={"tollgate.run_id": run_id})
     version = str(mv.version)
     ctx.registry.record(version, "-", "None", REGISTERED_REASON, run_id, flow_run_id=flow_run_id, digests=digests)
-    ctx.registry.set_tags(version, digest_tags(digests))
+    ctx.registry.set_tags(version, digest_tags(digests, "files"))
     run = mlflow.get_run(run_id)
     project, tags = ctx.config.project, run.data.tags
     ctx.registry.set_tags(
@@ -332,7 +332,7 @@ def store_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict,
         digests = digest_tree(Path(tmp), RELEASE_DIR)
         registry.record(registered.version, "None", "None", VERDICT_REASON, registered.run_id, digests=digests)
         client.log_artifact(registered.run_id, str(Path(tmp) / "gate_verdict.json"), RELEASE_DIR)
-    registry.set_tags(registered.version, digest_tags(digests))
+    registry.set_tags(registered.version, digest_tags(digests, "gate_verdict"))
     failing = "; ".join(f"{c.scope} {c.check}" for c in verdict.failures)
     registry.set_tags(
         registered.version,

@@ -12,6 +12,7 @@ list the artifact carries in its MLmodel file.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from tollgate.ledger import LedgerEntry
@@ -57,9 +58,10 @@ def digest_tree(folder: Path, prefix: str) -> dict[str, str]:
     }
 
 
-def digest_tags(digests: dict[str, str]) -> dict[str, str]:
-    """The version tags that show the digests in the registry UI (the ledger is what loaders trust)."""
-    return {f"{DIGEST_TAG_PREFIX}{name}": value for name, value in digests.items()}
+def digest_tags(digests: dict[str, str], group: str) -> dict[str, str]:
+    """One version tag (`tollgate.sha256.<group>`, compact JSON of file -> sha256) that shows the digests in the
+    registry UI without a tag per file; the ledger is what loaders trust."""
+    return {f"{DIGEST_TAG_PREFIX}{group}": json.dumps(digests, sort_keys=True, separators=(",", ":"))}
 
 
 def trusted_digests(entries: list[LedgerEntry], model: str, version: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_first_model_reaches_staging_with_its_whole_release_context(
         registered
     )
     assert set(verdict) == {"release/gate_verdict.json"}
-    assert version_tags["tollgate.sha256.model/model.skops"] == registered["model/model.skops"]
+    assert json.loads(version_tags["tollgate.sha256.files"]) == registered
     release = load_release(ctx.config, reg, result.version)
     assert release.file("gate_verdict.json")["passed"] and hasattr(release.load_model(), "predict")
     _assert_prefect_artifacts(model_name)
