@@ -35,6 +35,7 @@ os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{_PORTS['MLFLOW_PORT']}"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # as client_env sets it for the stack
 # The session stack's logins exist before anything imports Prefect (which reads PREFECT_API_AUTH_STRING then);
 # `up` keeps them. A command with a state folder of its own inherits them from here.
 _SERVERS = load_config(ROOT / "configs" / "pipeline.yaml").config.servers

@@ -37,6 +37,9 @@ def client_env(servers: ServersConfig, paths: StatePaths) -> dict[str, str]:
         # No network but the stack's own: MLflow's usage telemetry only adds a background thread (and a race on
         # its session variable seen under load).
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # MLflow's own model loaders stay off (they would trust the artifact's skops list or unpickle): models
+        # are loaded only by tollgate.release, after the provenance check, with the project's allow-list.
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         "TOLLGATE_HOME": str(paths.home),
         **credential_env(servers, paths),
     }

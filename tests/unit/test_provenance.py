@@ -112,3 +112,20 @@ def test_the_model_loads_by_skops_with_our_list_and_nothing_else(tmp_path: Path)
     with pytest.raises(UntrustedRelease, match="outside the project's allow-list"):
         load_skops_model(tmp_path, "m", "1")
     assert not marker.exists()
+
+
+def test_the_stack_turns_mlflows_own_model_loaders_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    from tollgate.context import client_env
+    from tollgate.paths import StatePaths
+
+    env = client_env(bundled_config().servers, StatePaths(tmp_path))
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"])
+    model = _fitted("binary", "logistic_regression", True)
+    trusted = list(provenance.SKOPS_TRUSTED_TYPES)
+    mlflow.sklearn.save_model(model, tmp_path / "m", serialization_format="skops", skops_trusted_types=trusted)
+    with pytest.raises(MlflowException, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+        mlflow.sklearn.load_model(str(tmp_path / "m"))
+    assert hasattr(load_skops_model(tmp_path / "m", "m", "1"), "predict")  # ours still loads it, by our list
