@@ -4,14 +4,19 @@ folder; asserts on the summary object `tollgate demo --json` prints, the registr
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
+from mlflow import MlflowClient
 
 from tests.helpers import ROOT
 from tollgate import ledger
+from tollgate.app.commands.history import consistency
 from tollgate.context import make_context
-from tollgate.registry import Registry
+from tollgate.registry import Registry, disagreements
 from tollgate.signals import alert_failures
 
 
@@ -65,3 +70,30 @@ def test_demo_lifecycle(live_stack: dict[str, str]) -> None:
     assert rollback.reason.startswith("rollback: automatic: severe degradation")
     assert httpx.get(f"{ctx.config.servers.gateway_url}/health").json()["champion"] == v2
     assert any(line.strip().startswith("finished in") for line in said)  # the printed summary came out
+
+    # After the automatic rollback MLflow 3 clients see the same truth: @champion is v2, nothing is @challenger.
+    client = MlflowClient(live_stack["mlflow"])
+    assert client.get_model_version_by_alias(model, "champion").version == v2
+    assert "challenger" not in reg.aliases() and disagreements(reg) == []
+    assert "Gate verdict" in (client.get_model_version(model, v2).description or "")
+    assert consistency(ctx) == []
+    _tamper_and_verify(ctx.paths.ledger, v3)
+
+
+def _tamper_and_verify(path: Path, version: str) -> None:
+    """Editing one ledger line (here: the reason v3 was archived) makes `tollgate history --verify` exit 1 naming it."""
+    tollgate = [str(Path(sys.executable).parent / "tollgate"), "history", "--verify"]
+    assert subprocess.run(tollgate, cwd=ROOT, env=os.environ, capture_output=True, text=True).returncode == 0
+    lines = path.read_text().splitlines(keepends=True)
+    at = next(
+        i for i, line in enumerate(lines) if f'"version": "{version}"' in line and '"to_stage": "Archived"' in line
+    )
+    original = path.read_text()
+    lines[at] = lines[at].replace('"reason": "', '"reason": "edited: ', 1)
+    try:
+        path.write_text("".join(lines))
+        ran = subprocess.run(tollgate, cwd=ROOT, env=os.environ, capture_output=True, text=True)
+        assert ran.returncode == 1, ran.stdout + ran.stderr
+        assert f"entry {at + 1}" in ran.stdout and "edited" in ran.stdout, ran.stdout
+    finally:
+        path.write_text(original)
