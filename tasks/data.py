@@ -43,11 +43,8 @@ class DataVersion:
 
 def file_md5(path: Path) -> str:
     """md5 of a file's bytes (what DVC records for a single-file output)."""
-    h = hashlib.md5()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def run_dvc(root: Path, *args: str) -> str:

@@ -84,12 +84,16 @@ def test_a_version_registered_outside_the_pipeline_never_runs(gateway: dict[str,
     assert refusals and all(e.reason.startswith("refused to load:") for e in refusals)
 
 
-def test_a_model_file_replaced_after_registration_is_refused_by_digest(gateway: dict[str, Any]) -> None:
+def _v1_served_and_v2_trained(gateway: dict[str, Any]) -> tuple[Any, str, Any, Any]:
+    """(ctx, model name, v1 in Production and served, v2 trained by the pipeline and staged)."""
     ctx = gateway["ctx"]
-    name = ctx.config.project.registered_model
     v1 = train(ctx, **AUTO)
     deploy_model(version=v1.version, config=ctx)
-    v2 = train(ctx, **AUTO)
+    return ctx, ctx.config.project.registered_model, v1, train(ctx, **AUTO)
+
+
+def test_a_model_file_replaced_after_registration_is_refused_by_digest(gateway: dict[str, Any]) -> None:
+    ctx, name, v1, v2 = _v1_served_and_v2_trained(gateway)
     client = MlflowClient(ctx.config.servers.mlflow_url)
     model_ids = [
         str(client.get_model_version(name, v).source).removeprefix("models:/") for v in (v1.version, v2.version)
@@ -106,11 +110,7 @@ def test_a_model_file_replaced_after_registration_is_refused_by_digest(gateway: 
 
 
 def test_a_rollback_target_that_fails_its_smoke_test_changes_nothing(gateway: dict[str, Any]) -> None:
-    ctx = gateway["ctx"]
-    name = ctx.config.project.registered_model
-    v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx)
-    v2 = train(ctx, **AUTO)
+    ctx, name, v1, v2 = _v1_served_and_v2_trained(gateway)
     ctx.registry.transition(v2.version, "Production", "test: promoted directly", v2.run_id)  # v1 -> Archived
     ctx.gateway().reload()
     # v1's smoke records now break its own serving rules. The test acts as the pipeline would (it records the
