@@ -216,10 +216,14 @@ def disagreements(reg: Registry) -> list[str]:
             )
     last_stage: dict[str, str] = {}
     for entry in ledger_entries(reg):
-        last_stage[entry.version] = entry.to_stage
+        if entry.from_stage != entry.to_stage:  # moves only: refusals and notes (X -> X) move nothing
+            last_stage[entry.version] = entry.to_stage
     for v in versions:
         if v.version not in last_stage:
-            found.append(f"{reg.model} v{v.version}: in the registry ({v.stage}) but never in the ledger")
+            found.append(
+                f"{reg.model} v{v.version}: in the registry ({v.stage}) but no ledger entry ever moved it "
+                "(registered or moved outside the pipeline)"
+            )
         elif last_stage[v.version] != v.stage:
             found.append(
                 f"{reg.model} v{v.version}: the registry says {v.stage}, the ledger's last entry {last_stage[v.version]}"

@@ -19,6 +19,7 @@ from flows.deploy import deploy_model
 from tasks.rollout import rollback_via_gateway
 from tests.integration.live import records, train
 from tollgate import ledger
+from tollgate.app.commands.history import consistency
 from tollgate.gateway_client import GatewayError
 from tollgate.provenance import UntrustedRelease, sha256_file
 from tollgate.release import RELEASE_DIR, load_release
@@ -75,6 +76,10 @@ def test_a_version_registered_outside_the_pipeline_never_runs(gateway: dict[str,
     assert reload.status_code == 502 and f"refused {ctx.config.project.registered_model} v{evil}" in reload.text
     assert "no registration entry" in reload.text
     assert _served(gateway) == v1.version  # the gateway keeps serving what it served
+    found = consistency(ctx)  # what `tollgate status` and `history --verify` print as DISAGREES
+    assert any(f"v{evil}: in the registry (Production)" in p and "outside the pipeline" in p for p in found), found
+    assert any(f"v{v1.version}: the registry says Archived, the ledger's last entry Production" in p for p in found)
+    assert any("the gateway serves v" + v1.version in p for p in found), found
     with pytest.raises(UntrustedRelease, match="no registration entry"):
         load_release(ctx.config, ctx.registry, version=evil)  # deploy, monitoring and rollback load through it
     assert not marker.exists(), "the registered pickle ran its code"
@@ -94,6 +99,8 @@ def _v1_served_and_v2_trained(gateway: dict[str, Any]) -> tuple[Any, str, Any, A
 
 def test_a_model_file_replaced_after_registration_is_refused_by_digest(gateway: dict[str, Any]) -> None:
     ctx, name, v1, v2 = _v1_served_and_v2_trained(gateway)
+    with pytest.raises(GatewayError, match="never Production"):  # a Staging version is not a rollback target
+        rollback_via_gateway(ctx, v2.version, "test", None)
     client = MlflowClient(ctx.config.servers.mlflow_url)
     model_ids = [
         str(client.get_model_version(name, v).source).removeprefix("models:/") for v in (v1.version, v2.version)

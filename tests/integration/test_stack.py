@@ -45,6 +45,7 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
         rows = {r["service"]: r for r in body["services"]}
         assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker", "gateway"}
         assert [m["failed_alerts"] for m in body["models"]] == [0]  # per model: nothing failed yet
+        assert body["disagreements"] == [] and body["gateway_restarts"] == 0
         assert all(r["healthy"] and r["rss_mb"] > 0 for r in rows.values())
         # The UIs answer, not only /health: Prefect's page loads (it asks for the login itself), MLflow's after the
         # browser's basic-auth prompt.

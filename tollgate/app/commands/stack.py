@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, UserError, arg, print_json, table
+from tollgate.app.commands.history import consistency
 from tollgate.app.githook import HookError, install_pre_push
 from tollgate.app.stack import DeploymentTarget, Stack, apply_deployments
 from tollgate.context import Context
@@ -83,14 +84,24 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
     services = stack_of(ctx).status()
     models = model_signals(ctx)
     restarts = restart_count(ctx.paths)
+    healthy = all(r["healthy"] for r in services)
+    problems = consistency(ctx) if healthy else []
     if args.json:
         print_json(
-            {"services": services, "models": models, "gateway_restarts": restarts, "state_folder": str(ctx.paths.home)}
+            {
+                "services": services,
+                "models": models,
+                "gateway_restarts": restarts,
+                "disagreements": problems,
+                "state_folder": str(ctx.paths.home),
+            }
         )
     else:
         print(table(services, SERVICE_COLUMNS))
         if restarts:
             print(f"gateway restarted by its supervisor {restarts} times ({ctx.paths.gateway_restarts})")
+        if problems:
+            print("\n".join(f"DISAGREES: {p}" for p in problems))
         rows = [
             {**m, "last_failed_alert": _failure_text(m["last_failed_alert"]), "signals": _signal_text(m["signals"])}
             for m in models
@@ -98,7 +109,7 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
         print()
         print(table(rows, MODEL_COLUMNS))
         print(f"state folder: {ctx.paths.home}")
-    return EXIT_OK if all(r["healthy"] for r in services) else EXIT_NO
+    return EXIT_OK if healthy and not problems else EXIT_NO
 
 
 def serve(ctx: Context, args: argparse.Namespace) -> int:
@@ -137,7 +148,9 @@ COMMANDS = [
     Command(
         "status",
         "print each service, its URL, pid, health and memory, and per model the failed alert deliveries and the "
-        "latest drift and live-performance signals; exit 1 if any service is unhealthy",
+        "latest drift and live-performance signals, and any disagreement between the ledger, registry stages, "
+        "aliases and what the gateway serves (as history --verify); exit 1 if a service is unhealthy or anything "
+        "disagrees",
         status,
         (JSON,),
     ),
