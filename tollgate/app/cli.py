@@ -56,6 +56,7 @@ KNOWN_ERRORS: dict[str, tuple[int, str]] = {
     "tasks.ci:CIFailed": (EXIT_NO, "failed"),
     "tollgate.app.stack:StackError": (EXIT_NO, "stack error"),
     "tollgate.gateway_client:GatewayError": (EXIT_NO, "gateway error"),
+    "tollgate.provenance:UntrustedRelease": (EXIT_NO, "refused"),
     # usage, config or unreadable input: exit 2
     "tollgate.config:ConfigError": (EXIT_USAGE, "config error"),
     "tollgate.app.commands.base:UserError": (EXIT_USAGE, "error"),
@@ -65,6 +66,7 @@ KNOWN_ERRORS: dict[str, tuple[int, str]] = {
     "tollgate.registry:RegistryError": (EXIT_USAGE, "error"),
     "tollgate.app.demo:DemoError": (EXIT_USAGE, "error"),
     "tollgate.app.githook:HookError": (EXIT_USAGE, "error"),
+    "tollgate.secrets:CredentialsError": (EXIT_USAGE, "error"),
     "builtins:FileNotFoundError": (EXIT_USAGE, "error"),
     "builtins:IsADirectoryError": (EXIT_USAGE, "error"),
     "builtins:NotADirectoryError": (EXIT_USAGE, "error"),
