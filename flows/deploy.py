@@ -12,6 +12,7 @@ from tasks.deployment import (
     check_candidate,
     enforce_approval,
     enforce_phase,
+    hold_for_approval,
     load_gate_verdict,
     load_release_policy,
     promote_to_production,
@@ -39,7 +40,8 @@ def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str 
         wait_for_traffic(ctx, version, window, needed, run_id)
         phases.append(analyze_phase(ctx, version, champion, window))
         enforce_phase(ctx, version, phases[-1], phase, run_id)
-    # approve
+    # approve (the rollout's lease on the gateway held for as long as the approval may take)
+    hold_for_approval(ctx, version)
     gate = load_gate_verdict(ctx, version)
     evidence = evidence_markdown(version, champion, gate, phases)
     approval = request_approval(ctx, version, evidence)

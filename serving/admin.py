@@ -1,5 +1,5 @@
-"""Admin routes behind the Bearer token: reload, rollback, state. Every /admin/ path checks the token first
-(403 when no token is configured, 401 when it is missing or wrong), and each refusal is counted."""
+"""Admin routes behind the Bearer token: reload, rollback, preflight, lease, state. Every /admin/ path checks the
+token first (403 when no token is configured, 401 when it is missing or wrong), and each refusal is counted."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class Admin:
         describe: Callable[[], dict[str, Any]],
         metrics: GatewayMetrics,
         preflight: Callable[[VersionInfo], None],
+        lease: Callable[[str, float], dict[str, Any]],
     ):
         self.token = token
         self.disabled_hint = disabled_hint
@@ -37,10 +38,12 @@ class Admin:
         self.describe = describe
         self.metrics = metrics
         self.preflight = preflight  # load + smoke-test a rollback target before the registry moves
+        self.lease = lease  # hold a challenger for a while (serving/lease.py)
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/admin/reload"): self._reload,
             ("POST", "/admin/rollback"): self._rollback,
             ("POST", "/admin/preflight"): self._preflight,
+            ("POST", "/admin/lease"): self._lease,
             ("GET", "/admin/state"): self._state,
         }
 
@@ -111,6 +114,23 @@ class Admin:
             self.metrics.error("untrusted_release")
             return json_response(409, {"error": str(exc)})
         return json_response(200, {"version": version, "loaded": True, "smoke_test": "passed"})
+
+    async def _lease(self, request: Request) -> Response:
+        """Renew the lease of a challenger: {"version": "...", "until_s": seconds from now}."""
+        try:
+            body = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return invalid_json(exc)
+        body = body if isinstance(body, dict) else {}
+        version, until_s = body.get("version"), body.get("until_s")
+        errors = []
+        if not isinstance(version, str) or not version:
+            errors.append({"field": "version", "error": "expected a version string"})
+        if isinstance(until_s, bool) or not isinstance(until_s, int | float) or not 0 < until_s < 1e9:
+            errors.append({"field": "until_s", "error": "expected a positive number of seconds"})
+        if errors or not isinstance(version, str) or not isinstance(until_s, int | float):
+            return json_response(422, {"detail": errors})
+        return json_response(200, self.lease(version, float(until_s)))
 
     async def _state(self, request: Request) -> Response:
         return json_response(200, {**self.describe(), **self.metrics.state()})

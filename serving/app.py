@@ -4,7 +4,8 @@ POST /predict   one record (a JSON object) or {"records": [...]} / a JSON list; 
                 413 the setting a body (serving.max_body_bytes) or a batch (serving.max_batch_size) is over
 GET  /health    liveness plus what is being served
 GET  /metrics   Prometheus exposition (serving/metrics.py)
-POST /admin/reload, POST /admin/rollback, GET /admin/state   behind the Bearer token (serving/admin.py)
+POST /admin/reload, POST /admin/rollback, POST /admin/lease, GET /admin/state   behind the Bearer token
+                (serving/admin.py)
 
 This module wires the rooms together: HTTP plumbing (serving/http.py), the micro-batcher (serving/batcher.py),
 the shadow scorer (serving/shadow.py), the admin routes and the metrics; and `serve()` runs it under uvicorn.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -22,16 +24,19 @@ from serving import scoring
 from serving.admin import Admin
 from serving.batcher import Batcher
 from serving.http import HttpApp, Limit, Receive, Request, Response, Scope, Send, invalid_json, json_response
+from serving.lease import Leases
 from serving.metrics import CONTENT_TYPE, GatewayMetrics
 from serving.release import ReleaseStore, Routing
 from serving.shadow import ShadowScorer
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
 from tollgate.predlog import PredictionLog
-from tollgate.registry import Registry, VersionInfo
+from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_OUTCOME_TAG, Registry, VersionInfo
 from tollgate.secrets import admin_token
 
 log = logging.getLogger("tollgate.gateway")
+
+LEASE_CHECK_S = 1.0  # how often the gateway checks the challenger's lease
 
 
 def parse_records(raw: bytes) -> tuple[list[Any], bool] | Response:
@@ -89,7 +94,10 @@ class Gateway:
             self.routing_state,
             self.metrics,
             self.preflight,
+            self.lease,
         )
+        self.leases = Leases()
+        self._lease_watch: asyncio.Task[None] | None = None
         self.http = HttpApp(
             {
                 ("POST", "/predict"): self.predict,
@@ -121,9 +129,12 @@ class Gateway:
         except Exception as exc:  # serve 503 until a reload succeeds rather than refusing to start
             log.error("initial load from the registry failed: %s", exc)
             self.metrics.error("reload")
+        self._lease_watch = asyncio.create_task(self._watch_leases())
 
     async def shutdown(self) -> None:
-        """Finish the batch being scored, score pending shadow rows, close the log."""
+        """Stop watching leases, finish the batch being scored, score pending shadow rows, close the log."""
+        if self._lease_watch:
+            self._lease_watch.cancel()
         self.batcher.stop()
         self.shadow.stop()
         if self.plog:
@@ -133,9 +144,51 @@ class Gateway:
         """Re-read the registry and swap the routing atomically; in-flight batches finish on the old one."""
         routing = await asyncio.get_running_loop().run_in_executor(None, self.store.routing)
         self.routing = routing
+        if routing.challenger is not None:  # a new rollout, or one from before a restart: the release's grace
+            self.leases.ensure(routing.challenger.version, routing.challenger.config.rollout.lease_s, time.monotonic())
+        for version in set(self.leases.deadlines) - {routing.challenger.version if routing.challenger else ""}:
+            self.leases.forget(version)
         self.metrics.served(routing.describe())
         log.warning("serving %s", routing.describe())
         return routing.describe()
+
+    def lease(self, version: str, until_s: float) -> dict[str, Any]:
+        """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served."""
+        self.leases.grant(version, until_s, time.monotonic())
+        return {"version": version, "until_s": until_s, **self.routing.describe()}
+
+    async def _watch_leases(self) -> None:
+        """Every LEASE_CHECK_S, stop a rollout whose lease lapsed (until shutdown cancels it)."""
+        while True:
+            await asyncio.sleep(LEASE_CHECK_S)
+            try:
+                await self.check_lease()
+            except Exception as exc:  # the registry may be down: keep watching, try again on the next reload
+                log.error("stopping a lapsed rollout failed: %s", exc)
+                self.metrics.error("reload")
+
+    async def check_lease(self) -> None:
+        """If the challenger's lease has passed: champion-only at once, then its mode tag off and a ledger note
+        in the registry (so a reload or a restart does not bring it back), counted, routing reloaded."""
+        routing = self.routing
+        challenger = routing.challenger
+        if challenger is None or not self.leases.lapsed(challenger.version, time.monotonic()):
+            return
+        self.routing = Routing(routing.champion)  # no answer from it from now on, whatever the registry does
+        self.metrics.served(self.routing.describe())
+        lease_s = challenger.config.rollout.lease_s
+        why = f"rollout lease lapsed: no controller renewed it within its lease (rollout.lease_s {lease_s:g} s)"
+        log.error("v%s: %s; back to champion-only", challenger.version, why)
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_rollout, challenger.version, why)
+        self.leases.forget(challenger.version)
+        self.metrics.lease_lapses.inc()
+        await self.reload()
+
+    def _stop_rollout(self, version: str, why: str) -> None:
+        """Set the Staging version's rollout off and note why in the ledger (runs in an executor thread)."""
+        registry = self.store.registry
+        registry.set_tags(version, {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: f"stopped: {why}"[:500]})
+        registry.record(version, "Staging", "Staging", why, None, who="tollgate")
 
     def preflight(self, target: VersionInfo) -> None:
         """Load `target` (provenance, allow-list) and smoke-test it in process; raises before anything moves.

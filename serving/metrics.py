@@ -18,7 +18,16 @@ from prometheus_client.registry import Collector
 from tollgate.paths import StatePaths
 from tollgate.signals import alert_failures, read_signals
 
-ROUTES = ("/predict", "/health", "/metrics", "/admin/reload", "/admin/rollback", "/admin/preflight", "/admin/state")
+ROUTES = (
+    "/predict",
+    "/health",
+    "/metrics",
+    "/admin/reload",
+    "/admin/rollback",
+    "/admin/preflight",
+    "/admin/state",
+    "/admin/lease",
+)
 OTHER_ROUTE = "other"
 _ROUTE_SET = frozenset(ROUTES)
 ERROR_KINDS = ("validation", "batch", "canary", "shadow", "shadow_dropped", "reload", "untrusted_release", "internal")
@@ -120,6 +129,11 @@ class GatewayMetrics:
             "tollgate_admin_refused", "Admin requests refused for their token", ["route", "reason"], registry=r
         )
         self.serving = Info("tollgate_serving", "The versions being served and the rollout mode", registry=r)
+        self.lease_lapses = Counter(
+            "tollgate_rollout_lease_lapses",
+            "Rollouts the gateway stopped because no controller renewed their lease",
+            registry=r,
+        )
         self.canary_share = Gauge("tollgate_canary_share", "Share of entities the canary answers", registry=r)
         for kind in ERROR_KINDS:  # present from the start, so rate() alerts see a zero rather than no series
             self.errors.labels(kind)

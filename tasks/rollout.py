@@ -2,7 +2,9 @@
 rollback. tasks/deployment.py wraps them as Prefect tasks; tests, benchmarks and other stages call them directly.
 
 Rollout state lives on the Staging version as tags (mode, share) and the gateway reads it on reload; the
-promotion state is the registry stage. Every move is in the ledger. Nothing here needs a Prefect run.
+promotion state is the registry stage. Every move is in the ledger. Nothing here needs a Prefect run. While a
+rollout waits (for traffic, for approval) it renews its lease on the gateway, which stops the rollout by itself
+when the lease lapses (serving/lease.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tasks.common import run_logger
 from tasks.gates import GateVerdict
 from tollgate.config import RolloutConfig
 from tollgate.context import Context
-from tollgate.gateway_client import GatewayError
+from tollgate.gateway_client import GatewayClient, GatewayError
 from tollgate.objective import Objective
 from tollgate.predlog import read_log
 from tollgate.registry import (
@@ -104,20 +106,44 @@ def phase_log(ctx: Context, since: float) -> Any:
     return read_log(ctx.paths.model_log(ctx.config.project.registered_model), since)
 
 
+def renew_lease(ctx: Context, version: str, until_s: float, client: GatewayClient | None = None) -> None:
+    """Ask the gateway to keep the challenger `version` for `until_s` more seconds; a failed renewal is logged
+    and left to the next one (the lease covers a few missed polls)."""
+    gateway = client or ctx.gateway()
+    try:
+        gateway.lease(version, until_s)
+    except GatewayError as exc:
+        run_logger().warning("could not renew the rollout lease of v%s: %s", version, exc)
+    finally:
+        if client is None:
+            gateway.close()
+
+
+def hold_for_approval(ctx: Context, version: str) -> None:
+    """Hold the challenger's lease for the whole approval wait: rollout.approval_timeout_s + rollout.lease_s."""
+    policy = ctx.config.rollout
+    renew_lease(ctx, version, policy.approval_timeout_s + policy.lease_s)
+
+
 def wait_for_traffic(
     ctx: Context, version: str, window: PhaseWindow, needed: int, flow_run_id: str | None = None
 ) -> int:
     """Block until the window holds `needed` predictions by the candidate in its phase; after
-    serving.rollout_max_wait_s stop the rollout (Production untouched) and raise."""
+    serving.rollout_max_wait_s stop the rollout (Production untouched) and raise. Renews the lease each poll."""
     limit = ctx.config.serving.rollout_max_wait_s
     deadline, seen = time.monotonic() + limit, 0
-    while time.monotonic() < deadline:
-        log = phase_log(ctx, window.since)
-        seen = int(((log["role"] == window.phase) & (log["model_version"] == version)).sum()) if len(log) else 0
-        if seen >= needed:
-            return seen
-        run_logger().info("%s: %d of %d predictions so far", window.phase, seen, needed)
-        time.sleep(ctx.config.serving.rollout_poll_s)
+    gateway = ctx.gateway()
+    try:
+        while time.monotonic() < deadline:
+            renew_lease(ctx, version, ctx.config.rollout.lease_s, gateway)
+            log = phase_log(ctx, window.since)
+            seen = int(((log["role"] == window.phase) & (log["model_version"] == version)).sum()) if len(log) else 0
+            if seen >= needed:
+                return seen
+            run_logger().info("%s: %d of %d predictions so far", window.phase, seen, needed)
+            time.sleep(ctx.config.serving.rollout_poll_s)
+    finally:
+        gateway.close()
     reason = f"{window.phase} phase saw {seen} of {needed} predictions in {limit:.0f} s (serving.rollout_max_wait_s)"
     abort_rollout(ctx, version, reason, flow_run_id)
     raise RolloutFailed(f"v{version}: {reason}")

@@ -199,6 +199,9 @@ class RolloutConfig(_Strict):
     # Regression shadow agreement: two predicted values agree when they differ by at most this many standard
     # deviations of the champion's values in the compared window (a scale-free tolerance).
     regression_tolerance: float = Field(default=0.25, gt=0)
+    # How long the gateway keeps a shadow/canary challenger without hearing from the rollout controller; when
+    # the lease lapses (the deploy process died) it goes back to champion-only on its own.
+    lease_s: float = Field(default=60, gt=0)
 
 
 class ServingConfig(_Strict):

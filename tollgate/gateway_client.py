@@ -65,6 +65,10 @@ class GatewayClient:
         """Ask the gateway to load `version` and smoke-test it in process, changing nothing (409 if it fails)."""
         return dict(self._call("POST", "/admin/preflight", json={"version": version}))
 
+    def lease(self, version: str, until_s: float) -> dict[str, Any]:
+        """Ask the gateway to keep serving the challenger `version` for `until_s` more seconds."""
+        return dict(self._call("POST", "/admin/lease", json={"version": version, "until_s": until_s}))
+
     def state(self) -> dict[str, Any]:
         return dict(self._call("GET", "/admin/state"))
 

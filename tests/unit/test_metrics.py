@@ -4,6 +4,7 @@ monitoring signals read at scrape time, and the shipped Prometheus files in step
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,21 @@ def test_shipped_prometheus_files_follow_the_config() -> None:
         rules["TollgatePredictP99LatencyHigh"]["expr"].strip().endswith(f"> {dev.rollout.max_p99_latency_ms / 1000:g}")
     )
     assert rules["TollgateGateway5xxRate"]["expr"].strip().endswith(f"> {dev.rollout.max_error_rate:g}")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b'{"version": "2"}', b'{"version": "", "until_s": 5}', b'{"version": "2", "until_s": 0}', b"[1]"],
+)
+def test_admin_lease_names_each_bad_field(gateway: Gateway, body: bytes) -> None:
+    auth = [(b"authorization", b"Bearer unit-token")]
+    assert _call(gateway, "POST", "/admin/lease", body, headers=auth)[0] == 422
+    assert gateway.leases.deadlines == {}
+
+
+def test_admin_lease_holds_a_version(gateway: Gateway) -> None:
+    assert _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}')[0] == 401
+    auth = [(b"authorization", b"Bearer unit-token")]
+    status, body = _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}', headers=auth)
+    assert status == 200 and orjson.loads(body)["version"] == "2"
+    assert not gateway.leases.lapsed("2", time.monotonic()) and gateway.leases.lapsed("2", time.monotonic() + 6)
