@@ -96,7 +96,7 @@ def _logged(tmp_path: Path, records: list[dict[str, Any]], rotate_rows: int = 50
 
 def _release(cfg: TollgateConfig, profile: dict[str, Any] | None = None) -> Release:
     files = {"reference_profile.json": profile} if profile is not None else {}
-    return Release(cfg.project.registered_model, "1", "run", "Production", {}, cfg, "http://unused", files)
+    return Release(cfg.project.registered_model, "1", "run", "Production", {}, cfg, "http://unused", _files=files)
 
 
 def _task_config(task: str, **monitoring: float) -> TollgateConfig:
