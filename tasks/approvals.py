@@ -10,11 +10,15 @@ Prefect server as soon as it was read. `tollgate approve` checks the secret befo
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from tollgate import approvers
+from tollgate import approvers, procs
 from tollgate.context import Context
 
 
@@ -53,13 +57,47 @@ def approval_input(approvers: list[str]) -> type:
 def request_approval(ctx: Context, version: str, evidence: str) -> Approval:
     """Pause the flow run until a person answers the form in the Prefect UI (or `tollgate approve`); in demo
     mode (rollout.auto_approve) approve at once and say so. Called by the flow itself: only a flow can pause."""
+    policy = ctx.config.rollout
+    if policy.auto_approve:
+        return Approval(True, "auto-approved (rollout.auto_approve: demo mode)", "no person was asked", _now())
+    with waiting_for(ctx, version):
+        return _wait_for_answer(ctx, version, evidence)
+
+
+@contextmanager
+def waiting_for(ctx: Context, version: str) -> Iterator[None]:
+    """While the flow waits, a file names the waiting process (pid, its start time, host, flow run), so
+    `tollgate approve` can tell a run whose process is gone (it could never act on an answer)."""
+    path = waiter_file(ctx, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**procs.this_process(), "flow_run_id": _flow_run_id()}))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def waiter_file(ctx: Context, version: str) -> Path:
+    return ctx.paths.approval_waiters / f"{ctx.config.project.registered_model}-v{version}.json"
+
+
+def gone_waiter(ctx: Context, version: str, flow_run_id: str) -> str | None:
+    """Why the process waiting for this run's approval cannot act any more, or None (alive, or unknown)."""
+    path = waiter_file(ctx, version)
+    if not path.exists():
+        return None
+    waiter = json.loads(path.read_text())
+    if waiter.get("flow_run_id") != flow_run_id or procs.same_process(waiter) is not False:
+        return None
+    return f"the deploy process that waits for this answer (pid {waiter['pid']}) is gone"
+
+
+def _wait_for_answer(ctx: Context, version: str, evidence: str) -> Approval:
     from prefect import get_run_logger
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
     policy = ctx.config.rollout
-    if policy.auto_approve:
-        return Approval(True, "auto-approved (rollout.auto_approve: demo mode)", "no person was asked", _now())
     form = approval_input(policy.approvers)
     deadline = time.monotonic() + policy.approval_timeout_s
     refused: list[str] = []
@@ -120,6 +158,33 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+async def _nothing_waiting(version: str) -> str:
+    """Why no run can take an answer for `version`: the newest deploy_model run's state, if there is one."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["deploy_model"])), sort=FlowRunSort.START_TIME_DESC
+        )
+    mine = [r for r in runs if str(r.parameters.get("version")) == str(version)]
+    if not mine:
+        return f"no deploy_model run is waiting for approval of v{version} (no such approval)"
+    state = mine[0].state
+    name = str(state.name if state else "unknown").lower()
+    return f"no deploy_model run is waiting for approval of v{version}: the latest, flow run {mine[0].name}, is {name}"
+
+
+async def _mark_crashed(run_id: Any, why: str) -> None:
+    """Tell Prefect what `approve` found: the paused run can never resume (its process is gone)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    async with get_client() as client:
+        await client.set_flow_run_state(run_id, Crashed(message=why), force=True)
+
+
 async def _paused_runs(version: str) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -150,8 +215,15 @@ def answer_approval(ctx: Context, version: str, approver: str, secret: str | Non
 
     runs = asyncio.run(_paused_runs(version))
     if not runs:
-        raise ApprovalError(f"no deploy_model run is waiting for approval of v{version}")
+        raise ApprovalError(asyncio.run(_nothing_waiting(version)))
     run = runs[0]
+    gone = gone_waiter(ctx, version, str(run.id))
+    if gone is not None:
+        asyncio.run(_mark_crashed(run.id, gone))
+        raise ApprovalError(
+            f"refused: flow run {run.name} for v{version} is crashed ({gone}): nothing was approved and nothing "
+            f"changed; run `tollgate deploy {version}` again"
+        )
     if approver not in ctx.config.rollout.approvers:
         raise ApprovalError(f"refused: {approver!r} is not on rollout.approvers ({ctx.config.rollout.approvers})")
     why_not = approvers.check(ctx.paths.approvers, approver, secret)
@@ -168,4 +240,31 @@ def answer_approval(ctx: Context, version: str, approver: str, secret: str | Non
         details = getattr(result, "details", None)
         reason = getattr(details, "reason", None) or details
         raise ApprovalError(f"refused: {approver!r} cannot answer this approval ({reason})")
-    return f"{'approved' if approve else 'rejected'} v{version} as {approver} (flow run {run.name})"
+    said = f"{'approved' if approve else 'rejected'} v{version} as {approver} (flow run {run.name})"
+    return f"{said}: {_await_outcome(ctx, run.id, version, approve)}"
+
+
+def _await_outcome(ctx: Context, run_id: Any, version: str, approve: bool) -> str:
+    """Wait until the answer took effect: Production changed (approve) or the run ended; ApprovalError when an
+    approval did not make the version Production."""
+    deadline = time.monotonic() + ctx.config.serving.rollout_max_wait_s
+    while True:
+        prod = ctx.registry.one("Production")
+        if approve and prod is not None and prod.version == version:
+            return f"v{version} is Production"
+        state = asyncio.run(_run_state(run_id))
+        if state is not None and state.is_final():
+            now = f"Production is {'v' + prod.version if prod else 'none'}"
+            if approve:
+                raise ApprovalError(f"approved, but the rollout ended {state.name}: {state.message}; {now}")
+            return f"the rollout ended {str(state.name).lower()}; {now}, as before"
+        if time.monotonic() > deadline:
+            raise ApprovalError(f"answered, but nothing changed within serving.rollout_max_wait_s; flow run is {state}")
+        time.sleep(1.0)
+
+
+async def _run_state(run_id: Any) -> Any:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return (await client.read_flow_run(run_id)).state

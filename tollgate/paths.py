@@ -105,6 +105,11 @@ class StatePaths:
         return self.home / "work"
 
     @property
+    def approval_waiters(self) -> Path:
+        """One JSON file per approval being waited for: which process waits (so `approve` can tell a dead one)."""
+        return self.home / "approvals"
+
+    @property
     def gateway_restarts(self) -> Path:
         """One JSON line per restart of the serving process by its supervisor (`tollgate serve --supervise`)."""
         return self.home / "gateway-restarts.jsonl"

@@ -20,6 +20,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def this_process() -> dict[str, object]:
+    """Who this process is, in a form `same_process` can check later: pid, start time, host."""
+    return {"pid": psutil.Process().pid, "started": psutil.Process().create_time(), "host": socket.gethostname()}
+
+
+def same_process(identity: dict[str, object]) -> bool | None:
+    """Whether the process `this_process()` described still runs (None: it ran on another host, cannot tell)."""
+    if identity.get("host") != socket.gethostname():
+        return None
+    try:
+        return abs(psutil.Process(int(str(identity["pid"]))).create_time() - float(str(identity["started"]))) < 1.0
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return False
+
+
 def cmdline(pid: int) -> str:
     """The command line of `pid` joined by spaces, or '' when it cannot be read."""
     try:

@@ -1,0 +1,67 @@
+"""`tollgate approve` answers only a run that can act on the answer (issue 20.3): after `kill -9` of the
+`tollgate deploy` that waits for the approval, the answer is refused naming the run as crashed and nothing
+changes; asked again, the run's state is named; an approval that does take effect returns once Production
+changed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from flows.deploy import deploy_model
+from tasks.approvals import ApprovalError, _paused_runs, answer_approval
+from tests.integration.live import Traffic, train
+from tollgate import approvers
+
+AUTO = {"rollout": {"auto_approve": True}}
+
+
+def _deploy_process(gateway: dict[str, Any], version: str) -> subprocess.Popen[bytes]:
+    """`tollgate deploy VERSION` as an operator runs it, in its own process group (so it can be killed whole)."""
+    env = {
+        **os.environ,
+        "TOLLGATE__PROJECT__REGISTERED_MODEL": gateway["name"],
+        "TOLLGATE__SERVERS__GATEWAY_PORT": str(gateway["ctx"].config.servers.gateway_port),
+    }
+    argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_paused(version: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if asyncio.run(_paused_runs(version)):
+            return
+        time.sleep(1)
+    raise AssertionError(f"deploy of v{version} never paused for approval (exit {proc.poll()})")
+
+
+def test_approve_refuses_a_run_whose_deploy_process_was_killed(gateway: dict[str, Any]) -> None:
+    ctx = gateway["ctx"]
+    secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx)
+    v2 = train(ctx)
+    with Traffic(gateway["url"]):
+        proc = _deploy_process(gateway, v2.version)
+        _wait_paused(v2.version, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+    with pytest.raises(ApprovalError, match=rf"flow run .* for v{v2.version} is crashed .*pid {proc.pid}.* is gone"):
+        answer_approval(ctx, v2.version, "alice", secret, True, "looks fine")
+    prod = ctx.registry.one("Production")
+    assert prod is not None and prod.version == v1.version  # nothing was promoted
+    with pytest.raises(
+        ApprovalError, match=rf"no deploy_model run is waiting for approval of v{v2.version}: .* crashed"
+    ):
+        answer_approval(ctx, v2.version, "alice", secret, True, "again")
+    with pytest.raises(ApprovalError, match="no such approval"):
+        answer_approval(ctx, "999", "alice", secret, True, "a version nobody deploys")
