@@ -158,6 +158,23 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def stop_orphaned_rollout(ctx: Context, version: str, why: str) -> None:
+    """A rollout whose controller is gone must not keep its challenger answering until the lease runs out: mode
+    off in the registry, a ledger note, and the gateway reloaded (champion only)."""
+    from tollgate.gateway_client import GatewayError
+    from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_OUTCOME_TAG
+
+    ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: f"stopped: {why}"[:500]})
+    ctx.registry.record(version, "Staging", "Staging", f"rollout stopped: {why}", None, who="tollgate")
+    gateway = ctx.gateway()
+    try:
+        gateway.reload()
+    except GatewayError:
+        pass  # a gateway that is down reads the registry (mode off) when it starts
+    finally:
+        gateway.close()
+
+
 async def _nothing_waiting(version: str) -> str:
     """Why no run can take an answer for `version`: the newest deploy_model run's state, if there is one."""
     from prefect.client.orchestration import get_client
@@ -220,9 +237,10 @@ def answer_approval(ctx: Context, version: str, approver: str, secret: str | Non
     gone = gone_waiter(ctx, version, str(run.id))
     if gone is not None:
         asyncio.run(_mark_crashed(run.id, gone))
+        stop_orphaned_rollout(ctx, version, gone)
         raise ApprovalError(
-            f"refused: flow run {run.name} for v{version} is crashed ({gone}): nothing was approved and nothing "
-            f"changed; run `tollgate deploy {version}` again"
+            f"refused: flow run {run.name} for v{version} is crashed ({gone}): nothing was approved, the gateway "
+            f"serves the champion only; run `tollgate deploy {version}` again"
         )
     if approver not in ctx.config.rollout.approvers:
         raise ApprovalError(f"refused: {approver!r} is not on rollout.approvers ({ctx.config.rollout.approvers})")

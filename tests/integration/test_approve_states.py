@@ -13,12 +13,13 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from flows.deploy import deploy_model
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
 from tests.integration.live import Traffic, train
-from tollgate import approvers
+from tollgate import approvers, ledger
 
 AUTO = {"rollout": {"auto_approve": True}}
 
@@ -59,6 +60,10 @@ def test_approve_refuses_a_run_whose_deploy_process_was_killed(gateway: dict[str
         answer_approval(ctx, v2.version, "alice", secret, True, "looks fine")
     prod = ctx.registry.one("Production")
     assert prod is not None and prod.version == v1.version  # nothing was promoted
+    health = httpx.get(f"{gateway['url']}/health").json()  # and the orphaned canary answers no more
+    assert (health["champion"], health["challenger"], health["mode"]) == (v1.version, None, "off")
+    notes = [e.reason for e in ledger.read(ctx.paths.ledger, gateway["name"]) if e.version == v2.version]
+    assert any(r.startswith("rollout stopped: the deploy process") for r in notes), notes
     with pytest.raises(
         ApprovalError, match=rf"no deploy_model run is waiting for approval of v{v2.version}: .* crashed"
     ):
