@@ -85,14 +85,16 @@ def running_gateway(live_stack: dict[str, str], name: str, supervise: bool = Fal
     else:
         proc.kill()
         raise AssertionError(f"gateway did not start: {Path(stderr.name).read_text()[-4000:]}")
-    yield {"url": url, "proc": proc, "name": name, "registry": ctx.registry, "ctx": ctx, "log": Path(stderr.name)}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    stderr.close()
+    try:
+        yield {"url": url, "proc": proc, "name": name, "registry": ctx.registry, "ctx": ctx, "log": Path(stderr.name)}
+    finally:  # also when the test failed: a failing test must not leave its gateway running
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        stderr.close()
 
 
 class Traffic:
