@@ -1,5 +1,7 @@
-"""Serving throughput and latency: `mlflow models serve -w 2` (baseline) vs the Tollgate gateway with the
-prediction log and a shadow challenger ON, single-record requests, the same wrk load, in one run."""
+"""Serving throughput and latency: `mlflow models serve -w 2` (baseline, started with a user's default
+environment) vs the Tollgate gateway as `tollgate up` runs it (supervised), with the prediction log and a shadow
+challenger ON, single-record requests, the same wrk load, in one run. Then one sequential client against the
+supervised gateway and a plain `tollgate serve` of the same release (issue 37: they must answer alike)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,21 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.common import BIN, OUT, SAMPLE_FEATURES, BenchStack, ensure_wrk, wait_http
+import httpx
+
+from bench.common import BIN, OUT, SAMPLE_FEATURES, BenchStack, ensure_wrk, record_results, wait_http
 from tollgate.procs import free_port
 
 DURATION_S = 15
 CONNECTIONS = (16, 64)
+SEQUENTIAL_WARMUP, SEQUENTIAL_N = 20, 200
 RECORD = SAMPLE_FEATURES
 LUA = """
 wrk.method = "POST"
@@ -60,6 +68,9 @@ def main(st: BenchStack) -> None:
         folder = Path(tmp)
         port = free_port()
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": st.mlflow_url}
+        # A user's default environment: the stack turns MLflow's own (pickle/skops-list) loaders off, which is
+        # exactly what `mlflow models serve` needs to load the model.
+        env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
         print(f"starting mlflow models serve -w 2 on v{st.champion} ...", flush=True)
         mlflow = subprocess.Popen(
             [
@@ -105,6 +116,7 @@ def main(st: BenchStack) -> None:
         gateway = st.ctx.gateway()
         state = gateway.state()
         gateway.close()
+    sequential = sequential_pair(st)
     print("\nserving benchmark: single-record POSTs, wrk -t1, same machine, one run")
     print(f"{'conns':>5}  {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for conns, pair in results.items():
@@ -121,5 +133,70 @@ def main(st: BenchStack) -> None:
         f"gateway logged shadow predictions during the run: {state['shadow_compared']} compared, "
         f"mean batch {state['batch_rows'] / max(state['batches'], 1):.1f} rows"
     )
+    sup, plain = sequential["supervised"], sequential["plain"]
+    ratio = sup["p50_ms"] / plain["p50_ms"]
+    print(
+        f"\none sequential client, {SEQUENTIAL_N} single-record POSTs after {SEQUENTIAL_WARMUP} warm-up:\n"
+        f"  supervised gateway (tollgate up): p50 {sup['p50_ms']:.2f} ms, p90 {sup['p90_ms']:.2f} ms\n"
+        f"  plain gateway (tollgate serve):   p50 {plain['p50_ms']:.2f} ms, p90 {plain['p90_ms']:.2f} ms\n"
+        f"  supervised / plain p50: {ratio:.2f} (target <= 1.1)"
+    )
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "serving.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2))
+    (OUT / "serving.json").write_text(
+        json.dumps({**{str(k): v for k, v in results.items()}, "sequential": sequential}, indent=2)
+    )
+    figures = {
+        "serving_c1_p50_ms": sup["p50_ms"],
+        "serving_c1_p50_plain_ms": plain["p50_ms"],
+        "serving_supervised_over_plain": ratio,
+    }
+    for conns, pair in results.items():
+        g, m = pair["gateway"], pair["mlflow"]
+        figures |= {
+            f"serving_c{conns}_rps": g["rps"],
+            f"serving_c{conns}_p99_ms": g["p99_ms"],
+            f"serving_c{conns}_mlflow_rps": m["rps"],
+            f"serving_c{conns}_throughput_over_mlflow": g["rps"] / m["rps"],
+            f"serving_c{conns}_p99_over_mlflow": g["p99_ms"] / m["p99_ms"],
+        }
+    record_results(figures)
+
+
+def sequential_latency(url: str) -> dict[str, float]:
+    """p50/p90 (ms) of SEQUENTIAL_N single-record POSTs from one kept-alive client, after a warm-up."""
+    times = []
+    with httpx.Client(timeout=10) as client:
+        for i in range(SEQUENTIAL_WARMUP + SEQUENTIAL_N):
+            started = time.perf_counter()
+            resp = client.post(f"{url}/predict", json={"customer_id": f"S{i}", **RECORD})
+            elapsed = (time.perf_counter() - started) * 1000
+            resp.raise_for_status()
+            if i >= SEQUENTIAL_WARMUP:
+                times.append(elapsed)
+    deciles = statistics.quantiles(times, n=10)
+    return {"p50_ms": statistics.median(times), "p90_ms": deciles[8]}
+
+
+def sequential_pair(st: BenchStack) -> dict[str, dict[str, float]]:
+    """The stack's supervised gateway and a plain `tollgate serve` of the same release on another port, each
+    measured alone by one sequential client."""
+    supervised = sequential_latency(st.gateway_url)
+    port = free_port()
+    env = {**st.child_env(), "TOLLGATE__SERVERS__GATEWAY_PORT": str(port)}
+    print(f"starting a plain `tollgate serve` on port {port} ...", flush=True)
+    plain = subprocess.Popen(
+        [sys.executable, "-m", "tollgate.app.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 120)
+        return {"supervised": supervised, "plain": sequential_latency(f"http://127.0.0.1:{port}")}
+    finally:
+        plain.terminate()
+        try:
+            plain.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(plain.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -228,17 +229,13 @@ class Gateway:
         return Response(200, self.metrics.render(), CONTENT_TYPE)
 
 
-def serve(cfg: TollgateConfig, paths: StatePaths, fd: int | None = None) -> None:
-    """Run the gateway in the foreground on servers.host:servers.gateway_port (or on the listening socket `fd`
-    a supervisor holds open) until SIGINT/SIGTERM."""
+def run_uvicorn(app: Any, cfg: TollgateConfig, sock: socket.socket | None = None) -> None:
+    """Run `app` under uvicorn until SIGINT/SIGTERM: on servers.host:servers.gateway_port, or on `sock`, a
+    listening socket a supervisor holds open."""
     import uvicorn
 
-    paths.ensure()
-    app = Gateway(cfg, paths)
-    where: dict[str, Any] = (
-        {"fd": fd} if fd is not None else {"host": cfg.servers.host, "port": cfg.servers.gateway_port}
-    )
-    uvicorn.run(
+    where: dict[str, Any] = {} if sock is not None else {"host": cfg.servers.host, "port": cfg.servers.gateway_port}
+    config = uvicorn.Config(
         app,
         **where,
         loop="uvloop",
@@ -248,3 +245,14 @@ def serve(cfg: TollgateConfig, paths: StatePaths, fd: int | None = None) -> None
         log_level="warning",
         timeout_graceful_shutdown=10,
     )
+    # The socket object, never its bare descriptor: uvicorn's `fd=` reopens a descriptor as AF_UNIX, so the
+    # event loop treats the TCP connections it accepts as Unix ones and never sets TCP_NODELAY on them; each
+    # answer (headers, then body) then waited ~40 ms for the client's delayed ACK (issue 37).
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def serve(cfg: TollgateConfig, paths: StatePaths, sock: socket.socket | None = None) -> None:
+    """Run the gateway in the foreground on servers.host:servers.gateway_port (or on the listening socket `sock`
+    a supervisor holds open) until SIGINT/SIGTERM."""
+    paths.ensure()
+    run_uvicorn(Gateway(cfg, paths), cfg, sock)

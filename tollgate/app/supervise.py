@@ -108,7 +108,7 @@ def _serve_child(serve: object, ctx: Context, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     code = 0
     try:
-        serve(ctx.config, ctx.paths, fd=sock.fileno())  # type: ignore[operator]
+        serve(ctx.config, ctx.paths, sock=sock)  # type: ignore[operator]
     except BaseException:
         traceback.print_exc()
         code = 1
