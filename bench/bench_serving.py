@@ -23,7 +23,7 @@ from tollgate.procs import free_port
 
 DURATION_S = 15
 CONNECTIONS = (16, 64)
-SEQUENTIAL_WARMUP, SEQUENTIAL_N = 20, 200
+SEQUENTIAL_WARMUP, SEQUENTIAL_N, SEQUENTIAL_BLOCK = 20, 200, 25
 RECORD = SAMPLE_FEATURES
 LUA = """
 wrk.method = "POST"
@@ -43,8 +43,12 @@ def _script(folder: Path, name: str, body_format: str) -> Path:
 
 
 def _to_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    """wrk's latency text ('812.00us', '1.23ms', '1.02s', '1.00m') in milliseconds."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    value, unit = found.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def run_wrk(wrk: str, url: str, script: Path, connections: int) -> dict[str, float]:
@@ -55,9 +59,12 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int) -> dict[str, flo
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    try:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        p50 = _to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+        p99 = _to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    except (AttributeError, ValueError) as exc:
+        raise RuntimeError(f"could not read wrk's output for {url} ({exc}):\n{out}") from exc
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non_2xx": float(bad.group(1)) if bad else 0.0}
 
@@ -136,7 +143,8 @@ def main(st: BenchStack) -> None:
     sup, plain = sequential["supervised"], sequential["plain"]
     ratio = sup["p50_ms"] / plain["p50_ms"]
     print(
-        f"\none sequential client, {SEQUENTIAL_N} single-record POSTs after {SEQUENTIAL_WARMUP} warm-up:\n"
+        f"\none sequential client per gateway, {SEQUENTIAL_N} single-record POSTs after {SEQUENTIAL_WARMUP} warm-up, "
+        f"taking turns in blocks of {SEQUENTIAL_BLOCK}:\n"
         f"  supervised gateway (tollgate up): p50 {sup['p50_ms']:.2f} ms, p90 {sup['p90_ms']:.2f} ms\n"
         f"  plain gateway (tollgate serve):   p50 {plain['p50_ms']:.2f} ms, p90 {plain['p90_ms']:.2f} ms\n"
         f"  supervised / plain p50: {ratio:.2f} (target <= 1.1)"
@@ -162,25 +170,40 @@ def main(st: BenchStack) -> None:
     record_results(figures)
 
 
-def sequential_latency(url: str) -> dict[str, float]:
-    """p50/p90 (ms) of SEQUENTIAL_N single-record POSTs from one kept-alive client, after a warm-up."""
+def _timed_posts(client: httpx.Client, url: str, n: int, offset: int) -> list[float]:
+    """Milliseconds of each of `n` sequential single-record POSTs on one kept-alive client."""
     times = []
-    with httpx.Client(timeout=10) as client:
-        for i in range(SEQUENTIAL_WARMUP + SEQUENTIAL_N):
-            started = time.perf_counter()
-            resp = client.post(f"{url}/predict", json={"customer_id": f"S{i}", **RECORD})
-            elapsed = (time.perf_counter() - started) * 1000
-            resp.raise_for_status()
-            if i >= SEQUENTIAL_WARMUP:
-                times.append(elapsed)
-    deciles = statistics.quantiles(times, n=10)
-    return {"p50_ms": statistics.median(times), "p90_ms": deciles[8]}
+    for i in range(offset, offset + n):
+        started = time.perf_counter()
+        resp = client.post(f"{url}/predict", json={"customer_id": f"S{i}", **RECORD})
+        times.append((time.perf_counter() - started) * 1000)
+        resp.raise_for_status()
+    return times
+
+
+def sequential_latency(urls: dict[str, str]) -> dict[str, dict[str, float]]:
+    """p50/p90 (ms) per gateway of SEQUENTIAL_N single-record POSTs from one kept-alive client each, after a
+    warm-up; the gateways take turns in blocks of SEQUENTIAL_BLOCK, so a busy moment of the machine falls on both."""
+    clients = {name: httpx.Client(timeout=10) for name in urls}
+    times: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for name, url in urls.items():
+            _timed_posts(clients[name], url, SEQUENTIAL_WARMUP, 0)
+        for block in range(SEQUENTIAL_N // SEQUENTIAL_BLOCK):
+            for name, url in urls.items():
+                offset = SEQUENTIAL_WARMUP + block * SEQUENTIAL_BLOCK
+                times[name] += _timed_posts(clients[name], url, SEQUENTIAL_BLOCK, offset)
+    finally:
+        for client in clients.values():
+            client.close()
+    return {
+        name: {"p50_ms": statistics.median(t), "p90_ms": statistics.quantiles(t, n=10)[8]} for name, t in times.items()
+    }
 
 
 def sequential_pair(st: BenchStack) -> dict[str, dict[str, float]]:
-    """The stack's supervised gateway and a plain `tollgate serve` of the same release on another port, each
-    measured alone by one sequential client."""
-    supervised = sequential_latency(st.gateway_url)
+    """The stack's supervised gateway and a plain `tollgate serve` of the same release on another port, measured
+    by one sequential client each, taking turns."""
     port = free_port()
     env = {**st.child_env(), "TOLLGATE__SERVERS__GATEWAY_PORT": str(port)}
     print(f"starting a plain `tollgate serve` on port {port} ...", flush=True)
@@ -193,7 +216,7 @@ def sequential_pair(st: BenchStack) -> dict[str, dict[str, float]]:
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 120)
-        return {"supervised": supervised, "plain": sequential_latency(f"http://127.0.0.1:{port}")}
+        return sequential_latency({"supervised": st.gateway_url, "plain": f"http://127.0.0.1:{port}"})
     finally:
         plain.terminate()
         try:

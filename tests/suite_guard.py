@@ -1,0 +1,115 @@
+"""What every pytest run reports and enforces about itself (issue 31).
+
+- At the end: the 25 slowest tests (setup + call + teardown) and each tier's total, so a slow test is seen the day
+  it lands (pytest's own `--durations` table, per phase, is printed above it).
+- The unit tier's budget: `tests/unit/test_unit_budget.py` (run last) fails naming any unit file whose tests
+  average more than UNIT_BUDGET_S.
+- Nothing outlives the suite: every process this run started carries TOLLGATE_TEST_SESSION in its environment;
+  after the session's own teardown (stacks down) any such process still alive fails the run, named, and is
+  killed so it cannot slow the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import defaultdict
+
+import psutil
+import pytest
+
+SESSION_MARK = "TOLLGATE_TEST_SESSION"
+UNIT_BUDGET_S = 1.0  # average seconds per test, per file of tests/unit
+SLOWEST = 25
+LEAK_GRACE_S = 10.0  # processes told to stop get this long to exit before they count as leaked
+
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+_MARK = os.environ[SESSION_MARK]
+
+# nodeid -> seconds (setup + call + teardown); filled as reports arrive
+durations: dict[str, float] = defaultdict(float)
+_state: dict[str, pytest.Session] = {}
+
+
+def tier(nodeid: str) -> str:
+    """tests/unit/x.py::t -> 'unit' (the folder under tests/), else 'other'."""
+    parts = nodeid.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+
+
+def unit_file_averages() -> dict[str, tuple[float, int]]:
+    """Per tests/unit file run so far: (average seconds per test, number of tests)."""
+    per_file: dict[str, list[float]] = defaultdict(list)
+    for nodeid, seconds in durations.items():
+        if tier(nodeid) == "unit":
+            per_file[nodeid.split("::")[0]].append(seconds)
+    return {f: (sum(s) / len(s), len(s)) for f, s in per_file.items()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _state["session"] = session
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The unit budget check runs after every other test, so it sees their durations."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/unit/test_unit_budget.py"))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    durations[report.nodeid] += report.duration
+
+
+def _leaked() -> list[psutil.Process]:
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(SESSION_MARK) == _MARK:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid}: {' '.join(proc.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Runs after every sessionfinish (the stacks are down): the time table, then the leak check."""
+    write = terminalreporter.write_line
+    if durations:
+        terminalreporter.section(f"{SLOWEST} slowest tests (setup + call + teardown)")
+        for nodeid, seconds in sorted(durations.items(), key=lambda kv: -kv[1])[:SLOWEST]:
+            write(f"{seconds:8.1f} s  {nodeid}")
+        terminalreporter.section("time per tier")
+        totals: dict[str, list[float]] = defaultdict(list)
+        for nodeid, seconds in durations.items():
+            totals[tier(nodeid)].append(seconds)
+        for name, values in sorted(totals.items()):
+            write(f"{name:<12} {sum(values):8.1f} s  ({len(values)} tests)")
+        write(f"{'all':<12} {sum(durations.values()):8.1f} s")
+    deadline = time.monotonic() + LEAK_GRACE_S
+    leaked = _leaked()
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.5)
+        leaked = [p for p in leaked if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if leaked:
+        terminalreporter.section("processes the suite started and left running", red=True)
+        for proc in leaked:
+            write(_describe(proc), red=True)
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        write(f"{len(leaked)} leaked process(es), now killed: the run fails", red=True)
+        session = _state.get("session")
+        if session is not None:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
