@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 CONFIG ?= configs/pipeline.yaml
 ENV ?= dev
 
-.PHONY: help bootstrap data repro demo test test-unit test-integration test-e2e lint format bench clean
+.PHONY: help bootstrap data repro demo test test-fast test-unit test-integration test-e2e lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,9 @@ demo: bootstrap data  ## run the whole lifecycle on the bundled dataset
 
 test: bootstrap data  ## run every test tier (unit, integration, e2e)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: bootstrap data  ## the inner loop (~2 min): unit tests plus one end-to-end smoke path (train -> deploy -> predict)
+	$(VENV)/bin/pytest tests -m "unit or smoke" $(PYTEST_ARGS)
 
 test-unit: bootstrap data  ## unit tests only (seconds)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -28,10 +28,11 @@ from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 @flow(name="deploy_model")
 def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str = "dev") -> dict[str, str]:
-    """Roll the Staging `version` out under its own release's rollout policy; Production changes only on approval."""
+    """Roll the Staging `version` out under this environment's rollout policy (the release's own is evidence only);
+    Production changes only on approval."""
     ctx = as_context(config, env)
     run_id = str(flow_run.id)
-    ctx = load_release_policy(ctx, version)
+    ctx, released_policy = load_release_policy(ctx, version)
     champion = check_candidate(ctx, version)
     phases: list[GateVerdict] = []
     # shadow, then canary; the first release has no champion to shadow or share traffic with
@@ -43,7 +44,7 @@ def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str 
     # approve (the rollout's lease on the gateway held for as long as the approval may take)
     hold_for_approval(ctx, version)
     gate = load_gate_verdict(ctx, version)
-    evidence = evidence_markdown(version, champion, gate, phases)
+    evidence = evidence_markdown(version, champion, gate, phases, ctx.config.rollout, released_policy)
     approval = request_approval(ctx, version, evidence)
     store_approval(ctx, version, approval, gate, phases, evidence)
     enforce_approval(ctx, version, approval, run_id)

@@ -122,9 +122,25 @@ def analyze_phase_log(
     return GateVerdict(all(c.status == "pass" for c in checks), f"Production v{champion}", champion, checks)
 
 
-def evidence_markdown(version: str, champion: str, gate: dict[str, Any] | None, phases: list[GateVerdict]) -> str:
-    """The evidence shown on the approval form: the promotion gate's failures and every phase check."""
-    lines = [f"### Promote v{version} to Production (replacing v{champion or 'none'})?", ""]
+def evidence_markdown(
+    version: str,
+    champion: str,
+    gate: dict[str, Any] | None,
+    phases: list[GateVerdict],
+    policy: RolloutConfig | None = None,
+    released: RolloutConfig | None = None,
+) -> str:
+    """The evidence shown on the approval form: the promotion gate's failures, every phase check, and where the
+    release's own rollout policy differs from the one this environment applies (evidence only)."""
+    replacing = f"v{champion}" if champion else "no version: the first release"
+    lines = [f"### Promote v{version} to Production (replacing {replacing})?", ""]
+    if policy is not None and released is not None:
+        ours, theirs = policy.model_dump(), released.model_dump()
+        differ = [k for k in ours if ours[k] != theirs.get(k)]
+        if differ:
+            lines.append("**The release's own rollout policy (evidence only; this environment's applies):**")
+            lines += [f"- {k}: release says {theirs.get(k)!r}, applied {ours[k]!r}" for k in differ]
+            lines.append("")
     if gate:
         lines.append(f"**Gate:** {'PASSED' if gate['passed'] else 'REJECTED'} against {gate['baseline']}")
         lines += [f"- {c['status']} {c['scope']}: {c['reason']}" for c in gate["checks"] if c["status"] != "pass"]

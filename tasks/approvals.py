@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.common import run_logger
 from tollgate import approvers, procs
 from tollgate.context import Context
 
@@ -57,11 +58,28 @@ def approval_input(approvers: list[str]) -> type:
 def request_approval(ctx: Context, version: str, evidence: str) -> Approval:
     """Pause the flow run until a person answers the form in the Prefect UI (or `tollgate approve`); in demo
     mode (rollout.auto_approve) approve at once and say so. Called by the flow itself: only a flow can pause."""
-    policy = ctx.config.rollout
-    if policy.auto_approve:
-        return Approval(True, "auto-approved (rollout.auto_approve: demo mode)", "no person was asked", _now())
+    allowed = auto_approval(ctx)
+    if allowed:
+        return Approval(True, allowed, "no person was asked", _now())
+    if ctx.config.rollout.auto_approve:
+        run_logger().warning(
+            "rollout.auto_approve is set but env %s does not allow it (rollout.auto_approve_envs: %s): a person "
+            "must approve v%s",
+            ctx.loaded.env,
+            ctx.config.rollout.auto_approve_envs,
+            version,
+        )
     with waiting_for(ctx, version):
         return _wait_for_answer(ctx, version, evidence)
+
+
+def auto_approval(ctx: Context) -> str | None:
+    """Why this deploy may approve with nobody asked (the deploying environment's rollout.auto_approve, in an
+    environment its rollout.auto_approve_envs lists, never prod), or None: a person must approve."""
+    policy, env = ctx.config.rollout, ctx.loaded.env
+    if not policy.auto_approve or env == "prod" or env not in policy.auto_approve_envs:
+        return None
+    return f"auto-approved in env {env} (rollout.auto_approve; env {env} is in rollout.auto_approve_envs)"
 
 
 @contextmanager

@@ -14,14 +14,16 @@ from tasks.common import tollgate_task
 from tasks.gates import GateVerdict
 from tasks.rollout import PhaseWindow, RolloutFailed
 from tasks.tracking import artifact_key
+from tollgate.config import RolloutConfig
 from tollgate.context import Context
 
 __all__ = ["RolloutFailed"]  # the CLI catches it from here
 
 
 @tollgate_task(idempotent_io=True)
-def load_release_policy(ctx: Context, version: str) -> Context:
-    """The context a rollout of `version` runs under: its release's policy, this environment's servers."""
+def load_release_policy(ctx: Context, version: str) -> tuple[Context, RolloutConfig]:
+    """The context a rollout of `version` runs under (its release's context, this environment's servers and
+    rollout policy) and the release's own rollout policy, shown as evidence only."""
     return rollout.release_policy(ctx, version)
 
 

@@ -35,8 +35,10 @@ from tollgate.release import load_release
 
 # How far a multiclass answer's probabilities may sum from 1 (float rounding of k probabilities, k small).
 SMOKE_PROBABILITY_SLACK = 1e-6
-# The config sections a rollout reads from the candidate's release (its policy); the rest is this environment's.
-POLICY_SECTIONS = ("rollout", "monitoring", "serving", "alerts")
+# The config sections a rollout reads from the candidate's release (the context it was trained and evaluated
+# with); the rest is this environment's. The rollout policy (who approves, auto_approve, phase thresholds) is not
+# among them: authority belongs to the deploying environment, the release's own is shown as evidence only.
+RELEASE_SECTIONS = ("monitoring", "serving", "alerts")
 
 
 class RolloutFailed(Exception):
@@ -52,11 +54,11 @@ class PhaseWindow:
     errors_before: int
 
 
-def release_policy(ctx: Context, version: str) -> Context:
-    """`ctx` under the candidate's own release policy (POLICY_SECTIONS of the config it was released with), with
-    this environment's servers and state folder: a rollout follows that policy, not the working tree's."""
+def release_policy(ctx: Context, version: str) -> tuple[Context, RolloutConfig]:
+    """`ctx` with the candidate's release context (RELEASE_SECTIONS of the config it was released with) and this
+    environment's servers, state folder and rollout policy; plus the release's own rollout policy, as evidence."""
     released = load_release(ctx.config, ctx.registry, version=version).config
-    return ctx.with_config(**{s: getattr(released, s).model_dump() for s in POLICY_SECTIONS})
+    return ctx.with_config(**{s: getattr(released, s).model_dump() for s in RELEASE_SECTIONS}), released.rollout
 
 
 def phase_plan(policy: RolloutConfig) -> list[tuple[Phase, float, int]]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -51,8 +52,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _state["session"] = session
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: every test under tests/unit (added by tests/suite_guard.py)")
+    config.addinivalue_line(
+        "markers", "smoke: the one end-to-end path `make test-fast` runs (train -> deploy -> predict, bundled data)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: `make test-fast` selects "unit or smoke"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The unit budget check runs after every other test, so it sees their durations."""
+    """Marks tests/unit as `unit`; the unit budget check runs after every other test, so it sees their durations."""
+    for item in items:
+        if tier(item.nodeid) == "unit":
+            item.add_marker(pytest.mark.unit)
     items.sort(key=lambda item: item.nodeid.startswith("tests/unit/test_unit_budget.py"))
 
 
@@ -105,10 +117,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("processes the suite started and left running", red=True)
         for proc in leaked:
             write(_describe(proc), red=True)
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         write(f"{len(leaked)} leaked process(es), now killed: the run fails", red=True)
         session = _state.get("session")
         if session is not None:

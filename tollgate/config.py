@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TOLLGATE__"
 SCENARIOS: tuple[str, ...] = ("none", "covariate_drift", "concept_drift", "segment_shift", "faults")
@@ -196,12 +196,22 @@ class RolloutConfig(_Strict):
     approvers: list[str] = Field(min_length=1)
     approval_timeout_s: float = Field(gt=0)
     auto_approve: bool = False
+    # Where `auto_approve` may act: the environments (`--env`) whose deploys may promote with nobody asked. It is
+    # read from the deploying environment's config, never from a release; `prod` can never be listed.
+    auto_approve_envs: list[str] = Field(default_factory=lambda: ["dev"])
     # Regression shadow agreement: two predicted values agree when they differ by at most this many standard
     # deviations of the champion's values in the compared window (a scale-free tolerance).
     regression_tolerance: float = Field(default=0.25, gt=0)
     # How long the gateway keeps a shadow/canary challenger without hearing from the rollout controller; when
     # the lease lapses (the deploy process died) it goes back to champion-only on its own.
     lease_s: float = Field(default=60, gt=0)
+
+    @field_validator("auto_approve_envs")
+    @classmethod
+    def _never_prod(cls, envs: list[str]) -> list[str]:
+        if "prod" in envs:
+            raise ValueError("auto-approval is never allowed in prod: remove 'prod' from rollout.auto_approve_envs")
+        return envs
 
 
 class ServingConfig(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,12 @@ FEATURES = bundled_config().features.all
 
 # Small rollouts and lenient shadow checks: the tests exercise the mechanics, not the bundled policy.
 TEST_ROLLOUT = {"shadow_requests": 60, "canary_requests": 30, "min_agreement": 0.5, "max_score_psi": 100.0}
+
+
+def rollout_env(rollout: dict[str, Any]) -> dict[str, str]:
+    """`rollout` settings as TOLLGATE__ROLLOUT__* variables: the deploying environment's policy for a `tollgate
+    deploy` process (a rollout follows the environment that deploys, never the release)."""
+    return {f"TOLLGATE__ROLLOUT__{key.upper()}": json.dumps(value) for key, value in rollout.items()}
 
 
 def base_context() -> Context:

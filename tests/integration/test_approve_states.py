@@ -18,7 +18,7 @@ import pytest
 
 from flows.deploy import deploy_model
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
-from tests.integration.live import Traffic, train
+from tests.integration.live import TEST_ROLLOUT, Traffic, rollout_env, train
 from tollgate import approvers, ledger
 
 AUTO = {"rollout": {"auto_approve": True}}
@@ -30,6 +30,7 @@ def _deploy_process(gateway: dict[str, Any], version: str) -> subprocess.Popen[b
         **os.environ,
         "TOLLGATE__PROJECT__REGISTERED_MODEL": gateway["name"],
         "TOLLGATE__SERVERS__GATEWAY_PORT": str(gateway["ctx"].config.servers.gateway_port),
+        **rollout_env(TEST_ROLLOUT),
     }
     argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version]
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -48,7 +49,7 @@ def test_approve_refuses_a_run_whose_deploy_process_was_killed(gateway: dict[str
     ctx = gateway["ctx"]
     secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
     v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     v2 = train(ctx)
     with Traffic(gateway["url"]):
         proc = _deploy_process(gateway, v2.version)

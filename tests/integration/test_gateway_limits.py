@@ -47,7 +47,7 @@ def chunks(body: bytes, size: int = 1024 * 1024) -> Iterator[bytes]:
 
 def test_a_body_or_batch_over_its_limit_gets_413_naming_the_setting(gateway: dict[str, Any]) -> None:
     ctx = gateway["ctx"]
-    deploy_model(version=train(ctx, **AUTO).version, config=ctx)
+    deploy_model(version=train(ctx).version, config=ctx.with_config(**AUTO))
     url, serving = gateway["url"], ctx.config.serving
     assert serving.max_body_bytes < BIG  # the default 20 MiB
     # 50 MB of a valid request (JSON allows the trailing whitespace): refused for its size alone

@@ -62,7 +62,7 @@ def _served(gateway: dict[str, Any]) -> str:
 def test_a_version_registered_outside_the_pipeline_never_runs(gateway: dict[str, Any], tmp_path: Path) -> None:
     ctx = gateway["ctx"]
     v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     marker = tmp_path / "code-ran"
     evil = _register_outside_the_pipeline(ctx, v1.run_id, marker)
 
@@ -93,7 +93,7 @@ def _v1_served_and_v2_trained(gateway: dict[str, Any]) -> tuple[Any, str, Any, A
     """(ctx, model name, v1 in Production and served, v2 trained by the pipeline and staged)."""
     ctx = gateway["ctx"]
     v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     return ctx, ctx.config.project.registered_model, v1, train(ctx, **AUTO)
 
 

@@ -23,7 +23,7 @@ from tollgate.predlog import read_log
 from tollgate.registry import Registry, disagreements
 
 WEAK = {"model": {"hyperparameters": {"max_iter": 10}}}  # a deliberately weak first model
-AUTO = {"rollout": {"auto_approve": True}}  # its release policy approves without asking anyone
+AUTO = {"rollout": {"auto_approve": True}}  # approve with nobody asked (where the deploying env allows it)
 
 
 def _log(gateway: dict[str, Any]) -> Any:
@@ -95,15 +95,18 @@ def _wait_repaused(version: str, thread: threading.Thread, before: set[str]) -> 
 def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]) -> None:
     reg: Registry = gateway["registry"]
     ctx: Context = gateway["ctx"]
-    # v1: weak, auto-approved by its own release policy (no champion to shadow), deployed with the working
-    # tree's policy saying the opposite: the release's policy is the one that counts.
+    # v1: weak, deployed where the deploying environment (dev, which rollout.auto_approve_envs lists) approves
+    # automatically; no champion to shadow.
     v1 = train(ctx, **WEAK, **AUTO)
-    assert deploy_model(version=v1.version, config=ctx)["approved_by"].startswith("auto-approved")
+    assert deploy_model(version=v1.version, config=ctx.with_config(**AUTO))["approved_by"].startswith(
+        "auto-approved in env dev"
+    )
     assert reg.one("Production").version == v1.version  # type: ignore[union-attr]
     assert _aliases(reg) == {"champion": v1.version, "challenger": None}
     assert httpx.get(f"{gateway['url']}/health").json()["champion"] == v1.version
-    # v2: clearly better; its release requires a person from rollout.approvers, with their secret.
-    v2 = train(ctx)
+    # v2: clearly better, and its release carries auto_approve: true; the deploying environment's policy says
+    # no, so a person from rollout.approvers must approve, with their secret (issue 32.1).
+    v2 = train(ctx, **AUTO)
     assert v2.stage == "Staging"
     assert _aliases(reg) == {"champion": v1.version, "challenger": v2.version}
     description = reg.client.get_model_version(reg.model, v2.version).description
@@ -170,7 +173,7 @@ def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) 
     reg: Registry = gateway["registry"]
     ctx: Context = gateway["ctx"]
     v1 = train(ctx, **WEAK, **AUTO)
-    deploy_model(version=v1.version, config=ctx)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     v2 = train(ctx)
     with Traffic(gateway["url"]):
         thread, out = _deploy_in_thread(ctx, v2.version)
@@ -192,7 +195,7 @@ def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) 
 
 def test_every_acknowledged_prediction_survives_sigkill(gateway: dict[str, Any]) -> None:
     v1 = train(gateway["ctx"], **AUTO)
-    deploy_model(version=v1.version, config=gateway["ctx"])
+    deploy_model(version=v1.version, config=gateway["ctx"].with_config(**AUTO))
     acked: list[str] = []
     stop = threading.Event()
 
@@ -222,9 +225,11 @@ def test_every_acknowledged_prediction_survives_sigkill(gateway: dict[str, Any])
     assert missing == [], f"{len(missing)} acknowledged predictions are not in the log"
 
 
+@pytest.mark.smoke
 def test_bad_requests_get_422_naming_each_field(gateway: dict[str, Any]) -> None:
+    """Also the smoke path of `make test-fast`: train -> deploy -> predict on the bundled data."""
     v1 = train(gateway["ctx"], **AUTO)
-    deploy_model(version=v1.version, config=gateway["ctx"])
+    deploy_model(version=v1.version, config=gateway["ctx"].with_config(**AUTO))
     good = records(1)[0]
     bad = {**good, "tenure_months": -1, "region": "atlantis", "autopay": "yes"}
     bad.pop("usage_gb")

@@ -15,13 +15,13 @@ import pytest
 from flows.deploy import deploy_model
 from serving.lease import Leases, lapsed
 from tests.helpers import ROOT
-from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, train
+from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train
 from tollgate import ledger
 from tollgate.context import Context
 from tollgate.registry import ROLLOUT_MODE_TAG, Registry
 
 LEASE_S = 5.0
-# v2's release policy: a canary that never has enough traffic (the deploy sits in it until killed), a short lease
+# the deploying environment's policy for v2: a canary that never has enough traffic (the deploy sits in it until killed), a short lease
 STUCK_CANARY = {**TEST_ROLLOUT, "canary_requests": 1_000_000, "lease_s": LEASE_S}
 
 
@@ -64,13 +64,13 @@ def test_killed_deploy_lets_the_canary_lapse(gateway: dict[str, Any]) -> None:
     ctx: Context = gateway["ctx"]
     url = gateway["url"]
     v1 = train(ctx, model={"hyperparameters": {"max_iter": 10}}, rollout={"auto_approve": True})
-    deploy_model(version=v1.version, config=ctx)
-    v2 = train(ctx, rollout=STUCK_CANARY)
+    deploy_model(version=v1.version, config=ctx.with_config(rollout={"auto_approve": True}))
+    v2 = train(ctx)
     env = {
         **os.environ,
         "TOLLGATE__PROJECT__REGISTERED_MODEL": gateway["name"],
         "TOLLGATE__SERVERS__GATEWAY_PORT": str(ctx.config.servers.gateway_port),
-        "TOLLGATE__ROLLOUT__LEASE_S": str(LEASE_S),
+        **rollout_env(STUCK_CANARY),
     }
     deploy_log = (ctx.paths.logs / f"deploy-{gateway['name']}.log").open("ab")
     deploy = subprocess.Popen(

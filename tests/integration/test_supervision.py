@@ -56,7 +56,7 @@ def test_a_killed_gateway_serves_again_within_3s_by_itself(live_stack: dict[str,
     with running_gateway(live_stack, "supervised-gateway", supervise=True) as gw:
         ctx = gw["ctx"]
         v1 = train(ctx, **AUTO)
-        deploy_model(version=v1.version, config=ctx)
+        deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
         supervisor = psutil.Process(gw["proc"].pid)
         with Load(gw["url"]) as load:
             time.sleep(3)
