@@ -32,6 +32,7 @@ from serving.shadow import ShadowScorer
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
 from tollgate.predlog import PredictionLog
+from tollgate.provenance import UntrustedRelease
 from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_OUTCOME_TAG, Registry, VersionInfo
 from tollgate.secrets import admin_token
 
@@ -98,6 +99,7 @@ class Gateway:
             self.lease,
         )
         self.leases = Leases()
+        self.unavailable: str | None = None  # why a process that could load nothing serves nothing
         self._lease_watch: asyncio.Task[None] | None = None
         self.http = HttpApp(
             {
@@ -127,9 +129,10 @@ class Gateway:
         self.shadow.start(self.plog)
         try:
             await self.reload()
-        except Exception as exc:  # serve 503 until a reload succeeds rather than refusing to start
+        except Exception as exc:  # serve 503 (and say why on /health) until a reload succeeds, rather than exit
             log.error("initial load from the registry failed: %s", exc)
-            self.metrics.error("reload")
+            self.unavailable = f"nothing loadable is served: {exc}"
+            self.metrics.error("untrusted_release" if isinstance(exc, UntrustedRelease) else "reload")
         self._lease_watch = asyncio.create_task(self._watch_leases())
 
     async def shutdown(self) -> None:
@@ -143,15 +146,19 @@ class Gateway:
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the registry and swap the routing atomically; in-flight batches finish on the old one."""
-        routing = await asyncio.get_running_loop().run_in_executor(None, self.store.routing)
+        routing, refused = await asyncio.get_running_loop().run_in_executor(None, self.store.routing)
+        for why in refused:  # a stage moved outside the pipeline: never served, counted and said
+            log.error("refused: %s", why)
+            self.metrics.error("unproven_stage")
         self.routing = routing
+        self.unavailable = None
         if routing.challenger is not None:  # a new rollout, or one from before a restart: the release's grace
             self.leases.ensure(routing.challenger.version, routing.challenger.config.rollout.lease_s, time.monotonic())
         for version in set(self.leases.deadlines) - {routing.challenger.version if routing.challenger else ""}:
             self.leases.forget(version)
         self.metrics.served(routing.describe())
         log.warning("serving %s", routing.describe())
-        return routing.describe()
+        return {**routing.describe(), **({"refused": list(refused)} if refused else {})}
 
     def lease(self, version: str, until_s: float) -> dict[str, Any]:
         """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served."""
@@ -221,7 +228,9 @@ class Gateway:
         return json_response(200, results[0] if single else {"predictions": results})
 
     async def health(self, request: Request) -> Response:
-        """Liveness plus what is being served."""
+        """Liveness plus what is being served; 503 naming why when the process could load nothing it should serve."""
+        if self.unavailable and self.routing.champion is None:
+            return json_response(503, {"status": "unavailable", "why": self.unavailable, **self.routing.describe()})
         return json_response(200, {"status": "ok", **self.routing.describe()})
 
     async def scrape(self, request: Request) -> Response:

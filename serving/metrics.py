@@ -30,7 +30,17 @@ ROUTES = (
 )
 OTHER_ROUTE = "other"
 _ROUTE_SET = frozenset(ROUTES)
-ERROR_KINDS = ("validation", "batch", "canary", "shadow", "shadow_dropped", "reload", "untrusted_release", "internal")
+ERROR_KINDS = (
+    "validation",
+    "batch",
+    "canary",
+    "shadow",
+    "shadow_dropped",
+    "reload",
+    "untrusted_release",
+    "unproven_stage",
+    "internal",
+)
 REFUSAL_REASONS = ("missing_token", "wrong_token", "admin_disabled")
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 DEGRADED_STATUSES = ("degraded", "severe")

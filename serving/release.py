@@ -10,7 +10,7 @@ from typing import Any
 from serving.schema import RequestSchema
 from tollgate.config import TollgateConfig
 from tollgate.objective import Objective
-from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG, Registry
+from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_SHARE_TAG, Registry, proven_serving
 from tollgate.release import load_release
 
 
@@ -87,16 +87,16 @@ class ReleaseStore:
         """The release's own smoke records (digest-checked like every release file)."""
         return list(load_release(self.cfg, self.registry, version=version).file("smoke_records.json"))
 
-    def routing(self) -> Routing:
-        """Current routing from the registry: Production is the champion; a Staging version whose rollout tag
-        says shadow or canary is the challenger."""
-        prod = self.registry.one("Production")
-        staging = self.registry.one("Staging")
+    def routing(self) -> tuple[Routing, tuple[str, ...]]:
+        """Current routing from what the verified ledger proves (never a registry stage alone): its Production
+        version is the champion; its Staging version, when the rollout tag says shadow or canary, the challenger.
+        Also each registry state it refused (a stage moved outside the pipeline). Raises RegistryError when the
+        ledger does not verify."""
+        proven = proven_serving(self.registry)
+        prod, staging = proven.champion, proven.staging
         champion = self.release(prod.version, prod.run_id) if prod else None
-        if staging is None:
-            return Routing(champion)
-        mode = staging.tags.get(ROLLOUT_MODE_TAG, "off")
-        if mode not in ("shadow", "canary"):
-            return Routing(champion)
+        mode = staging.tags.get(ROLLOUT_MODE_TAG, "off") if staging else "off"
+        if staging is None or mode not in ("shadow", "canary"):
+            return Routing(champion), proven.refused
         share = float(staging.tags.get(ROLLOUT_SHARE_TAG, "0") or 0)
-        return Routing(champion, self.release(staging.version, staging.run_id), mode, share)
+        return Routing(champion, self.release(staging.version, staging.run_id), mode, share), proven.refused

@@ -184,6 +184,10 @@ class Registry:
                 self.model, str(version), to_stage, archive_existing_versions=to_stage in ("Staging", "Production")
             )
         self._move_aliases(str(version), to_stage)
+        proven = proven_holder(ledger_entries(self), to_stage) if to_stage in ("Staging", "Production") else None
+        if proven is not None and proven not in (str(version), incumbent.version if incumbent else None):
+            # the ledger's holder had been moved out of the stage outside the pipeline: close its record too
+            self.record(proven, to_stage, "Archived", f"replaced by version {version}: {reason}", evidence_run_id, who)
         if incumbent is not None and incumbent.version != str(version):
             self.record(
                 incumbent.version,
@@ -225,8 +229,10 @@ def disagreements(reg: Registry) -> list[str]:
                 "(registered or moved outside the pipeline)"
             )
         elif last_stage[v.version] != v.stage:
+            unproven = " (moved outside the pipeline: never served)" if v.stage in STAGE_ALIAS else ""
             found.append(
-                f"{reg.model} v{v.version}: the registry says {v.stage}, the ledger's last entry {last_stage[v.version]}"
+                f"{reg.model} v{v.version}: the registry says {v.stage}, the ledger's last entry "
+                f"{last_stage[v.version]}{unproven}"
             )
     return found
 
@@ -240,12 +246,68 @@ def ledger_entries(reg: Registry) -> list[ledger.LedgerEntry]:
     return ledger.read(reg.ledger_path, reg.model)
 
 
+def ledger_stages(entries: list[ledger.LedgerEntry]) -> dict[str, str]:
+    """Each version's stage as the ledger's moves leave it (refusals and notes, X -> X, move nothing)."""
+    stages: dict[str, str] = {}
+    for entry in entries:
+        if entry.from_stage != entry.to_stage:
+            stages[entry.version] = entry.to_stage
+    return stages
+
+
+def proven_holder(entries: list[ledger.LedgerEntry], stage: str) -> str | None:
+    """The version the ledger's moves leave in `stage` (the one moved there last, should a broken history leave
+    several), or None."""
+    stages = ledger_stages(entries)
+    holder = None
+    for entry in entries:
+        if entry.from_stage != entry.to_stage and entry.to_stage == stage and stages[entry.version] == stage:
+            holder = entry.version
+    return holder
+
+
+@dataclass(frozen=True)
+class ProvenServing:
+    """What serving may act on: the versions the verified ledger moved to Production and Staging, and each
+    registry state it refused (a stage moved outside the pipeline), as one line each."""
+
+    champion: VersionInfo | None
+    staging: VersionInfo | None
+    refused: tuple[str, ...] = ()
+
+
+def proven_serving(reg: Registry) -> ProvenServing:
+    """The Production and Staging versions per the verified ledger, never per a registry stage alone: a stage or
+    alias moved with the MLflow login but outside the pipeline is refused (named in `refused`). Raises
+    RegistryError when the ledger's chain does not verify (nothing can be proven then)."""
+    problems = ledger.verify(reg.ledger_path)
+    if problems:
+        raise RegistryError(f"the promotion ledger does not verify ({problems[0]}): nothing new is served from it")
+    entries = ledger_entries(reg)
+    refused: list[str] = []
+    found: dict[str, VersionInfo | None] = {}
+    for stage in ("Production", "Staging"):
+        proven = proven_holder(entries, stage)
+        registry_holder = reg.one(stage)
+        if registry_holder is not None and registry_holder.version != proven:
+            refused.append(
+                f"{reg.model} v{registry_holder.version} is in {stage} in the registry, but no verified ledger move "
+                f"put it there (moved outside the pipeline); not served, the ledger's {stage} is {_v(proven)}"
+            )
+        found[stage] = None if proven is None else reg.get(proven)
+    return ProvenServing(found["Production"], found["Staging"], tuple(refused))
+
+
 def previous_production(reg: Registry, current: str | None) -> VersionInfo:
-    """The most recent version that left Production and still exists in Archived (the rollback target)."""
-    for entry in reversed(ledger_entries(reg)):
-        if entry.from_stage == "Production" and entry.version != current:
+    """The most recent version the ledger promoted to Production and later moved out, Archived now per both the
+    ledger and the registry (the rollback target); versions the ledger never promoted are skipped."""
+    entries = ledger_entries(reg)
+    promoted = {e.version for e in entries if e.to_stage == "Production" and e.from_stage != "Production"}
+    stages = ledger_stages(entries)
+    for entry in reversed(entries):
+        if entry.from_stage == "Production" and entry.version != current and entry.version in promoted:
             info = reg.get(entry.version)
-            if info.stage == "Archived":
+            if info.stage == "Archived" and stages.get(entry.version) == "Archived":
                 return info
     raise RegistryError(f"{reg.model}: no earlier Production version to roll back to")
 
@@ -254,7 +316,8 @@ def rollback_target(reg: Registry, to_version: str | None) -> tuple[VersionInfo 
     """(current Production, the version a rollback would restore), or RegistryError naming the rule it breaks:
     the target must have been Production before (per the ledger), be Archived now and not be the current one,
     so a version that never passed a gate and an approval is never made Production by a "rollback"."""
-    current = reg.one("Production")
+    proven = proven_holder(ledger_entries(reg), "Production")
+    current = reg.get(proven) if proven else None  # what the ledger says is Production, not a hand-moved stage
     target = reg.get(to_version) if to_version else previous_production(reg, current.version if current else None)
     if current is not None and target.version == current.version:
         raise RegistryError(f"v{target.version} is already Production")

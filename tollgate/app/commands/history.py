@@ -13,11 +13,11 @@ COLUMNS = ("at", "model", "version", "from", "to", "who", "reason", "evidence_ru
 
 
 def serving_disagreements(ctx: Context) -> list[str]:
-    """Where what the gateway serves differs from the registry's Production version (empty when the gateway
-    is not running: nothing is served, so nothing disagrees)."""
-    from tollgate.registry import STAGE_ALIAS
+    """Where what the gateway serves differs from the Production version the verified ledger proves (empty when
+    the gateway is not running: nothing is served, so nothing disagrees)."""
+    from tollgate.registry import ledger_entries, proven_holder
 
-    prod = ctx.registry.one("Production")
+    proven = proven_holder(ledger_entries(ctx.registry), "Production")
     gateway = ctx.gateway()
     try:
         serving = gateway.health()
@@ -28,10 +28,10 @@ def serving_disagreements(ctx: Context) -> list[str]:
     finally:
         gateway.close()
     found = []
-    if (serving.get("champion") or None) != (prod.version if prod else None):
+    if (serving.get("champion") or None) != proven:
         found.append(
-            f"{ctx.registry.model}: the gateway serves v{serving.get('champion')} as champion but the registry's "
-            f"Production (@{STAGE_ALIAS['Production']}) is {'v' + prod.version if prod else 'no version'}"
+            f"{ctx.registry.model}: the gateway serves v{serving.get('champion')} as champion but the ledger's "
+            f"Production is {'v' + proven if proven else 'no version'}"
         )
     return found
 

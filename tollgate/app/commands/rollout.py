@@ -96,7 +96,7 @@ def _rollback_without_gateway(ctx: Context, args: argparse.Namespace, why: str) 
         with library_output(deploy_stages(ctx)):
             return rollback_flow(to_version=args.to, reason=args.reason, config=ctx)
     except RegistryError as exc:
-        raise UserError(str(exc)) from None
+        raise CheckFailed(f"refused: {exc}") from None
 
 
 def rollback(ctx: Context, args: argparse.Namespace) -> int:
@@ -123,14 +123,14 @@ def rollback(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _refusal(exc: GatewayError) -> Exception:
-    """409 is the registry saying no (no such version, nothing to go back to): a usage error, exit 2; any other
-    answer is the gateway refusing (bad token, a failure): exit 1."""
+    """A refused rollback is a check that said no (exit 1): 409 is a rollback rule or the target's smoke test
+    (named in the answer), any other answer the gateway refusing (bad token, a failure)."""
     if exc.status != 409:
         return CheckFailed(f"gateway refused the rollback: {exc}")
     try:
-        return UserError(str(json.loads(exc.body).get("error", exc.body)))
+        return CheckFailed(f"refused: {json.loads(exc.body).get('error', exc.body)}")
     except (ValueError, AttributeError):
-        return UserError(exc.body)
+        return CheckFailed(f"refused: {exc.body}")
 
 
 COMMANDS = [
