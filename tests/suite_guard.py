@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 SESSION_MARK = "TOLLGATE_TEST_SESSION"
-UNIT_BUDGET_S = 1.0  # average seconds per test, per file of tests/unit
+UNIT_BUDGET_S = 2.0  # average seconds per test, per file of tests/unit (the slowest file averages ~0.6 s on
+# a quiet 2-core machine; the headroom is for a loaded CI machine)
 SLOWEST = 25
 LEAK_GRACE_S = 10.0  # processes told to stop get this long to exit before they count as leaked
 

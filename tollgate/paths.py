@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +136,10 @@ class StatePaths:
         return self.pids / f"{service}.pid"
 
     def ensure(self) -> StatePaths:
-        """Create the folders; returns self."""
+        """Create the folders, owner-only (0700: prediction rows, databases, logins and logs live here); returns
+        self."""
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)
         for d in (
             self.logs,
             self.pids,
@@ -143,5 +149,35 @@ class StatePaths:
             self.reports,
             self.work,
         ):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self
+
+    def exposed(self, limit: int = 5) -> tuple[int, list[str]]:
+        """(how many, the first `limit`) entries under the state folder that its owner's group or others may read,
+        write or enter; (0, []) when everything is owner-only."""
+        count, named = 0, list[str]()
+        for root, dirs, files in os.walk(self.home):
+            for name in [*dirs, *files]:
+                path = os.path.join(root, name)
+                try:
+                    mode = os.lstat(path).st_mode
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    count += 1
+                    if len(named) < limit:
+                        named.append(f"{path} ({stat.filemode(mode)})")
+        return count, named
+
+
+OWNER_ONLY_UMASK = 0o077
+
+
+@contextmanager
+def owner_only() -> Iterator[None]:
+    """Files and folders this process (and the processes it starts) creates in the block are owner-only."""
+    old = os.umask(OWNER_ONLY_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -196,7 +196,7 @@ class PredictionLog:
         # name (its part would replace the first one's)
         name = f"seg-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(_SEGMENT_SEQ):06d}.jsonl"
         self.path = self.folder / name
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._rows = 0
 
     def write(self, records: list[dict[str, Any]]) -> None:

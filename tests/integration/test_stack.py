@@ -62,6 +62,13 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
             )["services"]
         }
         assert rows2 == pids  # `up` twice starts nothing twice
+        # issue 32.6: nothing a fresh `up` made is open to the group or others (databases, logs, logins, pids)
+        assert StatePaths(tmp_path / "home").exposed() == (0, [])
+        assert body["state_folder_exposed"] == []
+        (tmp_path / "home" / "logs" / "prefect-server.log").chmod(0o644)
+        warned = subprocess.run([*TG, "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert "WARNING: 1 entries in the state folder are open to other users" in warned.stdout, warned.stdout
+        assert "prefect-server.log (-rw-r--r--)" in warned.stdout
     finally:
         down = subprocess.run([*TG, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr

@@ -9,6 +9,7 @@ No error a user can cause prints a traceback: every known error type maps to one
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from tollgate.app.output import CommandLog, command_log
 from tollgate.app.output import log as app_log
 from tollgate.config import ConfigError
 from tollgate.context import DEFAULT_CONFIG, Context, make_context
+from tollgate.paths import OWNER_ONLY_UMASK
 
 ENVIRONMENTS = ("dev", "staging", "prod")
 
@@ -164,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (never a traceback for a known error, see KNOWN_ERRORS)."""
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(words)
+    os.umask(OWNER_ONLY_UMASK)  # state files (predictions, ledger, logins, logs) are the owner's alone
     try:
         ctx = make_context(args.config, args.env)
     except ConfigError as exc:

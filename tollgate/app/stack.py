@@ -20,7 +20,7 @@ from pathlib import Path
 from tollgate.app.services import BIN, Service, mlflow_auth_ini, services
 from tollgate.config import ServersConfig
 from tollgate.context import Context, client_env
-from tollgate.paths import StatePaths
+from tollgate.paths import StatePaths, owner_only
 from tollgate.procs import cmdline, group_pids, group_rss_mb, healthy, http_status, pid_alive, port_in_use
 from tollgate.secrets import Login, ensure_admin_token, ensure_stack_credentials, mlflow_login, prefect_login
 
@@ -101,7 +101,12 @@ class Stack:
 
     # -- up --------------------------------------------------------------------------------------
     def up(self) -> None:
-        """Start every service not already running and wait until all are healthy."""
+        """Start every service not already running and wait until all are healthy; everything it and the services
+        create in the state folder is owner-only."""
+        with owner_only():
+            self._up()
+
+    def _up(self) -> None:
         self.paths.ensure()
         self._prepare_auth()
         started: list[Service] = []

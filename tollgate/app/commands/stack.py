@@ -86,6 +86,7 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
     restarts = restart_count(ctx.paths)
     healthy = all(r["healthy"] for r in services)
     problems = consistency(ctx) if healthy else []
+    exposed, named = ctx.paths.exposed()
     if args.json:
         print_json(
             {
@@ -93,6 +94,7 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
                 "models": models,
                 "gateway_restarts": restarts,
                 "disagreements": problems,
+                "state_folder_exposed": named if exposed <= len(named) else [*named, f"... {exposed} in all"],
                 "state_folder": str(ctx.paths.home),
             }
         )
@@ -102,6 +104,11 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
             print(f"gateway restarted by its supervisor {restarts} times ({ctx.paths.gateway_restarts})")
         if problems:
             print("\n".join(f"DISAGREES: {p}" for p in problems))
+        if exposed:
+            print(
+                f"WARNING: {exposed} entries in the state folder are open to other users (e.g. {', '.join(named)}); "
+                f"it holds prediction rows, databases and logins: chmod -R go-rwx {ctx.paths.home}"
+            )
         rows = [
             {**m, "last_failed_alert": _failure_text(m["last_failed_alert"]), "signals": _signal_text(m["signals"])}
             for m in models
