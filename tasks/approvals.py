@@ -1,10 +1,12 @@
 """The approval step of deploy_model: the paused run's form (answered in the Prefect UI), and answering it
 from a shell (`tollgate approve`).
 
-An answer counts only with the approver's personal secret (tollgate/approvers.py). The flow checks it after
-every resume: a wrong or missing secret is recorded in the ledger and the run pauses again for the rest of
-the approval timeout, so nothing acts on it. The submitted form (which holds the secret) is deleted from the
-Prefect server as soon as it was read. `tollgate approve` checks the secret before it resumes anything.
+An answer counts only with a proof from an enrolled approver (tollgate/approvers.py), never their key: the
+Prefect UI form takes a one-time code from their authenticator app, `tollgate approve` signs the exact question
+(run, pause, version, decision) with their key. The flow checks the proof after every resume: a wrong, used or
+replayed one is recorded in the ledger and the run pauses again (under a new pause key) for the rest of the
+approval timeout, so nothing acts on it. The submitted form is deleted from the Prefect server once read.
+`tollgate approve` checks the approver's key before it resumes anything.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Approval:
     approver: str
     comment: str
     at: str = ""
-    refused: tuple[str, ...] = ()  # answers refused before this one (wrong or missing secret)
+    refused: tuple[str, ...] = ()  # answers refused before this one (wrong, used or missing proof)
 
 
 def approval_input(approvers: list[str]) -> type:
@@ -50,7 +52,14 @@ def approval_input(approvers: list[str]) -> type:
         __base__=RunInput,
         approve=(bool, Field(default=False, description="Promote this version to Production?")),
         approver=(who, Field(description="Who approves (rollout.approvers)")),
-        secret=(str, Field(default="", description="Your approver secret (from `tollgate approvers add`)")),
+        proof=(
+            str,
+            Field(
+                default="",
+                description="The 6-digit code your authenticator app shows (enrolled with `tollgate approvers add`); "
+                "never your key",
+            ),
+        ),
         comment=(str, Field(default="", description="Why")),
     )
 
@@ -126,16 +135,18 @@ def _wait_for_answer(ctx: Context, version: str, evidence: str) -> Approval:
             version,
             version,
         )
+        pause_key = f"approve-v{version}-{len(refused)}"  # a new pause per attempt (a reused key returns at once)
         try:
             answer: Any = pause_flow_run(
                 wait_for_input=form.with_initial_data(description=evidence),  # type: ignore[attr-defined]
                 timeout=int(left),
-                key=f"approve-v{version}-{len(refused)}",  # a new pause per attempt (a reused key returns at once)
+                key=pause_key,
             )
         except FlowPauseTimeout:
             break
         _forget_answer(answer)
-        why_not = approvers.check(ctx.paths.approvers, str(answer.approver), str(answer.secret))
+        question = approvers.Question(str(_flow_run_id()), pause_key, str(version), bool(answer.approve))
+        why_not = approvers.check_proof(ctx.paths.approvers, str(answer.approver), str(answer.proof), question)
         if why_not is None:
             return Approval(bool(answer.approve), str(answer.approver), str(answer.comment), _now(), tuple(refused))
         refused.append(f"{answer.approver}: {why_not}")
@@ -160,7 +171,7 @@ def record_refusal(ctx: Context, version: str, approver: str, why_not: str, flow
 
 
 def _forget_answer(answer: Any) -> None:
-    """Delete the submitted form from the Prefect server: it holds the approver's secret."""
+    """Delete the submitted form from the Prefect server once read (its proof is single-use anyway)."""
     from prefect.input.actions import delete_flow_run_input
 
     delete_flow_run_input(key=answer.metadata.key, flow_run_id=answer.metadata.receiver)
@@ -244,8 +255,9 @@ async def _paused_runs(version: str) -> list[Any]:
 def answer_approval(ctx: Context, version: str, approver: str, secret: str | None, approve: bool, comment: str) -> str:
     """Resume the paused deploy_model run for `version` with the answer; raise ApprovalError if refused.
 
-    The secret is checked here first, so a wrong one resumes nothing (the run stays paused) and is recorded;
-    the flow checks it again, since anyone with Prefect API access could resume the run without this command."""
+    `secret` is the approver's key: checked here first, so a wrong one resumes nothing (the run stays paused)
+    and is recorded; only a proof signed with it is sent, and the flow checks that proof again, since anyone with
+    Prefect API access could resume the run without this command."""
     from prefect.flow_runs import resume_flow_run
 
     runs = asyncio.run(_paused_runs(version))
@@ -262,11 +274,11 @@ def answer_approval(ctx: Context, version: str, approver: str, secret: str | Non
         )
     if approver not in ctx.config.rollout.approvers:
         raise ApprovalError(f"refused: {approver!r} is not on rollout.approvers ({ctx.config.rollout.approvers})")
-    why_not = approvers.check(ctx.paths.approvers, approver, secret)
+    why_not = approvers.check_key(ctx.paths.approvers, approver, secret)
     if why_not is not None:
         record_refusal(ctx, version, approver, why_not, str(run.id))
         raise ApprovalError(f"refused: {why_not}; v{version} is still waiting (flow run {run.name})")
-    answer = {"approve": approve, "approver": approver, "secret": secret, "comment": comment}
+    answer = signed_answer(run, version, approver, str(secret), approve, comment)
     try:
         result: Any = resume_flow_run(run.id, run_input=answer)
     except Exception as exc:
@@ -278,6 +290,18 @@ def answer_approval(ctx: Context, version: str, approver: str, secret: str | Non
         raise ApprovalError(f"refused: {approver!r} cannot answer this approval ({reason})")
     said = f"{'approved' if approve else 'rejected'} v{version} as {approver} (flow run {run.name})"
     return f"{said}: {_await_outcome(ctx, run.id, version, approve)}"
+
+
+def signed_answer(run: Any, version: str, approver: str, key: str, approve: bool, comment: str) -> dict[str, Any]:
+    """The form answer `tollgate approve` sends for the paused `run`: a proof bound to this run, this pause,
+    `version` and the decision (HMAC under the approver's key), never the key itself."""
+    question = approvers.Question(str(run.id), str(run.state.state_details.pause_key), str(version), approve)
+    return {
+        "approve": approve,
+        "approver": approver,
+        "proof": approvers.sign(key, approver, question),
+        "comment": comment,
+    }
 
 
 def _await_outcome(ctx: Context, run_id: Any, version: str, approve: bool) -> str:

@@ -10,10 +10,11 @@ import time
 from typing import Any
 
 import httpx
+import pyotp
 import pytest
 
 from flows.deploy import deploy_model
-from tasks.approvals import ApprovalError, _paused_runs, answer_approval
+from tasks.approvals import ApprovalError, _paused_runs, answer_approval, signed_answer
 from tasks.deployment import RolloutFailed
 from tasks.rollout import rollback_via_gateway
 from tests.integration.live import Traffic, free_port, records, train
@@ -122,7 +123,7 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
         paused = {str(r.state.state_details.pause_key) for r in asyncio.run(_paused_runs(v2.version))}
         assert paused, "a refused CLI answer must leave the run paused"
         # the same wrong secret straight through the Prefect API: the flow refuses it and pauses again
-        _resume_directly(v2.version, {"approve": True, "approver": "alice", "secret": "guessed", "comment": "api"})
+        _resume_directly(v2.version, {"approve": True, "approver": "alice", "proof": "123456", "comment": "api"})
         _wait_repaused(v2.version, thread, paused)
         assert reg.one("Production").version == v1.version  # type: ignore[union-attr]
         assert "approved" in answer_approval(ctx, v2.version, "alice", secret, True, "shadow and canary look fine")
@@ -167,6 +168,55 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
     assert done == {"from": v1.version, "to": v2.version, "served": False}
     assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
     assert _aliases(reg) == {"champion": v2.version, "challenger": None}
+
+
+def test_a_captured_approval_cannot_be_replayed(gateway: dict[str, Any]) -> None:
+    """Issue 32.4 (c): whoever holds the Prefect login sees the answer `tollgate approve` sends; replayed on a later
+    rollout it is refused (its proof is bound to the run, the pause and the decision), a one-time code from the
+    authenticator counts once, and the approver's key is nowhere in Prefect's database files."""
+    from prefect.flow_runs import resume_flow_run
+
+    reg: Registry = gateway["registry"]
+    ctx: Context = gateway["ctx"]
+    v1 = train(ctx, **WEAK)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    key = _secret(ctx, "alice")
+    v2 = train(ctx)
+    with Traffic(gateway["url"]):
+        thread, out = _deploy_in_thread(ctx, v2.version)
+        _wait_paused(v2.version, thread)
+        run = asyncio.run(_paused_runs(v2.version))[0]
+        captured = signed_answer(run, v2.version, "alice", key, True, "shadow and canary look fine")
+        assert key not in str(captured)
+        resume_flow_run(run.id, run_input=captured)  # exactly what `tollgate approve` sends
+        thread.join(240)
+    assert "error" not in out, out.get("error")
+    assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
+
+    v3 = train(ctx)
+    with Traffic(gateway["url"]):
+        thread, out = _deploy_in_thread(ctx, v3.version)
+        _wait_paused(v3.version, thread)
+        paused = {str(r.state.state_details.pause_key) for r in asyncio.run(_paused_runs(v3.version))}
+        _resume_directly(v3.version, captured)  # the replay
+        _wait_repaused(v3.version, thread, paused)
+        assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
+        # the Prefect UI path: a code from alice's authenticator answers once (here: a rejection)
+        code = pyotp.TOTP(key).now()
+        _resume_directly(v3.version, {"approve": False, "approver": "alice", "proof": code, "comment": "from the UI"})
+        thread.join(120)
+    assert isinstance(out.get("error"), RolloutFailed) and "not approved by alice" in str(out["error"])
+    assert reg.one("Production").version == v2.version  # type: ignore[union-attr]
+    refused = [e for e in ledger.read(reg.ledger_path, gateway["name"]) if e.reason.startswith("approval refused")]
+    assert [(e.version, e.who) for e in refused] == [(v3.version, "alice (unproven)")]
+    assert "wrong proof for 'alice'" in refused[0].reason
+    assert (
+        approvers.check_proof(ctx.paths.approvers, "alice", code, approvers.Question("any", "any", v3.version, False))
+        == "one-time code for 'alice' was already used"
+    )
+    files = [f for f in ctx.paths.prefect_home.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("prefect.db") for f in files)
+    assert [f for f in files if key.encode() in f.read_bytes()] == []
 
 
 def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) -> None:

@@ -14,9 +14,13 @@ def add(ctx: Context, args: argparse.Namespace) -> int:
         secret = approvers.add(ctx.paths.approvers, args.name, ctx.config.rollout.approvers)
     except approvers.ApproverError as exc:
         raise UserError(str(exc)) from None
-    print(f"approver secret for {args.name} (shown once; only a salted hash is kept in {ctx.paths.approvers}):")
+    print(f"approver key for {args.name} (shown once; kept only in {ctx.paths.approvers}, mode 0600):")
     print(secret)
-    print(f"approve with: {approvers.SECRET_ENV}=<secret> tollgate approve VERSION --by {args.name}")
+    print(f"authenticator app (codes for the Prefect UI form): {approvers.provisioning_uri(args.name, secret)}")
+    print(
+        f"shell: {approvers.SECRET_ENV}=<key> tollgate approve VERSION --by {args.name} "
+        "(sends a proof bound to that approval, never the key)"
+    )
     return EXIT_OK
 
 
