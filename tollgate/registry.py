@@ -10,6 +10,8 @@ same function without importing each other.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +23,14 @@ from mlflow.tracking import MlflowClient
 
 from tollgate import ledger
 
+log = logging.getLogger("tollgate.registry")
+
 STAGES = ("None", "Staging", "Production", "Archived")
 ROLLOUT_MODE_TAG = "tollgate.rollout.mode"  # on the Staging version: shadow | canary | off
 ROLLOUT_SHARE_TAG = "tollgate.rollout.share"
 ROLLOUT_OUTCOME_TAG = "tollgate.rollout.outcome"
 STAGE_ALIAS = {"Production": "champion", "Staging": "challenger"}
+LEDGER_TAG = "tollgate.ledger.last"  # on the registered model: the hash of its newest ledger entry
 # The version description (the registry UI's model card summary), one line per tag that is set, in this order.
 CARD_TAGS = (
     ("tollgate.card.intended_use", "Intended use"),
@@ -144,8 +149,9 @@ class Registry:
         flow_run_id: str | None = None,
         digests: dict[str, str] | None = None,
     ) -> ledger.LedgerEntry:
-        """Append a ledger entry without changing the registry (registration, rejection, a file digest)."""
-        return ledger.append(
+        """Append a ledger entry without changing the registry (registration, rejection, a file digest); its hash
+        is mirrored to MLflow and Prefect (see `_mirror`)."""
+        entry = ledger.append(
             self.ledger_path,
             ledger.LedgerEntry(
                 model=self.model,
@@ -159,6 +165,23 @@ class Registry:
                 digests=digests,
             ),
         )
+        self._mirror(entry.hash)
+        return entry
+
+    def _mirror(self, digest: str) -> None:
+        """This model's newest ledger hash, also as a registered-model tag in MLflow and a Prefect variable: a
+        rewrite of the state folder's ledger then needs both logins as well to go unnoticed (`mirror_disagreements`).
+        A failed write is logged, never raised: the ledger file is the record, and acting never waits on a copy."""
+        try:
+            self.client.set_registered_model_tag(self.model, LEDGER_TAG, digest)
+        except Exception as exc:
+            log.warning("could not mirror the ledger head of %s to MLflow: %s", self.model, exc)
+        try:
+            from prefect.variables import Variable
+
+            Variable.set(ledger_variable(self.model), digest, overwrite=True)
+        except Exception as exc:
+            log.warning("could not mirror the ledger head of %s to Prefect: %s", self.model, exc)
 
     def transition(
         self,
@@ -235,6 +258,36 @@ def disagreements(reg: Registry) -> list[str]:
                 f"{last_stage[v.version]}{unproven}"
             )
     return found
+
+
+def ledger_variable(model: str) -> str:
+    """The Prefect variable that mirrors `model`'s newest ledger hash (a name Prefect accepts, whatever the model)."""
+    return "tollgate-ledger-" + hashlib.sha1(model.encode()).hexdigest()[:16]
+
+
+def mirror_disagreements(reg: Registry) -> list[str]:
+    """Where the newest ledger hash of this model differs from its copies in MLflow and Prefect (the ledger file
+    was rewritten or cut, or a mirror write failed); empty when they agree or the model has no ledger yet."""
+    from prefect.variables import Variable
+
+    entries = ledger_entries(reg)
+    if not entries:
+        return []
+    last = entries[-1].hash
+    try:
+        in_mlflow = reg.client.get_registered_model(reg.model).tags.get(LEDGER_TAG)
+    except MlflowException:
+        in_mlflow = None
+    copies = {
+        f"MLflow (registered model tag {LEDGER_TAG})": in_mlflow,
+        f"Prefect (variable {ledger_variable(reg.model)})": Variable.get(ledger_variable(reg.model)),
+    }
+    return [
+        f"{reg.model}: the ledger's last entry hashes to {last[:12]}, but {where} says "
+        f"{str(copy)[:12] if copy else 'nothing'}: the ledger file was rewritten, or a copy was not written"
+        for where, copy in copies.items()
+        if copy != last
+    ]
 
 
 def _v(version: str | None) -> str:

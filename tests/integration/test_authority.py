@@ -1,9 +1,11 @@
 """Serving follows the ledger, not a registry stage (issue 32.2): the MLflow login alone cannot get a version
 served. A gate-rejected version moved to Production by hand is refused by a reload, by a restarted serving
-process and by a plain `tollgate rollback`; `tollgate status` exits 1 naming it."""
+process and by a plain `tollgate rollback`; `tollgate status` exits 1 naming it. And the ledger's newest hash per
+model is mirrored to MLflow and Prefect (issue 32.6), so a consistent rewrite of the file is still caught."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from flows.deploy import deploy_model
 from tasks.gates import GateRejected
 from tests.helpers import ROOT
 from tests.integration.live import records, running_gateway, train
+from tollgate import ledger
+from tollgate.registry import mirror_disagreements
 from tollgate.secrets import admin_token
 
 AUTO = {"rollout": {"auto_approve": True}}
@@ -98,3 +102,21 @@ def test_a_stage_moved_by_hand_is_never_served(live_stack: dict[str, str]) -> No
         assert any(f"v{bad}" in line and "outside the pipeline" in line for line in status.stdout.splitlines()), (
             status.stdout
         )
+
+        # the ledger rewritten consistently by someone who can write the state folder (its last entry cut, the
+        # head file moved back): the chain still verifies, but its copies in MLflow and Prefect say otherwise
+        assert mirror_disagreements(ctx.registry) == []
+        path, head = ctx.paths.ledger, ledger.head_path(ctx.paths.ledger)
+        original, original_head = path.read_bytes(), head.read_bytes()
+        lines = original.decode().splitlines(keepends=True)
+        assert json.loads(lines[-1])["model"] == name, "the last ledger entry must be this test's to cut it"
+        try:
+            path.write_text("".join(lines[:-1]))
+            head.write_text(json.loads(lines[-2])["hash"] + "\n")
+            assert ledger.verify(path) == []
+            found = mirror_disagreements(ctx.registry)
+            assert len(found) == 2 and all("the ledger file was rewritten" in f for f in found), found
+            assert any("MLflow" in f for f in found) and any("Prefect" in f for f in found)
+        finally:
+            path.write_bytes(original)
+            head.write_bytes(original_head)

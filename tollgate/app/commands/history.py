@@ -38,9 +38,14 @@ def serving_disagreements(ctx: Context) -> list[str]:
 
 def consistency(ctx: Context) -> list[str]:
     """Every disagreement between the ledger's chain, registry stages, aliases, the ledger and serving."""
-    from tollgate.registry import disagreements
+    from tollgate.registry import disagreements, mirror_disagreements
 
-    return [*ledger.verify(ctx.paths.ledger), *disagreements(ctx.registry), *serving_disagreements(ctx)]
+    return [
+        *ledger.verify(ctx.paths.ledger),
+        *disagreements(ctx.registry),
+        *mirror_disagreements(ctx.registry),
+        *serving_disagreements(ctx),
+    ]
 
 
 def verify(ctx: Context, args: argparse.Namespace) -> int:
