@@ -1,4 +1,5 @@
-"""ci_pipeline: a pushed commit, checked out clean, runs training_pipeline and (when the gate passes) deploy_model."""
+"""ci_pipeline: a pushed commit of ci.repository, checked out clean, trained (and, when the gate passes, deployed)
+by this worker's own flows on the commit's config and data."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.ci import checkout_commit, deploy_checkout, prepare_checkout, train_checkout
-from tollgate.paths import PROJECT_ROOT, StatePaths
+from flows.deploy import deploy_model
+from flows.training import training_pipeline
+from tasks.ci import check_repository, checkout_commit, load_checkout, prepare_checkout
+from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
 CI_CONFIG = "configs/pipeline.yaml"
 
@@ -16,19 +19,26 @@ CI_CONFIG = "configs/pipeline.yaml"
 def ci_pipeline(
     sha: str,
     branch: str = "main",
-    repo: str = str(PROJECT_ROOT),
-    config: str = CI_CONFIG,
+    repo: str | None = None,
+    config: str | Context = DEFAULT_CONFIG,
+    ci_config: str = CI_CONFIG,
     env: str = "dev",
     deploy: bool = True,
 ) -> dict[str, Any]:
-    """Run the pipeline as it is at `sha` (the checkout's code and config, not this working tree). `config` is
-    the project's config path inside the repository, read in the checkout (an absolute path is read as is)."""
-    paths = StatePaths.from_env()
-    # checkout
-    checkout = checkout_commit(repo, sha, str(paths.work))
-    prepare_checkout(checkout, config, env, str(paths.home))
-    # train + gate
-    trained = train_checkout(checkout, config, env, str(paths.home))
+    """Train the commit `sha` of ci.repository (from `config`, the deploying environment's config) on the config
+    file `ci_config` inside the checkout and the data it records. `repo` (a push event's remote) is only checked:
+    naming any other repository fails the run before anything is cloned. The checkout's own code runs only to
+    restore its data, without logins; registering, gating and deploying are this worker's flows."""
+    ctx = as_context(config, env)
+    # check: ci.repository only
+    source = check_repository(ctx, repo)
+    # checkout + data (the commit's code runs here, with no login and a scratch state folder)
+    checkout = checkout_commit(source, sha, str(ctx.paths.work))
+    prepare_checkout(ctx, checkout, ci_config)
+    # train + gate: the commit's config and data, this worker's code, the deploying environment's authority
+    pushed = load_checkout(ctx, checkout, ci_config)
+    trained = training_pipeline(config=pushed, data=str(pushed.resolve(pushed.config.dataset.path)))
     # roll out
-    deployed = deploy_checkout(checkout, trained["version"], config, env, str(paths.home)) if deploy else {}
-    return {"sha": sha, "branch": branch, "config": config, **trained, **deployed}
+    deployed = {"deployed": deploy_model(version=trained.version, config=pushed)["version"]} if deploy else {}
+    summary = {"version": trained.version, "stage": trained.stage, "run_id": trained.run_id}
+    return {"sha": sha, "branch": branch, "config": ci_config, **summary, **deployed}

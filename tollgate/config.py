@@ -243,6 +243,13 @@ class GenerationConfig(_Strict):
     days: int = Field(ge=1)
 
 
+class CIConfig(_Strict):
+    # The one repository ci_pipeline clones and builds: a local path (relative to the project root) or a remote
+    # as git names it (URL or host:path), compared exactly. None: the project root, the repository the worker's
+    # own code comes from. A run or push event naming another repository is refused before anything is cloned.
+    repository: str | None = None
+
+
 class ServersConfig(_Strict):
     host: str = "127.0.0.1"
     prefect_port: int = Field(default=4200, ge=1, le=65535)
@@ -295,6 +302,7 @@ class TollgateConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     generation: GenerationConfig | None = None
     servers: ServersConfig = ServersConfig()
+    ci: CIConfig = CIConfig()
 
     @model_validator(mode="after")
     def _features_in_schema(self) -> TollgateConfig:
@@ -361,8 +369,8 @@ class TollgateConfig(_Strict):
             )
 
     def digest(self) -> str:
-        """A stable sha256 of the resolved config (servers excluded: they do not change a model)."""
-        body = self.model_dump(mode="json", exclude={"servers"})
+        """A stable sha256 of the resolved config (servers and ci excluded: they do not change a model)."""
+        body = self.model_dump(mode="json", exclude={"servers", "ci"})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

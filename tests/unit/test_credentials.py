@@ -74,8 +74,8 @@ def test_client_env_carries_the_logins_iff_auth_is_on(tmp_path: Path) -> None:
 
 
 def test_a_state_folder_without_logins_leaves_the_inherited_ones(tmp_path: Path) -> None:
-    """A command run with a state folder of its own (ci_pipeline's clone) against a stack its parent holds the
-    login of: client_env names no credential, so the parent's variables reach the servers."""
+    """A command run with a state folder of its own against a stack its parent holds the login of: client_env names
+    no credential, so the parent's variables reach the servers (a CI checkout's commands get none: tasks.ci)."""
     assert not set(CREDENTIAL_VARS) & set(client_env(ServersConfig(), StatePaths(tmp_path)))
 
 

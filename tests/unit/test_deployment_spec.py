@@ -35,8 +35,9 @@ def test_every_deployment_runs_the_config_that_applied_it() -> None:
     assert len(by_flow) == 7
     for flow, dep in by_flow.items():
         assert dep["name"].endswith("-loan-default"), flow
-        expected = "tests/fixtures/byod/pipeline.yaml" if flow == "ci_pipeline" else str(config)
-        assert dep["parameters"] == {"config": expected, "env": "staging"}, flow
+        # ci_pipeline also gets the config's path inside the repository: the file it trains in the clone
+        inside = {"ci_config": "tests/fixtures/byod/pipeline.yaml"} if flow == "ci_pipeline" else {}
+        assert dep["parameters"] == {"config": str(config), "env": "staging", **inside}, flow
         assert "$TOLLGATE" not in yaml.safe_dump(dep), flow
         assert dep["work_pool"]["name"] == bundled_config().servers.work_pool
 
@@ -54,11 +55,18 @@ def test_the_retrain_trigger_matches_only_its_own_model_and_passes_the_config() 
 
 
 def test_the_ci_trigger_trains_the_project_config_inside_the_clone() -> None:
+    """The push event's remote reaches ci_pipeline only as `repo`, which it checks against ci.repository of the
+    deploying config (`config`) before cloning; `ci_config` is the file it trains in the clone."""
     target = DeploymentTarget(ROOT / "configs" / "pipeline.yaml", "prod", "churn-classifier")
     (trigger,) = _rendered(target)["ci_pipeline"]["triggers"]
-    assert trigger["parameters"]["config"] == "configs/pipeline.yaml"
-    assert trigger["parameters"]["env"] == "prod"
-    assert trigger["parameters"]["sha"] == "{{ event.payload.sha }}"
+    assert trigger["parameters"] == {
+        "sha": "{{ event.payload.sha }}",
+        "branch": "{{ event.payload.branch }}",
+        "repo": "{{ event.payload.remote }}",
+        "config": str(ROOT / "configs" / "pipeline.yaml"),
+        "ci_config": "configs/pipeline.yaml",
+        "env": "prod",
+    }
     # a config outside the repository is passed as it is
     outside = DeploymentTarget(Path("/srv/other/pipeline.yaml"), "dev", "m")
     assert outside.ci_config(ROOT) == "/srv/other/pipeline.yaml"
