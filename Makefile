@@ -35,8 +35,12 @@ data: data/snapshot.parquet  ## (re)build the bundled training snapshot recorded
 demo: bootstrap data  ## run the whole lifecycle on the bundled dataset
 	$(TG) demo
 
-test: bootstrap data  ## run every test tier (unit, integration, e2e)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one worker); each worker starts
+# its own stack on its own free ports in its own temp state folder. Most of a test's time is spent waiting
+# (servers, rollout phases, leases), so two workers on two cores finish in about half the time.
+TEST_WORKERS ?= 2
+test: bootstrap data  ## run every test tier (unit, integration, e2e), TEST_WORKERS (2) at a time
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: bootstrap data  ## the inner loop (~2 min): unit tests plus one end-to-end smoke path (train -> deploy -> predict)
 	$(VENV)/bin/pytest tests -m "unit or smoke" $(PYTEST_ARGS)

@@ -2,11 +2,12 @@
 
 - At the end: the 25 slowest tests (setup + call + teardown) and each tier's total, so a slow test is seen the day
   it lands (pytest's own `--durations` table, per phase, is printed above it).
-- The unit tier's budget: `tests/unit/test_unit_budget.py` (run last) fails naming any unit file whose tests
-  average more than UNIT_BUDGET_S.
-- Nothing outlives the suite: every process this run started carries TOLLGATE_TEST_SESSION in its environment;
-  after the session's own teardown (stacks down) any such process still alive fails the run, named, and is
-  killed so it cannot slow the next run.
+- The unit tier's budget: any tests/unit file whose tests average more than UNIT_BUDGET_S fails the run, named:
+  in a serial run `tests/unit/test_unit_budget.py` (ordered last) fails; under pytest-xdist (`make test` runs two
+  workers) the controller, which sees every worker's reports, checks it at the end.
+- Nothing outlives the suite: every process this run started (workers included) carries TOLLGATE_TEST_SESSION
+  in its environment; after every teardown (stacks down) any such process still alive fails the run, named, and
+  is killed so it cannot slow the next run. Under xdist this runs in the controller, after the workers ended.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def unit_file_averages() -> dict[str, tuple[float, int]]:
         if tier(nodeid) == "unit":
             per_file[nodeid.split("::")[0]].append(seconds)
     return {f: (sum(s) / len(s), len(s)) for f, s in per_file.items()}
+
+
+def over_budget() -> str | None:
+    """The unit files over UNIT_BUDGET_S per test on average, as one line, or None."""
+    over = {f: v for f, v in unit_file_averages().items() if v[0] > UNIT_BUDGET_S and "test_unit_budget" not in f}
+    if not over:
+        return None
+    return "unit files over their budget of {:.1f} s per test on average: {}".format(
+        UNIT_BUDGET_S, "; ".join(f"{f}: {avg:.2f} s x {n} tests" for f, (avg, n) in sorted(over.items()))
+    )
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker (the controller gets every worker's reports)."""
+    return hasattr(config, "workerinput")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -96,8 +112,17 @@ def _describe(proc: psutil.Process) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Runs after every sessionfinish (the stacks are down): the time table, then the leak check."""
+    """Runs after every sessionfinish (the stacks are down): the time table, the unit budget when workers ran the
+    tests, then the leak check."""
     write = terminalreporter.write_line
+    session = _state.get("session")
+    if is_worker(terminalreporter.config):
+        return
+    if getattr(terminalreporter.config.option, "numprocesses", None) and (why := over_budget()):
+        terminalreporter.section("unit budget", red=True)
+        write(why, red=True)
+        if session is not None:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if durations:
         terminalreporter.section(f"{SLOWEST} slowest tests (setup + call + teardown)")
         for nodeid, seconds in sorted(durations.items(), key=lambda kv: -kv[1])[:SLOWEST]:
@@ -121,6 +146,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         write(f"{len(leaked)} leaked process(es), now killed: the run fails", red=True)
-        session = _state.get("session")
         if session is not None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
