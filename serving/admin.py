@@ -1,5 +1,7 @@
 """Admin routes behind the Bearer token: reload, rollback, preflight, lease, state. Every /admin/ path checks the
-token first (403 when no token is configured, 401 when it is missing or wrong), and each refusal is counted."""
+token first (403 when no token is configured, 401 when it is missing or wrong), and each refusal is counted. A
+route that takes a JSON body acts on one only when it is declared `Content-Type: application/json` (as
+tollgate.gateway_client sends it), else 415; an empty body (the defaults) needs no type."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from serving.http import Handler, Request, Response, invalid_json, json_response
+from serving.http import Handler, Request, Response, invalid_json, json_response, not_json
 from serving.metrics import GatewayMetrics
 from serving.scoring import SmokeFailed
 from tollgate.provenance import UntrustedRelease
@@ -61,6 +63,13 @@ class Admin:
             return json_response(404, {"error": f"no admin route {request.method} {request.path}"})
         return await handler(request)
 
+    def _untyped(self, request: Request, raw: bytes) -> Response | None:
+        """The 415 (counted) when a body `raw` is there but not declared JSON; None when it may be acted on."""
+        if not raw or request.declared_json():
+            return None
+        self.metrics.refusal("content_type")
+        return not_json(request)
+
     async def _reload(self, request: Request) -> Response:
         try:
             return json_response(200, await self.reload())
@@ -71,12 +80,15 @@ class Admin:
     async def _rollback(self, request: Request) -> Response:
         """Registry transition + ledger (the same core function as the rollback flow), then swap at once: the
         previous release is usually still warm in memory."""
+        raw = await request.body()
         try:
-            body = orjson.loads(await request.body() or b"{}")
+            body = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             return invalid_json(exc)
         if not isinstance(body, dict):
             return json_response(422, {"detail": [{"field": "body", "error": "expected a JSON object"}]})
+        if untyped := self._untyped(request, raw):
+            return untyped
         try:
             before, after = await asyncio.get_running_loop().run_in_executor(
                 None,
@@ -98,13 +110,16 @@ class Admin:
 
     async def _preflight(self, request: Request) -> Response:
         """Load + smoke-test a version before a promotion moves the registry; changes nothing."""
+        raw = await request.body()
         try:
-            body = orjson.loads(await request.body() or b"{}")
+            body = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             return invalid_json(exc)
         version = body.get("version") if isinstance(body, dict) else None
         if not isinstance(version, str) or not version:
             return json_response(422, {"detail": [{"field": "version", "error": "expected a version string"}]})
+        if untyped := self._untyped(request, raw):
+            return untyped
         try:
             target = await asyncio.get_running_loop().run_in_executor(None, self.registry.get, version)
             await asyncio.get_running_loop().run_in_executor(None, self.preflight, target)
@@ -117,8 +132,9 @@ class Admin:
 
     async def _lease(self, request: Request) -> Response:
         """Renew the lease of a challenger: {"version": "...", "until_s": seconds from now}."""
+        raw = await request.body()
         try:
-            body = orjson.loads(await request.body() or b"{}")
+            body = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
             return invalid_json(exc)
         body = body if isinstance(body, dict) else {}
@@ -130,6 +146,8 @@ class Admin:
             errors.append({"field": "until_s", "error": "expected a positive number of seconds"})
         if errors or not isinstance(version, str) or not isinstance(until_s, int | float):
             return json_response(422, {"detail": errors})
+        if untyped := self._untyped(request, raw):
+            return untyped
         return json_response(200, self.lease(version, float(until_s)))
 
     async def _state(self, request: Request) -> Response:

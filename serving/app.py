@@ -1,14 +1,17 @@
 """The prediction gateway: a plain ASGI app with adaptive micro-batching and a durable prediction log.
 
-POST /predict   one record (a JSON object) or {"records": [...]} / a JSON list; 422 names each field at fault,
-                413 the setting a body (serving.max_body_bytes) or a batch (serving.max_batch_size) is over
+POST /predict   one record (a JSON object) or {"records": [...]} / a JSON list, sent as application/json; 422
+                names each field at fault, 413 the setting a body (serving.max_body_bytes) or a batch
+                (serving.max_batch_size) is over, 408 a body late for serving.body_timeout_s, 415 a body not
+                declared JSON, 422 a string longer than serving.max_string_length (see `predict` for the order)
 GET  /health    liveness plus what is being served
 GET  /metrics   Prometheus exposition (serving/metrics.py)
 POST /admin/reload, POST /admin/rollback, POST /admin/lease, GET /admin/state   behind the Bearer token
                 (serving/admin.py)
 
 This module wires the rooms together: HTTP plumbing (serving/http.py), the micro-batcher (serving/batcher.py),
-the shadow scorer (serving/shadow.py), the admin routes and the metrics; and `serve()` runs it under uvicorn.
+the shadow scorer (serving/shadow.py), the admin routes and the metrics; and `serve()` runs it under uvicorn with
+the connection guards of serving/connections.py (header deadline and size, connection cap).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,10 +28,11 @@ import orjson
 from serving import scoring
 from serving.admin import Admin
 from serving.batcher import Batcher
-from serving.http import HttpApp, Limit, Receive, Request, Response, Scope, Send, invalid_json, json_response
+from serving.http import HttpApp, Limit, Receive, Request, Response, Scope, Send, invalid_json, json_response, not_json
 from serving.lease import Leases
 from serving.metrics import CONTENT_TYPE, GatewayMetrics
 from serving.release import ReleaseStore, Routing
+from serving.schema import long_strings
 from serving.shadow import ShadowScorer
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
@@ -88,6 +93,7 @@ class Gateway:
         self.shadow = ShadowScorer(self.metrics)
         self.batcher = Batcher(cfg.serving, self.metrics, self.shadow.submit)
         self.max_batch = Limit("serving.max_batch_size", cfg.serving.max_batch_size)
+        self.max_string = Limit("serving.max_string_length", cfg.serving.max_string_length)
         self.admin = Admin(
             admin_token(cfg, paths),
             f"set {cfg.serving.admin_token_env} or create {paths.admin_token}",
@@ -112,6 +118,7 @@ class Gateway:
             self.startup,
             self.shutdown,
             Limit("serving.max_body_bytes", cfg.serving.max_body_bytes),
+            Limit("serving.body_timeout_s", cfg.serving.body_timeout_s),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,16 +217,30 @@ class Gateway:
 
     # -- routes ----------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:
-        """Validate, queue for the next batch, answer once the batch is logged."""
+        """Validate, queue for the next batch, answer once the batch is logged.
+
+        The checks, in order: body size and deadline (413, 408), JSON (422), batch size (413), a model served (503),
+        the media type (415), string lengths (422), the schema (422). The media type is checked last of the ones
+        that need no schema, so a request refused anyway keeps the answer it always got; what it decides is that
+        no body is scored or logged unless declared `application/json` (a browser sends text/plain, form and
+        untyped bodies cross-site without asking first)."""
         parsed = parse_records(await request.body())
         if isinstance(parsed, Response):
             return parsed
         records, single = parsed
         if len(records) > self.max_batch.value:  # one request is scored as one batch at most
+            self.metrics.refusal(self.max_batch.name)
             return self.max_batch.refuse(f"request has {len(records)} records")
         routing = self.routing
         if routing.champion is None:
             return json_response(503, {"error": "no Production model is being served yet"})
+        if not request.declared_json():
+            self.metrics.refusal("content_type")
+            return not_json(request)
+        too_long = long_strings(records, single, self.max_string)
+        if too_long:
+            self.metrics.refusal(self.max_string.name)
+            return json_response(422, {"detail": too_long})
         errors = validate_records(records, single, routing)
         if errors:
             self.metrics.error("validation")
@@ -238,17 +259,29 @@ class Gateway:
         return Response(200, self.metrics.render(), CONTENT_TYPE)
 
 
-def run_uvicorn(app: Any, cfg: TollgateConfig, sock: socket.socket | None = None) -> None:
+def run_uvicorn(
+    app: Any, cfg: TollgateConfig, sock: socket.socket | None = None, count: Callable[[str], None] | None = None
+) -> None:
     """Run `app` under uvicorn until SIGINT/SIGTERM: on servers.host:servers.gateway_port, or on `sock`, a
-    listening socket a supervisor holds open."""
+    listening socket a supervisor holds open; with the header deadline, the header size limit and the connection
+    cap of serving.* (serving/connections.py), their refusals counted by `count` (GatewayMetrics.refusal)."""
     import uvicorn
 
+    from serving.connections import Guard, connection_cap, guarded_protocol, raise_fd_limit
+
+    cap = connection_cap(cfg.serving.max_connections, raise_fd_limit())
+    guard = Guard(
+        Limit("serving.header_timeout_s", cfg.serving.header_timeout_s),
+        Limit("serving.max_header_bytes", cfg.serving.max_header_bytes),
+        Limit("serving.max_connections", cap),
+        count or (lambda limit: None),
+    )
     where: dict[str, Any] = {} if sock is not None else {"host": cfg.servers.host, "port": cfg.servers.gateway_port}
     config = uvicorn.Config(
         app,
         **where,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(guard),  # uvicorn's httptools protocol plus the guards
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -264,4 +297,5 @@ def serve(cfg: TollgateConfig, paths: StatePaths, sock: socket.socket | None = N
     """Run the gateway in the foreground on servers.host:servers.gateway_port (or on the listening socket `sock`
     a supervisor holds open) until SIGINT/SIGTERM."""
     paths.ensure()
-    run_uvicorn(Gateway(cfg, paths), cfg, sock)
+    gateway = Gateway(cfg, paths)
+    run_uvicorn(gateway, cfg, sock, gateway.metrics.refusal)

@@ -42,6 +42,17 @@ ERROR_KINDS = (
     "internal",
 )
 REFUSAL_REASONS = ("missing_token", "wrong_token", "admin_disabled")
+# What a request or connection was refused for: a serving.* limit by its setting's name, or the media type.
+LIMITS = (
+    "max_body_bytes",
+    "max_batch_size",
+    "max_string_length",
+    "body_timeout_s",
+    "header_timeout_s",
+    "max_header_bytes",
+    "max_connections",
+    "content_type",
+)
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 DEGRADED_STATUSES = ("degraded", "severe")
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
@@ -138,6 +149,12 @@ class GatewayMetrics:
         self.admin_refused = Counter(
             "tollgate_admin_refused", "Admin requests refused for their token", ["route", "reason"], registry=r
         )
+        self.limit_refusals = Counter(
+            "tollgate_limit_refusals",
+            "Requests and connections refused by a gateway limit (serving.<limit>) or for their content type",
+            ["limit"],
+            registry=r,
+        )
         self.serving = Info("tollgate_serving", "The versions being served and the rollout mode", registry=r)
         self.lease_lapses = Counter(
             "tollgate_rollout_lease_lapses",
@@ -147,6 +164,7 @@ class GatewayMetrics:
         self.canary_share = Gauge("tollgate_canary_share", "Share of entities the canary answers", registry=r)
         for kind in ERROR_KINDS:  # present from the start, so rate() alerts see a zero rather than no series
             self.errors.labels(kind)
+        self._limit_children = {limit: self.limit_refusals.labels(limit) for limit in LIMITS}
         r.register(SignalsCollector(paths, model))
         self._request_children: dict[tuple[str, int], Any] = {}
 
@@ -167,6 +185,13 @@ class GatewayMetrics:
     def refused(self, path: str, reason: str) -> None:
         """Count an admin request refused for its token (reason from REFUSAL_REASONS)."""
         self.admin_refused.labels(route_label(path), reason).inc()
+
+    def refusal(self, limit: str) -> None:
+        """Count one request or connection refused by a limit from LIMITS."""
+        child = self._limit_children.get(limit)
+        if child is None:
+            raise ValueError(f"unknown limit {limit!r}; expected one of {LIMITS}")
+        child.inc()
 
     def add_counts(self, predictions: Mapping[tuple[str, str], int], errors: Mapping[str, int]) -> None:
         """Add a batch's prediction counts by (version, role) and error counts by kind."""

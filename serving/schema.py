@@ -10,6 +10,11 @@ Which fields a record may carry, and how each is checked:
   an input"); with "allow" it is ignored like any extra field (never logged, never scored). Labels reach the
   pipeline through the backfill flow, not through /predict;
 - any field the schema does not declare: a 422 under "forbid", ignored under "allow".
+
+Before any of that (`long_strings`), every field name and string value of a record is held to
+serving.max_string_length: a longer one is a 422 naming the field and the setting, and the record is not looked at
+further, so nothing that long is echoed, scored or written to the prediction log. Values echoed in an error are cut
+short (SHOWN_CHARS).
 """
 
 from __future__ import annotations
@@ -18,8 +23,39 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from serving.http import Limit
 from tollgate.config import ColumnSpec, TollgateConfig
 from tollgate.predlog import event_seconds
+
+SHOWN_CHARS = 80  # how much of a rejected value an error repeats
+
+
+def _shown(value: Any) -> str:
+    """`value`'s repr for an error message, cut to SHOWN_CHARS."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def long_strings(records: list[Any], single: bool, limit: Limit) -> list[dict[str, Any]]:
+    """An entry naming each field of `records` whose name or string value is longer than `limit` characters
+    (serving.max_string_length); empty when there is none."""
+    where = "" if single else "records[{}]."
+    out: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            continue  # not a record: the schema says so, naming no value
+        for key, value in record.items():
+            if len(key) > limit.value:
+                field, what = f"{key[:SHOWN_CHARS]}...", f"a field name of {len(key)} characters"
+            elif isinstance(value, str) and len(value) > limit.value:
+                field, what = key, f"a string of {len(value)} characters"
+            else:
+                continue
+            error = f"{what}, over {limit.setting} = {limit.value}"
+            out.append(
+                {"field": where.format(i) + field, "error": error, "setting": limit.setting, "limit": limit.value}
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -103,14 +139,14 @@ class RequestSchema:
             return None if rule.nullable else "must not be null"
         if rule.kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                return f"expected a number, got {value!r}"
+                return f"expected a number, got {_shown(value)}"
             if rule.kind == "int" and float(value) != int(value):
-                return f"expected an integer, got {value!r}"
+                return f"expected an integer, got {_shown(value)}"
             if (rule.lo is not None and value < rule.lo) or (rule.hi is not None and value > rule.hi):
-                return f"{value!r} is outside the allowed range {rule.lo}..{rule.hi}"
+                return f"{_shown(value)} is outside the allowed range {rule.lo}..{rule.hi}"
             return None
         if rule.kind == "bool":
-            return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+            return None if isinstance(value, bool) else f"expected true or false, got {_shown(value)}"
         if rule.kind == "timestamp":
             try:
                 event_seconds(value, rule.time_format)
@@ -119,12 +155,14 @@ class RequestSchema:
             return None
         if rule.kind == "label":
             return (
-                None if isinstance(value, int) and not isinstance(value, bool) else f"expected a class, got {value!r}"
+                None
+                if isinstance(value, int) and not isinstance(value, bool)
+                else f"expected a class, got {_shown(value)}"
             )
         if not isinstance(value, str):
-            return f"expected a string, got {value!r}"
+            return f"expected a string, got {_shown(value)}"
         if rule.allowed is not None and value not in rule.allowed:
-            return f"{value!r} is not one of {sorted(rule.allowed)}"
+            return f"{_shown(value)} is not one of {sorted(rule.allowed)}"
         return None
 
 

@@ -225,6 +225,25 @@ class ServingConfig(_Strict):
     reload_timeout_s: float = Field(default=60, gt=0)
     rollout_max_wait_s: float = Field(default=600, gt=0)
     rollout_poll_s: float = Field(default=1.0, gt=0)  # how often a rollout phase checks the traffic it has seen
+    # The gateway's self-protection (serving/connections.py, serving/http.py). A connection whose request headers
+    # are not complete this long after it opened (or after its previous answer) is closed, with a 408 when part of
+    # a request came: a total deadline, so a client trickling a byte a second is closed on time too.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    # A request head (request line + headers) larger than this gets a 431 and the connection is closed: httptools
+    # has no limit of its own. The gateway's clients send well under 1 KiB; nginx allows 32 KiB, Node 16 KiB.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A request body not complete this long after its headers gets a 408 and the connection is closed. 20 MiB
+    # (max_body_bytes) at 1 MB/s fits in it; a client slower than that is not one this gateway serves.
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Open connections at most; one over it is answered at once with 503 + Retry-After and closed. The gateway
+    # raises its RLIMIT_NOFILE soft limit to the hard one at start, so this cap, not the descriptor limit, is
+    # what bites (it is lowered, with a warning, where the hard limit leaves no room for it). 10,000 on a machine
+    # whose hard limit is 20,000: 5,000 idle connections and 5,000 for normal clients fit under it, and half the
+    # descriptors stay for the log, the model, registry clients and the instant each refused connection holds.
+    max_connections: int = Field(default=10_000, ge=1)
+    # Longest string (entity id, category, timestamp, any field name or string value) of a /predict record; a
+    # longer one is a 422 naming the field, before anything is scored or logged.
+    max_string_length: int = Field(default=256, ge=1)
 
 
 class AlertsConfig(_Strict):

@@ -204,7 +204,7 @@ def test_admin_lease_names_each_bad_field(gateway: Gateway, body: bytes) -> None
 
 def test_admin_lease_holds_a_version(gateway: Gateway) -> None:
     assert _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}')[0] == 401
-    auth = [(b"authorization", b"Bearer unit-token")]
+    auth = [(b"authorization", b"Bearer unit-token"), (b"content-type", b"application/json")]
     status, body = _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}', headers=auth)
     assert status == 200 and orjson.loads(body)["version"] == "2"
     assert not gateway.leases.lapsed("2", time.monotonic()) and gateway.leases.lapsed("2", time.monotonic() + 6)
