@@ -51,6 +51,11 @@ def _to_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
+def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A server process of the benchmark's, quiet, in its own process group (so it can be killed whole)."""
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def run_wrk(wrk: str, url: str, script: Path, connections: int) -> dict[str, float]:
     """Requests/s, p50 and p99 (ms) and non-2xx count from one wrk run."""
     out = subprocess.run(
@@ -79,7 +84,7 @@ def main(st: BenchStack) -> None:
         # exactly what `mlflow models serve` needs to load the model.
         env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
         print(f"starting mlflow models serve -w 2 on v{st.champion} ...", flush=True)
-        mlflow = subprocess.Popen(
+        mlflow = _start(
             [
                 str(BIN / "mlflow"),
                 "models",
@@ -95,10 +100,7 @@ def main(st: BenchStack) -> None:
                 "-p",
                 str(port),
             ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            env,
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/ping", 180)
@@ -207,13 +209,7 @@ def sequential_pair(st: BenchStack) -> dict[str, dict[str, float]]:
     port = free_port()
     env = {**st.child_env(), "TOLLGATE__SERVERS__GATEWAY_PORT": str(port)}
     print(f"starting a plain `tollgate serve` on port {port} ...", flush=True)
-    plain = subprocess.Popen(
-        [sys.executable, "-m", "tollgate.app.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    plain = _start([sys.executable, "-m", "tollgate.app.cli", "serve"], env)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 120)
         return sequential_latency({"supervised": st.gateway_url, "plain": f"http://127.0.0.1:{port}"})

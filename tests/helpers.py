@@ -13,6 +13,23 @@ from tollgate.synthetic import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# One valid /predict record of the bundled schema (a missing total_charges is allowed there).
+GOOD_RECORD = {
+    "customer_id": "C1",
+    "region": "north",
+    "plan": "basic",
+    "tier": "gold",
+    "payment_method": "card",
+    "tenure_months": 12,
+    "monthly_charges": 40.5,
+    "total_charges": None,
+    "support_calls_90d": 2,
+    "last_login_days": 3.2,
+    "usage_gb": 10,
+    "autopay": True,
+    "has_discount": False,
+}
+
 
 def bundled_config(environ: dict[str, str] | None = None) -> TollgateConfig:
     """The bundled config (dev), ignoring the session's TOLLGATE__ overrides unless given."""

@@ -21,25 +21,11 @@ from serving.connections import Guard, guarded_protocol
 from serving.http import Limit
 from serving.metrics import LIMITS
 from serving.release import Release, Routing
-from tests.helpers import bundled_config
+from tests.helpers import GOOD_RECORD, bundled_config
 from tollgate.paths import StatePaths
 
 MAX_STRING = 32
-RECORD = {
-    "customer_id": "C1",
-    "region": "north",
-    "plan": "basic",
-    "tier": "gold",
-    "payment_method": "card",
-    "tenure_months": 12,
-    "monthly_charges": 40.5,
-    "total_charges": None,
-    "support_calls_90d": 2,
-    "last_login_days": 3.2,
-    "usage_gb": 10,
-    "autopay": True,
-    "has_discount": False,
-}
+RECORD = GOOD_RECORD
 JSON = {b"content-type": b"application/json"}
 
 

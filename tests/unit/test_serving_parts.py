@@ -9,7 +9,7 @@ import pytest
 
 from serving.release import Routing
 from serving.schema import RequestSchema
-from tests.helpers import bundled_config
+from tests.helpers import GOOD_RECORD, bundled_config
 from tollgate.predlog import PredictionLog, compact, read_log
 
 
@@ -67,21 +67,7 @@ def schema() -> RequestSchema:
     return RequestSchema(bundled_config())
 
 
-GOOD = {
-    "customer_id": "C1",
-    "region": "north",
-    "plan": "basic",
-    "tier": "gold",
-    "payment_method": "card",
-    "tenure_months": 12,
-    "monthly_charges": 40.5,
-    "total_charges": None,
-    "support_calls_90d": 2,
-    "last_login_days": 3.2,
-    "usage_gb": 10,
-    "autopay": True,
-    "has_discount": False,
-}
+GOOD = GOOD_RECORD
 
 
 @pytest.mark.parametrize(
