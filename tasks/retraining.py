@@ -25,7 +25,7 @@ from tasks.common import tollgate_task
 from tasks.data import DataVersionError
 from tasks.gates import GateRejected
 from tasks.validation import DataReadError, ValidationFailed
-from tollgate.config import ConfigError, TollgateConfig
+from tollgate.config import ConfigError, DatasetConfig, TollgateConfig
 from tollgate.context import Context
 from tollgate.paths import StatePaths
 
@@ -193,7 +193,8 @@ def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> s
     from tasks.ground_truth import STORE
     from tollgate.predlog import compact, read_log
 
-    base = pd.read_parquet(snapshot)
+    ds = cfg.dataset
+    base = conformed_table(snapshot, ds)
     log_dir = paths.model_log(cfg.project.registered_model)
     compact(log_dir)
     store = paths.model_labels(cfg.project.registered_model) / STORE
@@ -202,7 +203,9 @@ def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> s
         if store.exists()
         else base.iloc[0:0]
     )
-    ds = cfg.dataset
+    if ds.timestamp in base:  # one type for the time column: the table's (text, datetimes) and the log's rows
+        base[ds.timestamp] = utc_times(base[ds.timestamp], f"{snapshot}: column {ds.timestamp!r}")
+        extra[ds.timestamp] = utc_times(extra[ds.timestamp], f"labelled production rows: column {ds.timestamp!r}")
     combined = pd.concat([base, extra[base.columns.intersection(extra.columns)]], ignore_index=True)
     combined = combined.drop_duplicates(ds.id, keep="last")
     for name, spec in ds.columns.items():  # keep the schema's dtypes (JSON round trips turn ints into floats)
@@ -216,11 +219,44 @@ def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> s
     return str(out)
 
 
+def conformed_table(path: str, ds: DatasetConfig) -> pd.DataFrame:
+    """The user's table read the one way every stage reads it (CSV or Parquet, tasks.validation.read_table) with
+    the documented dtype coercions (tasks.conform); SnapshotFailed naming the file and each column that cannot
+    take its declared type."""
+    from tasks.conform import conform
+    from tasks.validation import read_table
+
+    try:
+        frame = read_table(path)
+    except DataReadError as exc:
+        raise SnapshotFailed(str(exc)) from None
+    frame, _, rejected = conform(frame, ds)
+    if rejected:
+        raise SnapshotFailed(
+            f"{path}: " + "; ".join(f"column {r.column!r}: {r.reason} (rows {r.rows[:5]})" for r in rejected)
+        )
+    return frame.copy()
+
+
+def utc_times(values: pd.Series, where: str) -> pd.Series:
+    """Timestamps (datetimes naive or aware, ISO 8601 text) as one UTC datetime type; naive ones are taken as UTC.
+    SnapshotFailed naming `where` when a value does not parse."""
+    try:
+        if pd.api.types.is_datetime64_any_dtype(values.dtype):
+            times = pd.Series(values)
+            return times.dt.tz_localize("UTC") if times.dt.tz is None else times.dt.tz_convert("UTC")
+        return pd.to_datetime(values, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise SnapshotFailed(f"{where}: timestamps that do not parse as ISO 8601 ({exc})") from None
+
+
 @tollgate_task
 def build_retrain_snapshot(ctx: Context) -> str:
     """The configured training snapshot plus labelled production rows; returns the new file's path. Any failure
     is SnapshotFailed: nothing was trained, so the retrain's claim is released."""
     try:
         return retrain_snapshot(ctx.config, ctx.paths, str(ctx.resolve(ctx.config.dataset.path)))
-    except Exception as exc:  # whatever broke (a missing file, an unreadable log), training never started
+    except SnapshotFailed as exc:  # a data problem, said as one line naming the file and column
+        raise SnapshotFailed(f"retrain snapshot for {ctx.config.project.registered_model}: {exc}") from None
+    except Exception as exc:  # whatever else broke (an unreadable log), training never started
         raise SnapshotFailed(f"retrain snapshot for {ctx.config.project.registered_model}: {exc}") from exc

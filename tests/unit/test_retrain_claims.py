@@ -7,6 +7,7 @@ import json
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tasks.data import DataVersionError
@@ -20,7 +21,7 @@ from tasks.retraining import (
     settle_claim,
 )
 from tasks.validation import DataReadError
-from tests.helpers import bundled_config
+from tests.helpers import ROOT, bundled_config
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
 
@@ -124,3 +125,72 @@ def test_only_an_allowed_claim_has_an_outcome(tmp_path: Path) -> None:
     cfg, paths = _config(), StatePaths(tmp_path)
     with pytest.raises(ValueError, match="allowed claim"):
         settle_claim(cfg, paths, RetrainClaim(False, "cooldown"), None, T0)
+
+
+def _table_with_text_times(n: int = 40) -> pd.DataFrame:
+    frame = pd.read_parquet(ROOT / "data" / "snapshot.parquet").head(n)
+    ts = bundled_config().dataset.timestamp
+    frame[ts] = pd.to_datetime(frame[ts]).dt.strftime("%Y-%m-%dT%H:%M:%SZ")  # ISO text, as a CSV holds it
+    return frame
+
+
+def test_the_retrain_snapshot_reads_a_csv_table_with_text_timestamps(tmp_path: Path) -> None:
+    """Issue 33.2: the retrain snapshot reads the user's table the one way (CSV too), and its text timestamps and
+    the log's datetimes end up as one UTC type; before, it failed on CSV ('Parquet magic bytes not found') and on
+    text timestamps ('Expected bytes, got a Timestamp object')."""
+    from tasks.ground_truth import ingest, read_labels
+    from tasks.retraining import retrain_snapshot
+    from tollgate.predlog import PredictionLog
+
+    cfg = bundled_config()
+    ds = cfg.dataset
+    paths = StatePaths(tmp_path / "home")
+    table = _table_with_text_times()
+    table.to_csv(tmp_path / "table.csv", index=False)
+    log = PredictionLog(paths.model_log(cfg.project.registered_model))
+    features = table.iloc[0][cfg.features.all].to_dict()
+    log.write(
+        [
+            {
+                "prediction_id": f"p{i}",
+                "request_id": f"p{i}",
+                "ts": 1_767_225_600.0 + i,
+                "entity_id": f"NEW{i}",
+                "model_version": "1",
+                "role": "champion",
+                "score": 0.5,
+                "decision": 1,
+                "latency_ms": 1.0,
+                "proba": None,
+                "event_ts": None,
+                "features": features,
+            }
+            for i in range(3)
+        ]
+    )
+    log.close()
+    labels = pd.DataFrame({ds.id: [f"NEW{i}" for i in range(3)], "label": [1, 0, 1], "label_time": ["2026-01-01"] * 3})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    ingest(paths.model_labels(cfg.project.registered_model), read_labels(tmp_path / "labels.csv", ds.id))
+
+    out = pd.read_parquet(retrain_snapshot(cfg, paths, str(tmp_path / "table.csv")))
+    assert len(out) == len(table) + 3
+    assert str(out[ds.timestamp].dtype) == "datetime64[ns, UTC]"
+    assert out[ds.timestamp].iloc[0] == pd.Timestamp(table[ds.timestamp].iloc[0])
+    assert out.set_index(ds.id).loc["NEW1", ds.target] == 0
+
+
+def test_a_table_the_snapshot_cannot_read_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    from tasks.retraining import retrain_snapshot
+
+    cfg = bundled_config()
+    bad = _table_with_text_times()
+    bad.loc[3, cfg.dataset.timestamp] = "next tuesday"
+    bad.to_csv(tmp_path / "table.csv", index=False)
+    with pytest.raises(
+        SnapshotFailed, match=rf"table.csv: column '{cfg.dataset.timestamp}': timestamps that do not parse"
+    ):
+        retrain_snapshot(cfg, StatePaths(tmp_path / "home"), str(tmp_path / "table.csv"))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(SnapshotFailed, match=r"empty.csv: file is empty"):
+        retrain_snapshot(cfg, StatePaths(tmp_path / "home"), str(tmp_path / "empty.csv"))

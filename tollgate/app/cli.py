@@ -56,6 +56,7 @@ KNOWN_ERRORS: dict[str, tuple[int, str]] = {
     "tasks.approvals:ApprovalError": (EXIT_NO, "failed"),
     "tasks.actions:AutomaticActionFailed": (EXIT_NO, "failed"),
     "tasks.ci:CIFailed": (EXIT_NO, "failed"),
+    "tasks.retraining:SnapshotFailed": (EXIT_NO, "failed: data error in the retrain snapshot; nothing was trained"),
     "tollgate.app.stack:StackError": (EXIT_NO, "stack error"),
     "tollgate.gateway_client:GatewayError": (EXIT_NO, "gateway error"),
     "tollgate.provenance:UntrustedRelease": (EXIT_NO, "refused"),
