@@ -165,7 +165,8 @@ class Gateway:
             self.leases.forget(version)
         self.metrics.served(routing.describe())
         log.warning("serving %s", routing.describe())
-        return {**routing.describe(), **({"refused": list(refused)} if refused else {})}
+        model = self.cfg.project.registered_model
+        return {**routing.describe(), "model": model, **({"refused": list(refused)} if refused else {})}
 
     def lease(self, version: str, until_s: float) -> dict[str, Any]:
         """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served."""

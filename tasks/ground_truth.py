@@ -290,7 +290,7 @@ class LiveVerdict:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.4g}"
 
 
 def judge(rows: list[dict[str, Any]], release: Release) -> LiveVerdict:

@@ -88,8 +88,25 @@ def set_rollout(
     state = ctx.gateway().reload()
     expected = None if mode == "off" else version
     if state["challenger"] != expected or (expected and state["mode"] != mode):
-        raise RolloutFailed(f"gateway did not pick up rollout {mode} of v{version}: it serves {state}")
+        raise RolloutFailed(
+            not_picked_up(ctx.config.project.registered_model, ctx.config.servers.gateway_url, mode, version, state)
+        )
     return state
+
+
+def not_picked_up(model: str, url: str, mode: str, version: str, state: dict[str, Any]) -> str:
+    """Why a rollout step did not take, naming both models when the gateway serves another one."""
+    served = state.get("model")
+    if served and served != model:
+        return (
+            f"the gateway at {url} serves model {served!r}, not {model!r}: deploy {model} through its own gateway "
+            "(servers.gateway_port of its config)"
+        )
+    challenger = f"v{state['challenger']}" if state.get("challenger") else "none"
+    return (
+        f"gateway did not pick up rollout {mode} of {model} v{version}: it serves champion v{state.get('champion')}, "
+        f"challenger {challenger} ({state.get('mode')})"
+    )
 
 
 def _gateway_errors(ctx: Context, phase: Phase) -> int:

@@ -215,6 +215,32 @@ def _gx_view(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[pd.DataFrame, dict
     return (frame if out is None else out), typed
 
 
+def _wrong_type(col: str, kind: str, values: pd.Series, declared: str) -> Failure:
+    """A dtype failure that counts and shows only the values that do not fit the declared type (GX counts every
+    row of a column whose dtype is wrong, and its examples are mostly valid values); when every value would fit
+    (numbers stored as text, say), it says so."""
+    present = values.notna()
+    if declared in ("int", "float"):
+        fits = pd.to_numeric(values, errors="coerce").notna()
+    elif declared == "bool":
+        fits = values.isin([True, False])
+    elif declared == "timestamp":
+        fits = pd.to_datetime(values, errors="coerce", format="mixed").notna()
+    elif declared in ("category", "string"):
+        fits = values.map(lambda v: isinstance(v, str))
+    else:
+        fits = pd.Series(True, index=values.index)
+    bad = present & ~fits.astype(bool)
+    head = f"dtype {values.dtype}, expected {declared}"
+    if bad.any():
+        examples = list(dict.fromkeys(str(v)[:80] for v in values[bad].head(20)))[:5]
+        return Failure(col, kind, f"{head}: values that are not {declared}", int(bad.sum()), examples)
+    stored = pd.api.types.infer_dtype(values, skipna=True)
+    return Failure(
+        col, kind, f"{head}: every value is {stored} that would read as {declared}; store the column as {declared}"
+    )
+
+
 def _describe(r: Any, frame: pd.DataFrame, ds: DatasetConfig) -> Failure | None:
     """Turn one GX result into a Failure, or None when another failure already explains it."""
     cfg = r.expectation_config
@@ -241,7 +267,7 @@ def _describe(r: Any, frame: pd.DataFrame, ds: DatasetConfig) -> Failure | None:
         return Failure(None, kind, f"{res.get('observed_value')} rows, expected {ds.row_count.min}..{ds.row_count.max}")
     spec = ds.columns[col]
     if kind == "expect_column_values_to_be_in_type_list":
-        return Failure(col, kind, f"dtype {frame[col].dtype}, expected {spec.type}", count, examples)
+        return _wrong_type(col, kind, frame[col], spec.type)
     if kind == "expect_column_values_to_not_be_null":
         frac = frame[col].isna().mean()
         return Failure(col, kind, f"null fraction {frac:.3f} exceeds max_null_fraction {spec.max_null_fraction}", count)

@@ -59,7 +59,10 @@ def drift(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _value(x: Any) -> str:
-    return "-" if not isinstance(x, (int, float)) or math.isnan(x) else f"{x:.4g}"
+    """A metric or a count as people read it: counts whole (12470, not 1.247e+04), metrics to 4 digits."""
+    if not isinstance(x, (int, float)) or math.isnan(x):
+        return "-"
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.4g}"
 
 
 def backfill(ctx: Context, args: argparse.Namespace) -> int:

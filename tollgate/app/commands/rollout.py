@@ -53,9 +53,14 @@ def deploy(ctx: Context, args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     except RolloutFailed as exc:
         raise CheckFailed(f"rollout of v{args.version} stopped: {exc}. Production is as it was before.") from None
-    replaced = result["replaced"] or "none"
-    print(f"v{result['version']} is Production (replaced v{replaced}; approved by {result['approved_by']})")
+    print(deployed_line(result))
     return EXIT_OK
+
+
+def deployed_line(result: dict[str, str]) -> str:
+    """What `tollgate deploy` prints when the version reached Production."""
+    replaced = f"replaced v{result['replaced']}" if result["replaced"] else "the first release: nothing replaced"
+    return f"v{result['version']} is Production ({replaced}; approved by {result['approved_by']})"
 
 
 def approver_secret(name: str) -> str:
