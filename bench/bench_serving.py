@@ -66,8 +66,9 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int) -> dict[str, flo
     ).stdout
     try:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        p50 = _to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-        p99 = _to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+        # anchored to the Latency Distribution lines: a Thread Stats cell such as "74.50%" also ends in "50%"
+        p50 = _to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+        p99 = _to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     except (AttributeError, ValueError) as exc:
         raise RuntimeError(f"could not read wrk's output for {url} ({exc}):\n{out}") from exc
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
