@@ -140,7 +140,7 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
 class ModelConfig(_Strict):
     task: Literal["binary", "multiclass", "regression"] = "binary"
     kind: Literal["hist_gradient_boosting", "logistic_regression", "ridge"] = "hist_gradient_boosting"
-    seed: int
+    seed: int = 42
     decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # binary only: score >= threshold -> 1
     hyperparameters: dict[str, float | int | str | bool | None] = {}
 
@@ -308,6 +308,64 @@ class ServersConfig(_Strict):
         return f"http://{self.host}:{self.gateway_port}"
 
 
+# Documented defaults (README "Defaults") for the sections a newcomer should not have to write: a config that
+# names project, dataset, features and model runs. Per task type where the metric differs; a regression's margin
+# and live thresholds are in the target's units, so they have no default (`tollgate config init` derives them from
+# the table). Keys the config gives win, key by key.
+COMMON_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gates": {"confidence": 0.95, "bootstrap_samples": 300, "min_segment_size": 150, "segment_test": "harm"},
+    "monitoring": {
+        "drift_window_hours": 24,
+        "numeric_method": "psi",
+        "psi_threshold": 0.2,
+        "ks_pvalue": 0.01,
+        "categorical_threshold": 0.1,
+        "drift_share_threshold": 0.2,
+        "reference_bins": 10,
+        "report_sample_rows": 5000,
+        "min_labelled_rows": 200,
+        "retrain_cooldown_hours": 24,
+        "max_retrains_per_week": 2,
+    },
+    "rollout": {
+        "shadow_requests": 200,
+        "canary_share": 0.2,
+        "canary_requests": 200,
+        "min_agreement": 0.8,
+        "max_score_psi": 0.25,
+        "max_error_rate": 0.01,
+        "max_p99_latency_ms": 250,
+        "approval_timeout_s": 3600,
+    },
+}
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # the primary metric is AUC (binary) / macro one-vs-rest AUC (multiclass): 0.5 is chance
+    "binary": {
+        "gates": {"non_inferiority_margin": 0.01},
+        "monitoring": {"live_degraded_at": 0.65, "live_severe_at": 0.55},
+    },
+    "multiclass": {
+        "gates": {"non_inferiority_margin": 0.01},
+        "monitoring": {"live_degraded_at": 0.65, "live_severe_at": 0.55},
+    },
+    "regression": {},
+}
+
+
+UNITS_OF_THE_TARGET = ("gates.non_inferiority_margin", "monitoring.live_degraded_at", "monitoring.live_severe_at")
+
+
+def section_defaults(task: str) -> dict[str, dict[str, Any]]:
+    """The default gates, monitoring and rollout settings of a task type (approvers: the OS user)."""
+    import getpass
+
+    out = {section: dict(values) for section, values in COMMON_DEFAULTS.items()}
+    for section, values in TASK_DEFAULTS.get(task, {}).items():
+        out[section].update(values)
+    out["rollout"]["approvers"] = [getpass.getuser()]
+    return out
+
+
 class TollgateConfig(_Strict):
     project: ProjectConfig
     dataset: DatasetConfig
@@ -322,6 +380,23 @@ class TollgateConfig(_Strict):
     generation: GenerationConfig | None = None
     servers: ServersConfig = ServersConfig()
     ci: CIConfig = CIConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """Missing gates, monitoring and rollout settings take the task type's documented defaults."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        task = model.get("task", "binary") if isinstance(model, dict) else "binary"
+        data = dict(data)
+        for section, defaults in section_defaults(str(task)).items():
+            given = data.get(section)
+            if given is None:
+                data[section] = defaults
+            elif isinstance(given, dict):
+                data[section] = {**defaults, **given}
+        return data
 
     @model_validator(mode="after")
     def _features_in_schema(self) -> TollgateConfig:
@@ -496,6 +571,8 @@ def load_config(
             reason = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 reason = "unknown key"
+            elif err["type"] == "missing" and key in UNITS_OF_THE_TARGET:
+                reason = "required for a regression: it is in the target's units (`tollgate config init` derives it)"
             elif err["type"] == "missing":
                 reason = "required key is missing"
             problems.append(f"{source}: {key}: {reason}")

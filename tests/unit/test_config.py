@@ -34,7 +34,7 @@ def test_bundled_config_is_valid_in_every_environment(project_root: Path) -> Non
     [
         (lambda d: d["model"].update(learning_rate_typo=1), "model.learning_rate_typo", "unknown key"),
         (lambda d: d["gates"].update(minimums={"auc": "high"}), "gates.minimums.auc", "valid number"),
-        (lambda d: d["gates"].pop("non_inferiority_margin"), "gates.non_inferiority_margin", "required key is missing"),
+        (lambda d: d["project"].pop("name"), "project.name", "required key is missing"),
         (lambda d: d["gates"].update(minimums={"rmse": 3}), "gates.minimums", "'rmse' is not a binary metric"),
         (lambda d: d["model"].update(task="regression"), "model.task regression", "needs a numeric target"),
         (lambda d: d["model"].update(task="multiclass"), "model.task multiclass", "3 or more label values"),

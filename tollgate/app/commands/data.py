@@ -27,6 +27,31 @@ def config_show(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def config_init(ctx: Context, args: argparse.Namespace) -> int:
+    from tasks.validation import DataReadError, read_table
+    from tollgate.app.starter import StarterError, relative_data_path, render, starter_config
+    from tollgate.config import ConfigError, load_config
+
+    data = Path(args.data)
+    out = Path(args.out) if args.out else Path("configs") / f"{data.stem}.yaml"
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists: choose another --out, or --force to replace it")
+    try:
+        frame = read_table(data)
+        starter = starter_config(frame, args.target, args.task, relative_data_path(out, data), data.stem)
+    except (DataReadError, StarterError) as exc:
+        raise UserError(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(starter, str(data), args.target), encoding="utf-8")
+    try:
+        load_config(out, ctx.env)
+    except ConfigError as exc:  # a guess the schema refuses: say so, keep the file to edit
+        raise UserError(f"wrote {out}, but it does not pass config check:\n" + "\n".join(exc.problems)) from None
+    print(f"wrote {out}: {len(frame)} rows, task {starter.body['model']['task']}, guesses marked in comments")
+    print(f"next: tollgate --config {out} config check && tollgate --config {out} train")
+    return EXIT_OK
+
+
 def _generated_path(ctx: Context, scenario: str | None, out: str | None) -> Path:
     """Where `data generate` writes: --out, else data/periods/<scenario>.parquet, else dataset.path."""
     if out:
@@ -111,6 +136,25 @@ COMMANDS = [
         "print the resolved config (pipeline.yaml + overlay + TOLLGATE__* vars)",
         config_show,
         (arg("--json", action="store_true", help="print JSON instead of YAML"),),
+        activate=False,
+    ),
+    Command(
+        "config init",
+        "write a commented starter config from a table (column types, label values, id and timestamp guessed "
+        "and said so; segments left for you); it passes config check and trains as it is",
+        config_init,
+        (
+            arg("--data", required=True, help="the table (.csv or .parquet)"),
+            arg("--target", required=True, help="the column to predict"),
+            arg(
+                "--task",
+                choices=("auto", "binary", "multiclass", "regression"),
+                default="auto",
+                help="auto: whole-number classes -> binary/multiclass, other numbers -> regression",
+            ),
+            arg("--out", default=None, help="where to write it (default configs/<table name>.yaml)"),
+            arg("--force", action="store_true", help="replace --out if it exists"),
+        ),
         activate=False,
     ),
     Command(
