@@ -66,6 +66,12 @@ def _conform_column(name: str, s: pd.Series, spec: ColumnSpec) -> tuple[pd.Serie
         numeric = pd.api.types.is_numeric_dtype(dtype) and dtype != np.dtype("int64") and s.notna().all()
         if numeric and set(np.unique(s.astype("float64"))) <= allowed:
             return s.astype("int64"), f"label: {dtype} with values in {sorted(allowed)} as int64", None
+        # class values stored as text ('0'/'1', as many CSV exports and string columns hold them)
+        as_text = {str(v): int(v) for v in spec.values or []}
+        if (_is_text_like(s) or pd.api.types.is_object_dtype(dtype)) and s.notna().all():
+            text = s.astype(str).str.strip()
+            if set(text.unique()) <= set(as_text):
+                return text.map(as_text).astype("int64"), f"label: text {sorted(as_text)} as int64", None
         return s, None, None
     if kind == "int" and pd.api.types.is_float_dtype(dtype):
         whole = _whole(s)

@@ -34,6 +34,24 @@ def test_other_binary_label_dtypes_are_read_as_int(dtype: str) -> None:
     assert out["churned"].dtype == np.int64 and out["churned"].tolist() == small_frame()["churned"].tolist()
 
 
+@pytest.mark.parametrize("dtype", ["object", "string", "category"])
+def test_a_label_stored_as_text_0_1_is_read_as_int(tmp_path: Path, dtype: str) -> None:
+    """Issue 33: binary labels stored as text '0'/'1' (CSV exports, string columns) failed validation."""
+    frame = small_frame().assign(churned=lambda f: f["churned"].astype(str).astype(dtype))
+    out, report = conform_and_validate(frame, small_dataset_config(), tmp_path / "gx")
+    assert report.passed, report.summary()
+    assert out["churned"].dtype == np.int64 and out["churned"].tolist() == small_frame()["churned"].tolist()
+    assert "churned: label: text ['0', '1'] as int64" in report.coercions
+
+
+def test_a_text_label_with_other_values_is_left_for_the_suite_to_name(tmp_path: Path) -> None:
+    frame = small_frame().assign(churned=lambda f: f["churned"].astype(str))
+    frame.loc[frame.index[0], "churned"] = "yes"
+    out, report = conform_and_validate(frame, small_dataset_config(), tmp_path / "gx")
+    assert out["churned"].dtype == object  # no value was changed
+    assert not report.passed and any(f.column == "churned" for f in report.failures)
+
+
 def test_a_label_with_other_values_is_left_for_the_suite_to_name(tmp_path: Path) -> None:
     frame = small_frame().assign(churned=lambda f: f["churned"].astype("float64"))
     frame.loc[frame.index[0], "churned"] = 0.5
