@@ -2,9 +2,11 @@
 
 - At the end: the 25 slowest tests (setup + call + teardown) and each tier's total, so a slow test is seen the day
   it lands (pytest's own `--durations` table, per phase, is printed above it).
-- The unit tier's budget: any tests/unit file whose tests average more than UNIT_BUDGET_S fails the run, named:
-  in a serial run `tests/unit/test_unit_budget.py` (ordered last) fails; under pytest-xdist (`make test` runs two
-  workers) the controller, which sees every worker's reports, checks it at the end.
+- The unit tier's budget: in a serial run (`make test-unit`, `make test-fast`) `tests/unit/test_unit_budget.py`
+  (ordered last) fails naming any tests/unit file whose tests average more than UNIT_BUDGET_S. Under pytest-xdist
+  (`make test`, two workers) the controller prints the same check as a warning and does not fail: there a unit test
+  shares the CPU with the other worker's integration tests and may pay the worker's first import of MLflow or GX
+  (a one-test file measured 3.7 s that way), so the figure is no fair measure of the file.
 - Nothing outlives the suite: every process this run started (workers included) carries TOLLGATE_TEST_SESSION
   in its environment; after every teardown (stacks down) any such process still alive fails the run, named, and
   is killed so it cannot slow the next run. Under xdist this runs in the controller, after the workers ended.
@@ -119,10 +121,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if is_worker(terminalreporter.config):
         return
     if getattr(terminalreporter.config.option, "numprocesses", None) and (why := over_budget()):
-        terminalreporter.section("unit budget", red=True)
-        write(why, red=True)
-        if session is not None:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        terminalreporter.section("unit budget (a warning beside other workers; `make test-unit` enforces it)")
+        write(why, yellow=True)
     if durations:
         terminalreporter.section(f"{SLOWEST} slowest tests (setup + call + teardown)")
         for nodeid, seconds in sorted(durations.items(), key=lambda kv: -kv[1])[:SLOWEST]:
