@@ -85,7 +85,7 @@ def log_record(
     release: Release,
     role: str,
     score: float,
-    decision: int | float,
+    decision: int | float | str | bool,
     latency_ms: float,
     features: dict[str, Any],
     proba: list[float] | None = None,

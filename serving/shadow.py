@@ -29,7 +29,7 @@ class ShadowItem(NamedTuple):
     entity_id: str
     record: dict[str, Any]
     features: dict[str, Any]
-    champion_decision: int | float
+    champion_decision: int | float | str | bool
     event_ts: float | None = None
 
 

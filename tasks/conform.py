@@ -1,7 +1,9 @@
 """Types as users have them: the explicit, documented coercions applied to a table before validation.
 
 Each rule changes a column's dtype only where no value changes (README "Bring your own data"):
-- label: bool, or float/nullable-int with only the configured label values (e.g. 0.0/1.0) -> int64.
+- label: values stored as another type than the config lists the classes (bools or whole floats for int
+  classes, text '0'/'1' as CSV exports hold them, categoricals, padded text) -> the configured class values, when
+  every value is one of them.
 - int: whole-number floats -> int64 (Int64 when nulls are allowed and present); a non-whole value is a failure
   naming the rows.
 - category / string: pandas `category`, `string` (python or Arrow) -> plain Python str objects (nulls kept).
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tollgate.config import ColumnSpec, DatasetConfig
+from tollgate.objective import as_classes
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,7 @@ def _conform_column(name: str, s: pd.Series, spec: ColumnSpec) -> tuple[pd.Serie
     if kind in ("category", "string") and _is_text_like(s) and not pd.api.types.is_object_dtype(dtype):
         return _as_text(s), f"{kind}: {dtype} values as text", None
     if kind == "label":
-        if pd.api.types.is_bool_dtype(dtype):
-            return s.astype("int64"), "label: bool as 0/1", None
-        allowed = {float(v) for v in (spec.values or [])}
-        numeric = pd.api.types.is_numeric_dtype(dtype) and dtype != np.dtype("int64") and s.notna().all()
-        if numeric and set(np.unique(s.astype("float64"))) <= allowed:
-            return s.astype("int64"), f"label: {dtype} with values in {sorted(allowed)} as int64", None
-        # class values stored as text ('0'/'1', as many CSV exports and string columns hold them)
-        as_text = {str(v): int(v) for v in spec.values or []}
-        if (_is_text_like(s) or pd.api.types.is_object_dtype(dtype)) and s.notna().all():
-            text = s.astype(str).str.strip()
-            if set(text.unique()) <= set(as_text):
-                return text.map(as_text).astype("int64"), f"label: text {sorted(as_text)} as int64", None
-        return s, None, None
+        return _label(s, spec)
     if kind == "int" and pd.api.types.is_float_dtype(dtype):
         whole = _whole(s)
         if not whole.all():
@@ -85,6 +76,26 @@ def _conform_column(name: str, s: pd.Series, spec: ColumnSpec) -> tuple[pd.Serie
     if kind == "timestamp":
         return _timestamp(s, spec)
     return s, None, None
+
+
+def _label(s: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, str | None, Rejection | None]:
+    """Class values stored as another type than the config lists them (bools or whole floats for int classes,
+    text '0'/'1' as CSV exports hold them, categoricals) read as the configured values when every value is one."""
+    labels = tuple(spec.values or [])
+    if s.dtype == _label_dtype(labels) and (s.dtype != object or pd.api.types.infer_dtype(s, skipna=False) == "string"):
+        return s, None, None
+    mapped, bad = as_classes(s, labels)
+    if bad.any():
+        return s, None, None  # the suite names the values outside the classes
+    return mapped, f"label: {s.dtype} values read as the classes {list(labels)}", None
+
+
+def _label_dtype(labels: tuple[object, ...]) -> np.dtype:
+    if all(type(v) is int for v in labels):
+        return np.dtype("int64")
+    if all(isinstance(v, bool) for v in labels):
+        return np.dtype(bool)
+    return np.dtype(object)
 
 
 def _timestamp(s: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, str | None, Rejection | None]:

@@ -153,7 +153,7 @@ def too_small(y: np.ndarray, objective: Objective, min_rows: int) -> str | None:
             )
         return None
     if objective.task == "multiclass":
-        counts = {c: int(np.sum(y == c)) for c in objective.classes}
+        counts = {label: int(np.sum(y == c)) for c, label in zip(objective.classes, objective.labels, strict=True)}
         usable = [c for c, k in counts.items() if k >= 5 and n - k >= 5]
         if n < min_rows or len(usable) < 2:
             shown = ", ".join(f"{c}: {k}" for c, k in counts.items())

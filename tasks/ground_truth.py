@@ -31,7 +31,7 @@ from tasks.common import tollgate_task
 from tasks.drift import clock_of, iso, times_of
 from tollgate.config import DatasetConfig, TollgateConfig
 from tollgate.context import Context
-from tollgate.objective import Objective, higher_is_better
+from tollgate.objective import Objective, as_classes, higher_is_better
 from tollgate.release import Release
 from tollgate.segments import segment_groups
 
@@ -54,7 +54,8 @@ def _bad_rows(path: Path, raw: pd.DataFrame, bad: pd.Index, rule: str) -> Labels
 
 def read_labels(path: Path, entity_column: str, objective: Objective | None = None) -> pd.DataFrame:
     """Normalise a labels file to columns key_kind ('prediction'|'entity'), key, label, label_time; labels are
-    checked against the objective (default binary 0/1): class values (whole floats accepted) or finite numbers."""
+        checked against the objective (default binary 0/1): the release's class values (as stored in the data: text,
+    whole floats and booleans read as them, see tollgate.objective.as_classes) or finite numbers."""
     from tasks.validation import DataReadError, read_table
 
     objective = objective or Objective("binary", (0, 1))
@@ -73,12 +74,14 @@ def read_labels(path: Path, entity_column: str, objective: Objective | None = No
     problems = [c for c in ("label", "label_time") if c not in raw.columns]
     if problems:
         raise LabelsError(f"{path}: missing column(s) {problems}")
-    label = pd.to_numeric(raw["label"], errors="coerce").astype("float64")
     if objective.is_classification:
-        bad = raw.index[~label.isin([float(c) for c in objective.classes])]
+        label, bad_mask = as_classes(raw["label"].reset_index(drop=True), objective.labels)
+        label.index = raw.index
+        bad = raw.index[bad_mask]
         if len(bad):
-            raise _bad_rows(path, raw, bad, f"one of the class values {list(objective.classes)}")
+            raise _bad_rows(path, raw, bad, f"one of the class values {list(objective.labels)}")
     else:
+        label = pd.to_numeric(raw["label"], errors="coerce").astype("float64")
         bad = raw.index[~np.isfinite(label.to_numpy())]
         if len(bad):
             raise _bad_rows(path, raw, bad, "a finite number")
@@ -89,8 +92,7 @@ def read_labels(path: Path, entity_column: str, objective: Objective | None = No
     keys = raw[key].astype(str)
     if keys.eq("").any() or raw[key].isna().any():
         raise LabelsError(f"{path}: column '{key}' has empty keys")
-    values = label.astype("int64") if objective.is_classification else label
-    return pd.DataFrame({"key_kind": kind, "key": keys, "label": values, "label_time": when.astype("int64") / 1e9})
+    return pd.DataFrame({"key_kind": kind, "key": keys, "label": label, "label_time": when.astype("int64") / 1e9})
 
 
 def ingest(store_dir: Path, labels: pd.DataFrame) -> tuple[int, int]:
@@ -115,14 +117,16 @@ def ingest(store_dir: Path, labels: pd.DataFrame) -> tuple[int, int]:
 
 
 def join_labels(log: pd.DataFrame, labels: pd.DataFrame, as_of: float) -> pd.DataFrame:
-    """Logged predictions with a matured label (float column `label`): by prediction id, by the request's
-    prediction id (shadow rows), else by entity id."""
+    """Logged predictions with a matured label (column `label`: float for numbers, else the class values as
+    stored): by prediction id, by the request's prediction id (shadow rows), else by entity id."""
     ready = labels[labels["label_time"] <= as_of]
     by_pid = ready[ready["key_kind"] == "prediction"].set_index("key")["label"]
     by_entity = ready[ready["key_kind"] == "entity"].set_index("key")["label"]
     label = log["prediction_id"].map(by_pid)
     label = label.fillna(log["request_id"].map(by_pid)).fillna(log["entity_id"].map(by_entity))
-    out = log.assign(label=pd.to_numeric(label, errors="coerce").astype("float64"))
+    if pd.api.types.is_numeric_dtype(ready["label"].dtype):
+        label = pd.to_numeric(label, errors="coerce").astype("float64")
+    out = log.assign(label=label)
     return out[out["label"].notna()]
 
 

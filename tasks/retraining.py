@@ -27,6 +27,7 @@ from tasks.gates import GateRejected
 from tasks.validation import DataReadError, ValidationFailed
 from tollgate.config import ConfigError, DatasetConfig, TollgateConfig
 from tollgate.context import Context
+from tollgate.objective import as_classes
 from tollgate.paths import StatePaths
 
 WEEK_S = 7 * 24 * 3600
@@ -172,8 +173,8 @@ def settle_retrain(ctx: Context, claim: RetrainClaim, error: BaseException | Non
 def labelled_production_rows(
     log: pd.DataFrame, labels: pd.DataFrame, cfg: TollgateConfig, as_of: float
 ) -> pd.DataFrame:
-    """Champion-answered requests with matured labels, shaped like the training table (the target typed by the
-    task: class ints or float values)."""
+    """Champion-answered requests with matured labels, shaped like the training table: every schema column the
+    requests carried (features and segment columns alike), the target as the class values or float values."""
     from tasks.ground_truth import join_labels
     from tollgate.objective import Objective
 
@@ -182,9 +183,15 @@ def labelled_production_rows(
     frame = pd.DataFrame(
         {ds.id: joined["entity_id"].astype(str), ds.timestamp: pd.to_datetime(joined["ts"], unit="s").dt.floor("s")}
     )
-    for feature in cfg.features.all:
-        frame[feature] = joined[f"f.{feature}"].to_numpy()
-    frame[ds.target] = Objective.from_config(cfg).target(joined["label"].to_numpy())
+    for column in ds.columns:
+        if column not in (ds.id, ds.timestamp, ds.target):
+            logged = f"f.{column}"
+            frame[column] = joined[logged].to_numpy() if logged in joined else None
+    objective = Objective.from_config(cfg)
+    labels = joined["label"].to_numpy()
+    frame[ds.target] = (
+        objective.decode(objective.encode(labels)) if objective.is_classification else labels.astype(float)
+    )
     return frame.drop_duplicates(ds.id, keep="last").reset_index(drop=True)
 
 
@@ -203,13 +210,27 @@ def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> s
         if store.exists()
         else base.iloc[0:0]
     )
+    if ds.id in base and pd.api.types.is_integer_dtype(base[ds.id].dtype):  # the log keeps entity ids as text
+        ids = pd.to_numeric(extra[ds.id], errors="coerce")
+        if ids.isna().any() or not (ids == ids.round()).all():
+            shown = extra[ds.id][ids.isna() | (ids != ids.round())].head(5).tolist()
+            raise SnapshotFailed(f"labelled production rows: column {ds.id!r} holds {shown}, not whole-number ids")
+        extra[ds.id] = ids.astype("int64")
+    elif ds.id in base:
+        base[ds.id] = base[ds.id].astype(str)
     if ds.timestamp in base:  # one type for the time column: the table's (text, datetimes) and the log's rows
         base[ds.timestamp] = utc_times(base[ds.timestamp], f"{snapshot}: column {ds.timestamp!r}")
         extra[ds.timestamp] = utc_times(extra[ds.timestamp], f"labelled production rows: column {ds.timestamp!r}")
     combined = pd.concat([base, extra[base.columns.intersection(extra.columns)]], ignore_index=True)
     combined = combined.drop_duplicates(ds.id, keep="last")
     for name, spec in ds.columns.items():  # keep the schema's dtypes (JSON round trips turn ints into floats)
-        if spec.type in ("int", "label") and name in combined:
+        if spec.type == "label" and name in combined:  # the class values as the config lists them (text, ints)
+            classes, bad = as_classes(combined[name], tuple(spec.values or []))
+            if bad.any():
+                shown = list(dict.fromkeys(str(v) for v in combined[name].to_numpy()[bad][:20]))[:5]
+                raise SnapshotFailed(f"retrain snapshot: column {name!r} holds {shown}, not among {spec.values}")
+            combined[name] = classes.to_numpy()
+        if spec.type == "int" and name in combined:
             combined[name] = combined[name].astype("Int64" if combined[name].isna().any() else "int64")
         if spec.type == "bool" and name in combined:
             combined[name] = combined[name].astype(bool)

@@ -257,7 +257,7 @@ def promote_to_production(ctx: Context, version: str, approval: Approval, flow_r
 
 def answer_problem(answer: dict[str, Any], version: str, objective: Objective) -> str | None:
     """What is wrong with one gateway answer for a release of `objective`'s task, or None: it must come from
-    `version`; binary: score in [0, 1] and decision 0/1; multiclass: probabilities over the classes summing to 1,
+    `version`; binary: score in [0, 1] and decision one of the two classes; multiclass: probabilities over the classes summing to 1,
     score their maximum and decision a class; regression: a finite value that is also the score and decision."""
     if answer.get("model_version") != version:
         return f"answered by v{answer.get('model_version')}"
@@ -270,12 +270,12 @@ def answer_problem(answer: dict[str, Any], version: str, objective: Objective) -
         return None if ok else f"value {value!r} is not a finite number equal to score and decision"
     if not 0.0 <= score <= 1.0:
         return f"score {score} is outside [0, 1]"
-    if decision not in objective.classes:
-        return f"decision {decision!r} is not one of the classes {list(objective.classes)}"
+    if decision not in objective.labels or type(decision) is not type(objective.labels[0]):
+        return f"decision {decision!r} is not one of the classes {list(objective.labels)}"
     if objective.task == "multiclass":
         probs = answer.get("probabilities") or {}
-        if sorted(probs) != sorted(str(c) for c in objective.classes):
-            return f"probabilities {probs!r} are not keyed by the classes {list(objective.classes)}"
+        if sorted(probs) != sorted(str(c) for c in objective.labels):
+            return f"probabilities {probs!r} are not keyed by the classes {list(objective.labels)}"
         if abs(sum(probs.values()) - 1.0) > SMOKE_PROBABILITY_SLACK or abs(max(probs.values()) - score) > 1e-9:
             return f"probabilities {probs!r} do not sum to 1 with the score {score} as their maximum"
     return None

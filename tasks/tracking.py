@@ -189,6 +189,9 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
             _write_json(folder, "evaluation.json", evaluation)
             _write_json(folder, "segment_keys.json", segment_key_map(evaluation))
             _write_json(folder, "data_version.json", data.to_dict())
+            objective = Objective.from_config(cfg)
+            if objective.is_classification:  # the fixed encoding the model was trained on: code i is labels[i]
+                _write_json(folder, "classes.json", {"task": objective.task, "labels": list(objective.labels)})
             (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
             _write_json(folder, "smoke_records.json", request_records(holdout, cfg, cfg.serving.smoke_requests))
             # A bounded sample of the training inputs: the reference for Evidently's drift report.
@@ -304,7 +307,7 @@ def baseline_scores(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -
         return None
     release = load_release(ctx.config, registry, version=base.version)
     theirs, ours = release.objective, Objective.from_config(ctx.config)
-    if (theirs.task, theirs.classes) != (ours.task, ours.classes):
+    if (theirs.task, theirs.labels) != (ours.task, ours.labels):
         raise BaselineMismatch(
             f"baseline {label} is a {theirs.task} model{_classes(theirs)} and the challenger a {ours.task} "
             f"model{_classes(ours)}: their {ours.primary} cannot be compared. Retire the baseline (archive it) or "
@@ -319,7 +322,7 @@ def baseline_scores(ctx: Context, holdout: pd.DataFrame, exclude_version: str) -
 
 
 def _classes(objective: Objective) -> str:
-    return f" of classes {list(objective.classes)}" if objective.classes else ""
+    return f" of classes {list(objective.labels)}" if objective.labels else ""
 
 
 def store_verdict(ctx: Context, registered: RegisteredRun, verdict: GateVerdict, flow_run_id: str | None) -> None:

@@ -162,7 +162,7 @@ def _column_expectations(name: str, spec: ColumnSpec, gxe: Any, type_list: list[
     elif spec.type == "timestamp":
         out.append(gxe.ExpectColumnValuesToBeDateutilParseable(column=name))
     else:
-        out.append(gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=TYPE_LISTS[spec.type]))
+        out.append(gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=_type_list(spec)))
     null_ok = spec.max_null_fraction if spec.type not in ("label", "timestamp") else 0.0
     if null_ok < 1.0:
         out.append(gxe.ExpectColumnValuesToNotBeNull(column=name, mostly=round(1.0 - null_ok, 6)))
@@ -175,6 +175,15 @@ def _column_expectations(name: str, spec: ColumnSpec, gxe: Any, type_list: list[
     if spec.unique:
         out.append(gxe.ExpectColumnValuesToBeUnique(column=name))
     return out
+
+
+def _type_list(spec: ColumnSpec) -> list[str]:
+    """The GX type names a column's values may have; a label's follow its class values (ints, booleans or text)."""
+    if spec.type == "label" and spec.values and all(isinstance(v, str) for v in spec.values):
+        return TYPE_LISTS["string"]
+    if spec.type == "label" and spec.values and all(isinstance(v, bool) for v in spec.values):
+        return TYPE_LISTS["bool"]
+    return TYPE_LISTS.get(spec.type, [])
 
 
 def save_suite(ds: DatasetConfig, path: Path) -> Path:
@@ -206,7 +215,7 @@ def _gx_view(frame: pd.DataFrame, ds: DatasetConfig) -> tuple[pd.DataFrame, dict
                 out = frame.copy(deep=False) if out is None else out
                 out[name] = col.dt.tz_convert(None)
             typed[name] = DATETIME_TYPES
-        elif spec.type in ("category", "string") and col.dtype == object:
+        elif (spec.type in ("category", "string") or _type_list(spec) == TYPE_LISTS["string"]) and col.dtype == object:
             if pd.api.types.infer_dtype(col, skipna=True) not in ("string", "empty"):
                 continue
             out = frame.copy(deep=False) if out is None else out

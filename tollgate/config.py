@@ -39,7 +39,12 @@ class ColumnSpec(_Strict):
     min: float | None = None
     max: float | None = None
     categories: list[str] | None = None
-    values: list[int] | None = None  # label columns of classification tasks: the class values
+    # label columns of classification tasks: the class values as they appear in the data (ints, text or booleans,
+    # one type); the model is trained on their codes (tollgate.objective.class_codes) and answers with them.
+    values: list[bool | int | str] | None = None
+    # binary label columns: the class that counts as positive (score = its probability). Default: 1 or true when
+    # the values are 0/1 or booleans, otherwise the last value listed.
+    positive: bool | int | str | None = None
     max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     unique: bool = False
     # timestamp columns only: how stored values are read ("auto": datetime dtype or ISO text; "epoch_s"/"epoch_ms":
@@ -58,6 +63,14 @@ class ColumnSpec(_Strict):
             raise ValueError("a label column's 'values' must be distinct")
         if self.type != "label" and self.values is not None:
             raise ValueError(f"'values' is only for label columns, not {self.type}")
+        if self.type == "label" and len({type(v) for v in self.values or []}) > 1:
+            kinds = sorted({type(v).__name__ for v in self.values or []})
+            raise ValueError(
+                f"a label column's 'values' must be of one type, got {kinds} in {self.values}: quote them all "
+                "as text (e.g. '1') or write them all as numbers"
+            )
+        if self.positive is not None and (self.type != "label" or self.positive not in (self.values or [])):
+            raise ValueError(f"'positive' ({self.positive!r}) must be one of the label column's values {self.values}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if self.format != "auto" and self.type != "timestamp":
@@ -434,10 +447,12 @@ class TollgateConfig(_Strict):
                 f"'{self.dataset.target}' is {target.type}"
             )
         classes = len(target.values or [])
-        if task == "binary" and sorted(target.values or []) != [0, 1]:
+        if task == "binary" and classes != 2:
             raise ValueError(
-                f"model.task binary needs label values [0, 1]; '{self.dataset.target}' has {target.values}"
+                f"model.task binary needs exactly 2 label values; '{self.dataset.target}' has {target.values}"
             )
+        if task != "binary" and target.positive is not None:
+            raise ValueError(f"'{self.dataset.target}.positive' is only for binary tasks, not {task}")
         if task == "multiclass" and classes < 3:
             raise ValueError(f"model.task multiclass needs 3 or more label values; got {target.values} (use binary)")
         if self.model.kind not in MODEL_KINDS[task]:

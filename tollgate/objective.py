@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:
     from tollgate.config import TollgateConfig
@@ -79,8 +81,11 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     }
 
 
-def multiclass_metrics(y: np.ndarray, proba: np.ndarray, classes: tuple[int, ...]) -> dict[str, float]:
-    """Macro one-vs-rest AUC (NaN unless every class is present), log loss, accuracy and per-class recall."""
+def multiclass_metrics(
+    y: np.ndarray, proba: np.ndarray, classes: tuple[int, ...], names: tuple[Any, ...] = ()
+) -> dict[str, float]:
+    """Macro one-vs-rest AUC (NaN unless every class is present), log loss, accuracy and per-class recall
+    (`recall.<name>`, names the class values in code order; default the codes)."""
     from sklearn.metrics import accuracy_score, log_loss, recall_score, roc_auc_score
 
     y = np.asarray(y, dtype="int64")
@@ -97,7 +102,7 @@ def multiclass_metrics(y: np.ndarray, proba: np.ndarray, classes: tuple[int, ...
         "auc_ovr": auc,
         "log_loss": float(log_loss(y, np.clip(proba, PROB_EPS, 1.0), labels=labels)),
         "accuracy": float(accuracy_score(y, predicted)),
-        **{f"recall.{c}": float(r) for c, r in zip(labels, recalls, strict=True)},
+        **{f"recall.{metric_label(c)}": float(r) for c, r in zip(names or labels, recalls, strict=True)},
     }
 
 
@@ -223,21 +228,121 @@ class Rmse:
         return float(math.sqrt(np.dot(w, self.sq) / total)) if total else float("nan")
 
 
+Label = bool | int | str  # a class value as the user's data and config hold it
+
+
+def positive_class(values: list[Label], positive: Label | None = None) -> Label:
+    """The positive class of a binary label: `positive` when given; else 1 (or true) when the values are 0/1 or
+    booleans; else the last value listed (README "Bring your own data")."""
+    if positive is not None:
+        return positive
+    if set(values) == {0, 1}:
+        return next(v for v in values if v == 1)
+    return values[-1]
+
+
+def class_codes(task: str, values: list[Label], positive: Label | None = None) -> tuple[Label, ...]:
+    """The release's fixed encoding: the class values in code order (code i is labels[i]). Binary: (the other
+    class, the positive class), so code 1 is positive; multiclass: the values sorted."""
+    if task == "binary":
+        pos = positive_class(values, positive)
+        return (next(v for v in values if v != pos), pos)
+    return tuple(sorted(values, key=lambda v: (str(type(v)), v)))
+
+
+def metric_label(label: Label) -> str:
+    """A class value as it may appear in a metric name (MLflow allows letters, digits, _ - . / and space)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(label).lower() if isinstance(label, bool) else str(label))
+
+
+def as_classes(values: Any, labels: tuple[Label, ...]) -> tuple[pd.Series, np.ndarray]:
+    """Values read as the configured class values: the values themselves, their text ('1', ' yes', 'true'), whole
+    floats for int classes. Returns (the class values: int64 for int classes, bool for booleans, else object;
+    a bool mask of the values that are none of them, nulls included)."""
+    lookup: dict[Any, Label] = {}
+    for label in labels:
+        forms: list[Any] = [label, str(label)]
+        if isinstance(label, bool):
+            forms += [str(label).lower(), str(int(label))]
+        elif isinstance(label, int):
+            forms += [f"{float(label)}"]
+        lookup.update({f: label for f in forms})
+    series = pd.Series(values)
+    if not (pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)):
+        series = series.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    mapped = series.map(lookup)
+    bad = mapped.isna().to_numpy(dtype=bool)
+    if bad.any():
+        return mapped.astype(object), bad
+    if all(type(v) is int for v in labels):
+        return mapped.astype("int64"), bad
+    if all(isinstance(v, bool) for v in labels):
+        return mapped.astype(bool), bad
+    return mapped.astype(object), bad
+
+
 @dataclass(frozen=True)
 class Objective:
-    """The task-dependent behaviour of one model (see the module docstring)."""
+    """The task-dependent behaviour of one model (see the module docstring).
+
+    Classification models are trained on class codes 0..k-1 (`classes`); `labels` are the class values they stand
+    for (labels[code]), which answers, decisions, the prediction log, labels files and reports carry. Empty
+    `labels` means the codes are the values."""
 
     task: str  # binary | multiclass | regression
     classes: tuple[int, ...] = ()
     threshold: float = 0.5
+    labels: tuple[Label, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.task == "binary" and not self.classes:
+            object.__setattr__(self, "classes", (0, 1))
+        if not self.labels:
+            object.__setattr__(self, "labels", tuple(self.classes))
+        if len(self.labels) != len(self.classes):
+            raise ValueError(f"labels {self.labels} do not match classes {self.classes}")
 
     @classmethod
     def from_config(cls, cfg: TollgateConfig) -> Objective:
         """The objective of a (release's) config."""
         task = cfg.model.task
         spec = cfg.dataset.columns[cfg.dataset.target]
-        classes = tuple(sorted(int(v) for v in spec.values or [])) if task != "regression" else ()
-        return cls(task, classes, cfg.model.decision_threshold)
+        if task == "regression":
+            return cls(task, (), cfg.model.decision_threshold)
+        labels = class_codes(task, list(spec.values or []), spec.positive)
+        return cls(task, tuple(range(len(labels))), cfg.model.decision_threshold, labels)
+
+    @property
+    def identity(self) -> bool:
+        """Whether the class values are their codes (ints 0..k-1 in order)."""
+        return all(type(v) is int and v == c for v, c in zip(self.labels, self.classes, strict=True))
+
+    def encode(self, values: Any) -> np.ndarray:
+        """Class values as their int64 codes; raises ValueError naming values that are not classes."""
+        arr = np.asarray(values)
+        if (
+            self.identity
+            and arr.dtype.kind in "iuf"
+            and (not len(arr) or (arr.min() >= 0 and arr.max() < len(self.labels)))
+        ):
+            return arr.astype("int64")
+        series = pd.Series(arr)
+        mapped, bad = as_classes(series, self.labels)
+        if bad.any():
+            shown = list(dict.fromkeys(str(v) for v in series[bad].head(20)))[:5]
+            raise ValueError(f"values {shown} are not among the classes {list(self.labels)}")
+        codes = {label: code for code, label in enumerate(self.labels)}
+        return mapped.map(codes).to_numpy(dtype="int64")
+
+    def decode(self, codes: Any) -> np.ndarray:
+        """Class codes as the class values (an int64, bool or object array)."""
+        return self._label_array[np.asarray(codes, dtype="int64")]
+
+    @property
+    def _label_array(self) -> np.ndarray:
+        if self.labels and all(isinstance(v, str) for v in self.labels):
+            return np.asarray(self.labels, dtype=object)
+        return np.asarray(self.labels)
 
     @property
     def primary(self) -> str:
@@ -251,12 +356,12 @@ class Objective:
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Every metric `metrics` returns (multiclass adds recall.<class>)."""
-        extra = tuple(f"recall.{c}" for c in self.classes) if self.task == "multiclass" else ()
+        extra = tuple(f"recall.{metric_label(c)}" for c in self.labels) if self.task == "multiclass" else ()
         return METRICS[self.task] + extra
 
     def target(self, values: Any) -> np.ndarray:
-        """Labels as int64 (classification) or values as float64 (regression)."""
-        return np.asarray(values, dtype="float64" if self.task == "regression" else "int64")
+        """Class values as their int64 codes (classification) or values as float64 (regression)."""
+        return np.asarray(values, dtype="float64") if self.task == "regression" else self.encode(values)
 
     def outputs(self, model: Any, features: Any) -> np.ndarray:
         """The model's answer for a feature frame (see the module docstring for the shape per task)."""
@@ -278,28 +383,32 @@ class Objective:
         return np.asarray(out.max(axis=1) if self.task == "multiclass" else out, dtype="float64")
 
     def decision(self, out: np.ndarray) -> np.ndarray:
-        """What is decided per row: 0/1 at the threshold, the predicted class, or the value."""
+        """What is decided per row, as class values: the positive class at the threshold (else the other), the
+        predicted class; or the value."""
         if self.task == "binary":
-            return (np.asarray(out) >= self.threshold).astype("int64")
+            return self.decode((np.asarray(out) >= self.threshold).astype("int64"))
         if self.task == "multiclass":
-            return np.asarray(self.classes, dtype="int64")[np.argmax(out, axis=1)]
+            return self.decode(np.argmax(out, axis=1))
         return np.asarray(out, dtype="float64")
 
     def metrics(self, y: Any, out: np.ndarray) -> dict[str, float]:
-        """The task's metrics of outputs `out` against truth `y`."""
+        """The task's metrics of outputs `out` against truth `y` (class codes, see `target`, or values)."""
         if self.task == "binary":
-            return binary_metrics(self.target(y), out, self.threshold)
+            return binary_metrics(self._truth(y), out, self.threshold)
         if self.task == "multiclass":
-            return multiclass_metrics(self.target(y), out, self.classes)
-        return regression_metrics(self.target(y), out)
+            return multiclass_metrics(self._truth(y), out, self.classes, self.labels)
+        return regression_metrics(self._truth(y), out)
 
     def statistic(self, y: Any, out: np.ndarray) -> Statistic:
-        """The primary metric of (y, out) as a resampling statistic."""
+        """The primary metric of (y, out) as a resampling statistic (y: class codes or values)."""
         if self.task == "binary":
-            return TieGroups(self.target(y), out)
+            return TieGroups(self._truth(y), out)
         if self.task == "multiclass":
-            return OneVsRestAuc(self.target(y), out, self.classes)
-        return Rmse(self.target(y), out)
+            return OneVsRestAuc(self._truth(y), out, self.classes)
+        return Rmse(self._truth(y), out)
+
+    def _truth(self, y: Any) -> np.ndarray:
+        return np.asarray(y, dtype="float64" if self.task == "regression" else "int64")
 
     def improvement(self, challenger: float, baseline: float, metric: str | None = None) -> float:
         """challenger - baseline of `metric` (default the primary), signed so that positive means better."""
@@ -315,14 +424,17 @@ class Objective:
         (multiclass, keyed by class as text) or the predicted value (regression)."""
         if self.task == "binary":
             p = float(out_row)
-            return {"score": p, "decision": int(p >= self.threshold)}
+            return {
+                "score": p,
+                "decision": self.labels[int(p >= self.threshold)] if self.labels else int(p >= self.threshold),
+            }
         if self.task == "multiclass":
             probs = [float(v) for v in out_row]
             k = int(np.argmax(probs))
             return {
                 "score": probs[k],
-                "decision": int(self.classes[k]),
-                "probabilities": {str(c): v for c, v in zip(self.classes, probs, strict=True)},
+                "decision": self.labels[k],
+                "probabilities": {str(c): v for c, v in zip(self.labels, probs, strict=True)},
             }
         v = float(out_row)
         return {"score": v, "decision": v, "value": v}

@@ -7,8 +7,8 @@ GIL for a second in the request path, so `compact()` does it (monitoring flows a
 it). Readers see parts, sealed and live segments, skip a torn last line, and de-duplicate by prediction id.
 
 A record (serving/scoring.py writes them): prediction_id, request_id, ts (when it was answered, epoch s), entity_id,
-model_version, role (champion | shadow | canary), score (objective.score), decision (int for classification, float
-for regression), latency_ms, proba (multiclass: the class probabilities in objective.classes order; None for other
+model_version, role (champion | shadow | canary), score (objective.score), decision (the class value for classification, as
+answered: int, bool or text; float for regression), latency_ms, proba (multiclass: the class probabilities in objective.classes order; None for other
 tasks), event_ts (the request's own dataset.timestamp value as epoch seconds UTC, None when absent) and features
 (every schema column the request carried except the entity id and the target). Logs written before proba and
 event_ts existed read with both columns null.
@@ -64,7 +64,10 @@ def decisions_agree(
     """Per pair, whether two models' decisions agree (a bool array): classification decisions are equal; regression
     values are within `tolerance` x the baseline's spread (see REGRESSION_AGREEMENT_TOLERANCE)."""
     if task != "regression":
-        return np.asarray(baseline).astype("int64") == np.asarray(other).astype("int64")
+        base_cls, other_cls = np.asarray(baseline), np.asarray(other)
+        if base_cls.dtype.kind in "iufb" and other_cls.dtype.kind in "iufb":
+            return base_cls.astype("int64") == other_cls.astype("int64")
+        return np.asarray([a == b for a, b in zip(base_cls.tolist(), other_cls.tolist(), strict=True)], dtype=bool)
     base, mine = np.asarray(baseline, dtype="float64"), np.asarray(other, dtype="float64")
     if not len(base):
         return np.zeros(0, dtype=bool)

@@ -104,8 +104,13 @@ class Release:
 
     @property
     def objective(self) -> Objective:
-        """The task of this version (binary, multiclass, regression) with its classes and threshold."""
-        return Objective.from_config(self.config)
+        """The task of this version (binary, multiclass, regression) with its classes and threshold; the class
+        encoding is the one stored with the release (classes.json, digest-checked) when it has one."""
+        objective = Objective.from_config(self.config)
+        if f"{RELEASE_DIR}/classes.json" not in self.trusted:
+            return objective
+        labels = tuple(self.file("classes.json")["labels"])
+        return replace(objective, classes=tuple(range(len(labels))), labels=labels)
 
     def load_model(self) -> Any:
         """The fitted pipeline of this version: every model file checked against the ledger, then skops."""

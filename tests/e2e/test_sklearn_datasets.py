@@ -3,11 +3,16 @@ multiclass, regression), stored the awkward way users have them (tests/fixtures/
 its own config. For each: `config check` -> `validate` -> `train` -> `deploy` -> held-out rows replayed through
 the real gateway over HTTP -> `drift` over the replay window (prediction time, then event time) -> `backfill
 --json` of the replayed rows' labels -> the live primary metric of every window equals scikit-learn's metric on
-the same logged rows. No command may print a traceback. Each path's wall time is printed (and recorded as a
-junit property `wall_s`)."""
+the same logged rows -> the retrain the schedule or a drift/backfill event starts (a flow run of the project's
+retrain deployment, executed by the stack's worker) trains on the table plus the labelled production rows, gates
+and rolls out its version while the replay goes on. The tables are stored as users have them: wine is a CSV file
+with the cultivars' names as classes and ISO-text times, breast_cancer holds its 0/1 label as text, and every
+answer names the original classes. No command may print a traceback. Each path's wall time is printed (and
+recorded as a junit property `wall_s`); the path is slow because it is the whole loop, run as a user runs it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -28,8 +33,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
+from tasks.validation import read_table
 from tests.fixtures.sklearn_tables import NAMES, Example, build
+from tests.helpers import ROOT
+from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.config import TollgateConfig, load_config
+from tollgate.objective import Objective
 from tollgate.paths import StatePaths
 from tollgate.predlog import read_log
 from tollgate.procs import free_port
@@ -132,8 +141,11 @@ def check_answer(answer: dict[str, Any], cfg: TollgateConfig, version: str) -> N
     """The gateway's answer carries what fits the task."""
     assert answer["model_version"] == version and answer["role"] == "champion", answer
     task = cfg.model.task
+    if task != "regression":  # the class as the table holds it (the cultivar's name), of the same type
+        values = cfg.dataset.columns[cfg.dataset.target].values or []
+        assert answer["decision"] in values and type(answer["decision"]) is type(values[0]), answer
     if task == "binary":
-        assert 0.0 <= answer["score"] <= 1.0 and answer["decision"] in (0, 1), answer
+        assert 0.0 <= answer["score"] <= 1.0, answer
     elif task == "multiclass":
         probs = answer["probabilities"]
         assert set(probs) == {str(c) for c in cfg.dataset.columns[cfg.dataset.target].values or []}, answer
@@ -144,13 +156,15 @@ def check_answer(answer: dict[str, Any], cfg: TollgateConfig, version: str) -> N
         assert math.isfinite(answer["value"]) and answer["value"] == answer["score"] == answer["decision"], answer
 
 
-def sklearn_primary(task: str, y: np.ndarray, rows: pd.DataFrame, classes: list[int]) -> float | None:
-    """scikit-learn's value of the task's primary metric on logged rows (None where it is undefined)."""
+def sklearn_primary(task: str, y: np.ndarray, rows: pd.DataFrame, objective: Objective) -> float | None:
+    """scikit-learn's value of the task's primary metric on logged rows (None where it is undefined), from the
+    labels as the table stores them: text '0'/'1' compared as text with the positive class; class names given to
+    sklearn as they are, with the logged probabilities in the release's (sorted) class order."""
     if task == "binary":
-        y = y.astype("int64")
-        return float(roc_auc_score(y, rows["score"].astype("float64"))) if len(set(y)) == 2 else None
+        positive = pd.Series(y).astype(str).str.strip() == str(objective.labels[1])
+        return float(roc_auc_score(positive, rows["score"].astype("float64"))) if positive.nunique() == 2 else None
     if task == "multiclass":
-        y = y.astype("int64")
+        classes = list(objective.labels)
         if set(y) != set(classes):
             return None
         proba = np.vstack([np.asarray(p, dtype="float64") for p in rows["proba"]])
@@ -158,6 +172,56 @@ def sklearn_primary(task: str, y: np.ndarray, rows: pd.DataFrame, classes: list[
     if not len(y):
         return None
     return float(math.sqrt(mean_squared_error(y.astype("float64"), rows["score"].astype("float64"))))
+
+
+async def _flow_run(run_id: Any) -> Any:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await client.read_flow_run(run_id)
+
+
+async def _remove_deployments(target: DeploymentTarget) -> None:
+    """Delete the project's deployments so their schedules start nothing after this test."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for deployment in await client.read_deployments():
+            if deployment.name.endswith(target.suffix):
+                await client.delete_deployment(deployment.id)
+
+
+def retrain_on_the_worker(
+    cfg: TollgateConfig, ex: Example, port: int, url: str, records: list[dict[str, Any]]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The project's deployments applied (as `tollgate up` does), then a run of its retrain deployment, as the
+    weekly schedule or a drift/backfill event creates it, executed by the stack's worker (its gateway port passed
+    as a job variable, as a worker host's environment would hold it). The held-out records are replayed while
+    it runs: its rollout's shadow and canary phases judge live traffic. Returns the ended run and the answers."""
+    from prefect.deployments import run_deployment
+
+    target = DeploymentTarget(ex.config.resolve(), "dev", cfg.project.registered_model)
+    apply_deployments(ROOT, cfg.servers, StatePaths.from_env(), target, say=lambda _m: None)
+    answers: list[dict[str, Any]] = []
+    try:
+        run = run_deployment(
+            f"retrain/{target.name('retrain')}",
+            parameters={"reason": "tollgate.ground_truth.degraded", "config": str(target.config_path), "env": "dev"},
+            job_variables={"env": {"TOLLGATE__SERVERS__GATEWAY_PORT": str(port)}},
+            timeout=0,
+        )
+        deadline = time.monotonic() + 400
+        with httpx.Client(timeout=30) as client:
+            while not (run := asyncio.run(_flow_run(run.id))).state.is_final():  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, f"the retrain run is still {run.state_name} after 400 s"
+                for i in range(0, len(records), BATCH):
+                    resp = client.post(f"{url}/predict", json={"records": records[i : i + BATCH]})
+                    assert resp.status_code == 200, resp.text[:2000]
+                    answers += resp.json()["predictions"]
+                time.sleep(0.5)
+    finally:
+        asyncio.run(_remove_deployments(target))
+    return run, answers
 
 
 def iso(t: float) -> str:
@@ -193,7 +257,7 @@ def test_user_table_from_config_check_to_monitored_production(
     version = str(trained["version"])
     assert trained["stage"] == "Staging" and trained["verdict"]["passed"], trained
 
-    stored = pd.read_parquet(ex.table)
+    stored = read_table(ex.table)  # the project's reader: CSV or Parquet
     holdout = stored.tail(math.ceil(len(stored) * cfg.split.holdout_fraction))  # rows are in time order
     with gateway(user, port, tmp_path / "gateway.log") as url:
         # deploy (the first release: straight to approval, auto-approved, then the smoke test)
@@ -239,6 +303,19 @@ def test_user_table_from_config_check_to_monitored_production(
         backfilled = user.run(
             "backfill", str(tmp_path / "labels.csv"), "--json", "--by", "event-time", "--every", "7d"
         ).stdout
+
+        # the automatic retrain, on the worker, on the table plus the labelled production rows
+        began = time.perf_counter()
+        run, during = retrain_on_the_worker(cfg, ex, port, url, records)
+        user.times["retrain (worker)"] = time.perf_counter() - began
+        assert run.state_type.value == "COMPLETED", f"retrain run {run.state_name}: {run.state.message}"
+        health = httpx.get(f"{url}/health").json()
+        new = str(health["champion"])
+        assert int(new) > int(version), f"the retrained version was rolled out to Production: {health}"
+        served = [a for a in during if a["model_version"] == new]
+        assert served, "the retrained version answered some of the replay (canary, then champion)"
+        for a in served:
+            assert a["decision"] in (cfg.dataset.columns[ex.target].values or [a["decision"]]), a
     start = 0 if backfilled.startswith("{") else backfilled.index("\n{") + 1
     filled = json.loads(backfilled[start:])  # checked below to be all of stdout
     assert filled["ingested"]["changed"] == len(records), filled["ingested"]
@@ -246,7 +323,7 @@ def test_user_table_from_config_check_to_monitored_production(
 
     # every window's live primary metric equals scikit-learn's on the same logged rows
     joined = ours.merge(replayed, on="prediction_id", validate="one_to_one")
-    classes = [int(c) for c in cfg.dataset.columns[ex.target].values or []]
+    objective = Objective.from_config(cfg)
     windows = [
         r
         for r in filled["rows"]
@@ -257,7 +334,7 @@ def test_user_table_from_config_check_to_monitored_production(
         t = joined["event_ts"]
         rows = joined if r["window"] == "all" else joined[(t >= r["start"]) & (t < r["end"])]
         assert r["n"] == len(rows), r
-        expected = sklearn_primary(task, rows["label"].to_numpy(), rows, classes)
+        expected = sklearn_primary(task, rows["label"].to_numpy(), rows, objective)
         if expected is None:
             assert r[primary] is None, r
         else:

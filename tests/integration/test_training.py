@@ -31,6 +31,7 @@ RELEASE_FILES = (
     "reference_profile.json",
     "evaluation.json",
     "data_version.json",
+    "classes.json",
     "model_card.md",
     "gate_verdict.json",
 )

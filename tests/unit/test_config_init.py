@@ -44,8 +44,15 @@ def _write(tmp_path: Path, frame: pd.DataFrame, **kw: str) -> Path:
     ("target", "task", "values"),
     [
         (pd.Series(np.arange(N) % 2, dtype=float), "binary", [0, 1]),  # 0.0/1.0 floats
-        (pd.Series(np.arange(N) % 2 == 0), "binary", [0, 1]),  # bools
+        (pd.Series(np.arange(N) % 2 == 0), "binary", [False, True]),  # bools
+        (pd.Series(np.arange(N) % 2 + 1), "binary", [1, 2]),
+        (pd.Series(np.where(np.arange(N) % 2, "yes", "no")), "binary", ["no", "yes"]),
         (pd.Series(np.arange(N) % 3), "multiclass", [0, 1, 2]),
+        (
+            pd.Series(np.array(["high street", "online €", "phone+"])[np.arange(N) % 3]),
+            "multiclass",
+            ["high street", "online €", "phone+"],
+        ),
         (pd.Series(np.linspace(0, 100, N)), "regression", None),
     ],
 )
@@ -62,6 +69,8 @@ def test_a_starter_config_passes_config_check_and_says_its_guesses(
     assert "# guessed: id (by its name" in text and "# guessed: timestamp (by its name" in text
     assert f"# guessed: {task}" in text and "left for you" in text
     assert cfg.rollout.shadow_requests == 200 and cfg.monitoring.psi_threshold == 0.2  # the documented defaults
+    if task == "binary":  # the positive class is written out and said to be a guess
+        assert cfg.dataset.columns["y"].positive == values[-1] and "the class whose probability is the score" in text
     if task == "regression":
         assert 0 < cfg.gates.non_inferiority_margin < cfg.monitoring.live_degraded_at < cfg.monitoring.live_severe_at
 
@@ -77,8 +86,8 @@ def test_epoch_seconds_named_like_a_time_are_the_timestamp(tmp_path: Path) -> No
     ("change", "phrase"),
     [
         (lambda f: f.drop(columns="created_at"), "no timestamp column found"),
-        (lambda f: f.assign(y=["a", "b", "c"] * (N // 3)), "text class labels are not supported yet"),
-        (lambda f: f.assign(y=f["y"] + 1), "a binary label must be 0/1, found [1, 2]"),
+        (lambda f: f.assign(y=[f"note {i}" for i in range(N)]), "60 distinct values"),
+        (lambda f: f.assign(y=1), "are not class labels: a classification target has 2 to 20 classes"),
     ],
 )
 def test_a_table_that_cannot_give_a_config_is_named(change: object, phrase: str) -> None:

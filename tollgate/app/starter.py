@@ -19,6 +19,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tollgate.objective import positive_class
+
 MAX_CATEGORIES = 50  # a text column with more distinct values is an identifier or free text, not a feature
 MAX_CLASSES = 20  # an integer target with more distinct values is a regression
 TIME_NAME = re.compile(r"(time|date|[ _-]at$|^ts$|timestamp)", re.IGNORECASE)
@@ -63,36 +65,39 @@ def _is_time(s: pd.Series) -> bool:
     return len(sample) > 0 and bool(parsed.notna().mean() >= 0.99)
 
 
-def _class_values(s: pd.Series) -> list[int] | None:
-    """The class values of a target whose values are whole numbers (bools as 0/1), or None."""
+def _class_values(s: pd.Series) -> list[Any] | None:
+    """The class values of a target as the table holds them: whole numbers as ints, booleans, or text (at most
+    MAX_CLASSES distinct values); None when it cannot be a class label."""
     values = s.dropna()
     if pd.api.types.is_bool_dtype(values.dtype):
-        return [0, 1]
+        return [False, True]
     numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.isna().any() or not (numeric == numeric.round()).all():
+    if not numeric.isna().any() and (numeric == numeric.round()).all():
+        return sorted(int(v) for v in numeric.unique())
+    if pd.api.types.is_numeric_dtype(values.dtype):
         return None
-    return sorted(int(v) for v in numeric.unique())
+    text = values.astype(str).str.strip().unique()
+    return sorted(text.tolist()) if len(text) <= MAX_CLASSES else None
 
 
-def _task(s: pd.Series, asked: str) -> tuple[str, list[int] | None, str]:
+def _task(s: pd.Series, asked: str) -> tuple[str, list[Any] | None, str]:
     classes = _class_values(s)
     numeric = pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
     if asked == "regression" or (asked == "auto" and numeric and (classes is None or len(classes) > MAX_CLASSES)):
         if not pd.api.types.is_numeric_dtype(s.dtype):
             raise StarterError(f"target {s.name!r}: a regression needs numbers, it holds {s.dtype}")
         return "regression", None, "regression: the target is numeric" + ("" if asked == "auto" else " (--task)")
-    if classes is None:
+    if classes is None or len(classes) < 2:
         shown = [str(v) for v in s.dropna().unique()[:5]]
         raise StarterError(
-            f"target {s.name!r}: class labels {shown} are not whole numbers; text class labels are not supported yet: "
-            "map them to 0, 1, 2, ... in the table"
+            f"target {s.name!r}: {s.dropna().nunique()} distinct values (e.g. {shown}) are not class labels: a "
+            f"classification target has 2 to {MAX_CLASSES} classes (use --task regression for a numeric target)"
         )
     task = "binary" if len(classes) == 2 else "multiclass"
     if asked not in ("auto", task):
         raise StarterError(f"target {s.name!r} has {len(classes)} classes {classes}: it is {task}, not {asked}")
-    if task == "binary" and classes != [0, 1]:
-        raise StarterError(f"target {s.name!r}: a binary label must be 0/1, found {classes}")
-    return task, classes, f"{task}: the target has {len(classes)} whole-number classes"
+    kind = "text" if isinstance(classes[0], str) else "boolean" if isinstance(classes[0], bool) else "whole-number"
+    return task, classes, f"{task}: the target has {len(classes)} {kind} classes"
 
 
 def _pick(frame: pd.DataFrame, role: str, test: Any, name: re.Pattern[str], skip: set[str]) -> tuple[str, str]:
@@ -129,6 +134,12 @@ def starter_config(frame: pd.DataFrame, target: str, task: str, data_path: str, 
         spec: dict[str, Any]
         if col == target:
             spec = {"type": "label", "values": classes} if classes is not None else {"type": "float"}
+            if task == "binary" and classes is not None:
+                spec["positive"] = positive_class(classes)
+                notes[f"dataset.columns.{col}.positive"] = (
+                    "guessed: the class whose probability is the score (1/true, else the last value in sorted "
+                    "order): set it to the class you predict"
+                )
         elif col == time_col:
             fmt = _epoch_format(s)
             spec = {"type": "timestamp", **({"format": fmt} if fmt else {})}
