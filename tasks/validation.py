@@ -145,14 +145,15 @@ def build_suite(ds: DatasetConfig, serving: bool = False, typed: dict[str, list[
     import great_expectations.expectations as gxe
 
     columns = expected_columns(ds, serving)
-    suite = gx.ExpectationSuite(name=SERVING_SUITE_NAME if serving else SUITE_NAME)
-    add = suite.add_expectation
-    add(gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=ds.extra_columns == "forbid"))
-    add(gxe.ExpectTableRowCountToBeBetween(min_value=1 if serving else ds.row_count.min, max_value=ds.row_count.max))
+    expectations = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=ds.extra_columns == "forbid"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1 if serving else ds.row_count.min, max_value=ds.row_count.max),
+    ]
     for name, spec in columns.items():
-        for exp in _column_expectations(name, spec, gxe, (typed or {}).get(name)):
-            add(exp)
-    return suite
+        expectations += _column_expectations(name, spec, gxe, (typed or {}).get(name))
+    # All at once: `add_expectation` on a suite whose name a GX context in this process knows writes the whole
+    # suite to that context's store per expectation (quadratic: 3.4 s per build at ~40 expectations).
+    return gx.ExpectationSuite(name=SERVING_SUITE_NAME if serving else SUITE_NAME, expectations=expectations)
 
 
 def _column_expectations(name: str, spec: ColumnSpec, gxe: Any, type_list: list[str] | None = None) -> list[Any]:
