@@ -1,4 +1,4 @@
-"""A user's own table, end to end, through the CLI only: three datasets that ship inside scikit-learn (binary,
+"""The path the tests/e2e/test_sklearn_*.py files run. A user's own table, end to end, through the CLI only: three datasets that ship inside scikit-learn (binary,
 multiclass, regression), stored the awkward way users have them (tests/fixtures/sklearn_tables.py), each with
 its own config. For each: `config check` -> `validate` -> `train` -> `deploy` -> held-out rows replayed through
 the real gateway over HTTP -> `drift` over the replay window (prediction time, then event time) -> `backfill
@@ -30,11 +30,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
-import pytest
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
 from tasks.validation import read_table
-from tests.fixtures.sklearn_tables import NAMES, Example, build
+from tests.fixtures.sklearn_tables import Example, build_one
 from tests.helpers import ROOT
 from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.config import TollgateConfig, load_config
@@ -228,21 +227,12 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
 
 
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Example]:
-    return build(tmp_path_factory.mktemp("sklearn-examples"))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_user_table_from_config_check_to_monitored_production(
-    name: str,
-    live_stack: dict[str, str],
-    examples: dict[str, Example],
-    tmp_path: Path,
-    record_property: Any,
-) -> None:
+def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_property: Any) -> None:
+    """The whole path for one of the tables (tests/e2e/test_sklearn_<name>.py: one file each, so pytest-xdist's
+    --dist loadfile runs the three on different workers)."""
+    assert live_stack["mlflow"]
     started = time.perf_counter()
-    ex = examples[name]
+    ex = build_one(name, tmp_path / "example")
     cfg = load_config(ex.config, "dev").config  # with the session's server overrides, as the subprocesses see it
     task, primary = cfg.model.task, {"binary": "auc", "multiclass": "auc_ovr", "regression": "rmse"}[cfg.model.task]
     port = free_port()
