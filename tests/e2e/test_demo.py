@@ -21,6 +21,9 @@ from tollgate.signals import alert_failures
 
 
 def test_demo_lifecycle(live_stack: dict[str, str]) -> None:
+    """The demo `make demo` runs, asserted as `tollgate demo --json` reports it. Slow (~100 s): it is the whole
+    lifecycle (three trainings, two rollouts with live traffic, drift, backfill, an automatic rollback), and
+    what it checks is that all of it runs together."""
     from tollgate.app.demo import PERIOD_ROWS, run_demo
 
     ctx = make_context(ROOT / "configs" / "pipeline.yaml", "dev")

@@ -113,6 +113,8 @@ def test_a_failed_rollback_is_told_then_raised(live_stack: dict[str, str]) -> No
 def test_drift_verdict_and_event_do_not_depend_on_the_webhook(
     stage: dict[str, Any], live_stack: dict[str, str]
 ) -> None:
+    """Slow (~40-70 s): three real drift checks (no webhook, a closed port, a webhook that answers late), each
+    an Evidently report over a replayed period."""
     ctx = stage["ctx"]
     since = replay(stage["gw"]["url"], period("covariate_drift", ROWS))
     quiet = drift_check(since=since, config=ctx)
@@ -148,6 +150,9 @@ def test_drift_verdict_and_event_do_not_depend_on_the_webhook(
 def test_severe_degradation_rolls_back_before_any_webhook_is_called(
     stage: dict[str, Any], live_stack: dict[str, str], tmp_path: Path
 ) -> None:
+    """Slow (~60-90 s): a second version rolled out through shadow and canary on live traffic, a replayed
+    degraded period and a backfill that rolls back; the rollback before the webhook can only be seen on that
+    whole sequence."""
     ctx, gw, v1 = stage["ctx"], stage["gw"], stage["v1"]
     reg = gw["registry"]
     # v2: the same model, but its release treats a live AUC under 0.8 as severe

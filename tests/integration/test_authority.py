@@ -51,6 +51,8 @@ def _cli(gw: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_stage_moved_by_hand_is_never_served(live_stack: dict[str, str]) -> None:
+    """Slow (~40 s): two trainings, a deploy and a supervised gateway restarted while the registry says
+    otherwise; the refusal must hold across a restart, so the restart is part of the check."""
     with running_gateway(live_stack, "authority-hand-moved", supervise=True) as gw:
         ctx, url, name = gw["ctx"], gw["url"], gw["name"]
         admin = {"Authorization": f"Bearer {admin_token(ctx.config, ctx.paths)}"}

@@ -58,6 +58,8 @@ def test_fresh_tree_regenerates_the_recorded_data_and_repro_matches_dvc_lock(tmp
 
 
 def test_bring_your_own_data_needs_only_config(tmp_path: Path) -> None:
+    """Slow (~45 s): README's bring-your-own-data steps as processes in a fresh project copy (config check,
+    validate, dvc track, dvc repro), since what is tested is that those commands work together on a clean tree."""
     project = copy_project(tmp_path / "proj")
     # The README's steps: put the table in place, describe it in configs/pipeline.yaml, check, validate, track, repro.
     shutil.copy(ROOT / "tests" / "fixtures" / "byod" / "pipeline.yaml", project / "configs" / "pipeline.yaml")

@@ -94,6 +94,8 @@ def _wait_repaused(version: str, thread: threading.Thread, before: set[str]) -> 
 
 
 def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]) -> None:
+    """Slow (~70 s): two trainings and a rollout through every phase (shadow, canary, approval) on live traffic,
+    then a rollback; the phases are what is tested."""
     reg: Registry = gateway["registry"]
     ctx: Context = gateway["ctx"]
     # v1: weak, deployed where the deploying environment (dev, which rollout.auto_approve_envs lists) approves
@@ -173,7 +175,8 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
 def test_a_captured_approval_cannot_be_replayed(gateway: dict[str, Any]) -> None:
     """Issue 32.4 (c): whoever holds the Prefect login sees the answer `tollgate approve` sends; replayed on a later
     rollout it is refused (its proof is bound to the run, the pause and the decision), a one-time code from the
-    authenticator counts once, and the approver's key is nowhere in Prefect's database files."""
+    authenticator counts once, and the approver's key is nowhere in Prefect's database files. Slow (~90 s): three
+    trainings and two rollouts on live traffic; a replay needs a later rollout to be replayed into."""
     from prefect.flow_runs import resume_flow_run
 
     reg: Registry = gateway["registry"]

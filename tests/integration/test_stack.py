@@ -34,6 +34,9 @@ def _servers(env: dict[str, str]):  # type: ignore[no-untyped-def]
 
 
 def test_cli_up_status_down_lifecycle(tmp_path: Path) -> None:
+    """`tollgate up`, `status`, `down` as processes on a state folder of their own. Slow (~40-60 s): it starts
+    and stops a whole stack (Prefect, MLflow, worker, gateway), which is what it tests; the session's stack
+    cannot stand in for it."""
     env = _isolated_env(tmp_path / "home")
     servers = _servers(env)
     up = subprocess.run([*TG, "up"], env=env, capture_output=True, text=True, timeout=300)
