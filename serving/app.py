@@ -169,9 +169,14 @@ class Gateway:
         return {**routing.describe(), "model": model, **({"refused": list(refused)} if refused else {})}
 
     def lease(self, version: str, until_s: float) -> dict[str, Any]:
-        """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served."""
-        self.leases.grant(version, until_s, time.monotonic())
-        return {"version": version, "until_s": until_s, **self.routing.describe()}
+        """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served. A
+        renewal for a version that is not the challenger is not kept: a late heartbeat of a stopped rollout must
+        not leave a deadline that a later rollout of the same version would inherit."""
+        challenger = self.routing.challenger
+        held = challenger is not None and challenger.version == version
+        if held:
+            self.leases.grant(version, until_s, time.monotonic())
+        return {"version": version, "until_s": until_s, "held": held, **self.routing.describe()}
 
     async def _watch_leases(self) -> None:
         """Every LEASE_CHECK_S, stop a rollout whose lease lapsed (until shutdown cancels it)."""
@@ -213,8 +218,12 @@ class Gateway:
         scoring.smoke_test(release, self.store.smoke_records(target.version))
 
     def routing_state(self) -> dict[str, Any]:
-        """What is being served (champion, challenger, mode, share)."""
-        return self.routing.describe()
+        """What is being served (champion, challenger, mode, share) and the seconds left on the challenger's
+        lease (None without a challenger or a lease)."""
+        challenger = self.routing.challenger
+        deadline = self.leases.deadlines.get(challenger.version) if challenger else None
+        left = None if deadline is None else round(deadline - time.monotonic(), 1)
+        return {**self.routing.describe(), "lease_left_s": left}
 
     # -- routes ----------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:

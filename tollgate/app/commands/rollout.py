@@ -8,11 +8,23 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tollgate import approvers
-from tollgate.app.commands.base import EXIT_OK, CheckFailed, Command, UserError, arg, require_stack, warn
+from tollgate.app.commands.base import (
+    EXIT_NO,
+    EXIT_OK,
+    JSON,
+    CheckFailed,
+    Command,
+    UserError,
+    arg,
+    print_json,
+    require_stack,
+    table,
+    warn,
+)
 from tollgate.app.output import Phrase, library_output
 from tollgate.context import Context
 from tollgate.gateway_client import GatewayError
@@ -38,8 +50,14 @@ def deploy_stages(ctx: Context) -> dict[str, Phrase]:
 def deploy(ctx: Context, args: argparse.Namespace) -> int:
     require_stack(ctx)
     from flows.deploy import deploy_model
+    from tasks.controller import RolloutCancelled, RolloutInFlight, check_no_rollout
     from tasks.deployment import RolloutFailed
     from tollgate.registry import RegistryError
+
+    try:
+        check_no_rollout(ctx)
+    except RolloutInFlight as exc:
+        raise CheckFailed(str(exc)) from None
 
     print(
         f"deploying {ctx.config.project.registered_model} v{args.version}: shadow -> canary -> approval -> "
@@ -51,6 +69,10 @@ def deploy(ctx: Context, args: argparse.Namespace) -> int:
             result = deploy_model(version=args.version, config=ctx)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+    except RolloutInFlight as exc:  # another deploy claimed the model between the check above and the flow's
+        raise CheckFailed(str(exc)) from None
+    except RolloutCancelled as exc:
+        raise CheckFailed(f"{exc}: the gateway serves the champion only, v{args.version} stays in Staging") from None
     except RolloutFailed as exc:
         raise CheckFailed(f"rollout of v{args.version} stopped: {exc}. Production is as it was before.") from None
     print(deployed_line(result))
@@ -138,6 +160,55 @@ def _refusal(exc: GatewayError) -> Exception:
         return CheckFailed(f"refused: {exc.body}")
 
 
+ROLLOUT_COLUMNS = ("model", "version", "phase", "share", "since", "controller", "lease_left_s", "flow_run", "url")
+
+
+def rollout_status(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from tasks.controller import rollouts_in_flight
+
+    rollouts = rollouts_in_flight(ctx)
+    if args.json:
+        print_json([r.to_dict() for r in rollouts])
+    elif not rollouts:
+        print(f"no rollout of {ctx.config.project.registered_model} in flight")
+    else:
+        rows = [{**r.to_dict(), "share": f"{r.share:.0%}"} for r in rollouts]
+        print(table(rows, ROLLOUT_COLUMNS))
+        for line in orphan_lines(rollouts):
+            print(line)
+    return EXIT_NO if any(r.orphaned for r in rollouts) else EXIT_OK
+
+
+def orphan_lines(rollouts: Sequence[Any]) -> list[str]:
+    """One line per orphaned rollout (controller gone, challenger still live), saying what ends it."""
+    return [
+        f"ORPHANED: v{r.version} ({r.phase}) has no live controller; the gateway drops it when its lease lapses "
+        f"(in {r.lease_left_s} s), or now with `tollgate rollout cancel {r.version}`"
+        for r in rollouts
+        if r.orphaned
+    ]
+
+
+def rollout_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from tasks.controller import cancel_rollout
+    from tollgate.ledger import current_actor
+
+    who = current_actor()
+    with library_output():
+        cancelled = cancel_rollout(ctx, args.version, args.reason, who)
+    if not cancelled:
+        print(f"nothing to cancel: no rollout of {ctx.config.project.registered_model} v{args.version} in flight")
+        return EXIT_OK
+    runs = ", ".join(r.flow_run for r in cancelled)
+    print(
+        f"cancelled the rollout of v{args.version} (flow run {runs}) as {who}: the gateway serves the champion "
+        f"only, v{args.version} stays in its stage"
+    )
+    return EXIT_OK
+
+
 COMMANDS = [
     Command(
         "deploy",
@@ -145,6 +216,23 @@ COMMANDS = [
         "smoke test; exit 1 if any phase says no",
         deploy,
         (arg("version", help="the Staging version to roll out"),),
+    ),
+    Command(
+        "rollout status",
+        "the rollouts in flight: version, phase, traffic share, since, controller alive or gone, lease left, flow "
+        "run URL; exit 1 while one is orphaned (controller gone, challenger still live)",
+        rollout_status,
+        (JSON,),
+    ),
+    Command(
+        "rollout cancel",
+        "cancel the rollout of VERSION: its flow run is cancelled, the gateway serves the champion only at once, "
+        "the ledger records who and why; the version keeps its stage; nothing in flight: says so, exit 0",
+        rollout_cancel,
+        (
+            arg("version", help="the version being rolled out"),
+            arg("--reason", default="cancelled by an operator", help="recorded in the ledger"),
+        ),
     ),
     Command(
         "approve",
