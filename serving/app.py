@@ -197,12 +197,12 @@ class Gateway:
             return
         self.routing = Routing(routing.champion)  # no answer from it from now on, whatever the registry does
         self.metrics.served(self.routing.describe())
+        self.metrics.lease_lapses.inc()  # counted with the stop, not after the registry note (which may take s)
         lease_s = challenger.config.rollout.lease_s
         why = f"rollout lease lapsed: no controller renewed it within its lease (rollout.lease_s {lease_s:g} s)"
         log.error("v%s: %s; back to champion-only", challenger.version, why)
         await asyncio.get_running_loop().run_in_executor(None, self._stop_rollout, challenger.version, why)
         self.leases.forget(challenger.version)
-        self.metrics.lease_lapses.inc()
         await self.reload()
 
     def _stop_rollout(self, version: str, why: str) -> None:
