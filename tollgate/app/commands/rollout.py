@@ -25,6 +25,7 @@ from tollgate.app.commands.base import (
     table,
     warn,
 )
+from tollgate.app.commands.stack import ROLLOUT_COLUMNS
 from tollgate.app.output import Phrase, library_output
 from tollgate.context import Context
 from tollgate.gateway_client import GatewayError
@@ -158,9 +159,6 @@ def _refusal(exc: GatewayError) -> Exception:
         return CheckFailed(f"refused: {json.loads(exc.body).get('error', exc.body)}")
     except (ValueError, AttributeError):
         return CheckFailed(f"refused: {exc.body}")
-
-
-ROLLOUT_COLUMNS = ("model", "version", "phase", "share", "since", "controller", "lease_left_s", "flow_run", "url")
 
 
 def rollout_status(ctx: Context, args: argparse.Namespace) -> int:
