@@ -1,4 +1,4 @@
-"""The rollout's controller (issue 34, parts 2, 3, 5, 4): the lease is held by a live controller only, also in the
+"""The rollout's controller (issue 34, parts 1-5): the lease is held by a live controller only, also in the
 approval wait; one rollout per model; `tollgate rollout cancel` and `tollgate rollout status`.
 
 Slow (~2-3 min each): each test trains two versions, rolls the first out, then drives a real `tollgate deploy`
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +20,11 @@ import pytest
 
 from flows.deploy import deploy_model
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
-from tasks.controller import RolloutInFlight
+from tasks.controller import RolloutInFlight, rollouts_in_flight
 from tests.helpers import ROOT
-from tests.integration.live import TEST_ROLLOUT, Traffic, rollout_env, train
+from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train
 from tollgate import approvers, ledger
+from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.registry import ROLLOUT_MODE_TAG
 
 AUTO = {"rollout": {"auto_approve": True}}
@@ -152,3 +154,38 @@ def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
     )
     status = _cli(gateway, "rollout", "status")
     assert status.returncode == 0 and "no rollout" in status.stdout
+
+
+def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: dict[str, Any]) -> None:
+    """With the project's deploy deployment applied, `tollgate deploy` hands the rollout to the worker: `kill -9`
+    of the command in the approval wait leaves the run paused with a live controller, the canary serving, and an
+    approval afterwards promotes exactly once."""
+    ctx = gateway["ctx"]
+    secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    with Traffic(gateway["url"]):
+        proc = _deploy(gateway, v2.version, TEST_ROLLOUT)
+        _wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(5)
+        [rollout] = rollouts_in_flight(ctx)
+        assert (rollout.version, rollout.phase, rollout.controller) == (v2.version, "approval", "alive")
+        assert _health(gateway)["mode"] == "canary"
+        outcome = answer_approval(ctx, v2.version, "alice", secret, True, "the worker carried it")
+    assert outcome.endswith(f"v{v2.version} is Production"), outcome
+    promotions = [
+        e
+        for e in ledger.read(ctx.paths.ledger, gateway["name"])
+        if (e.version, e.to_stage) == (v2.version, "Production")
+    ]
+    assert len(promotions) == 1
+    log = (ctx.paths.logs / f"deploy-{gateway['name']}-v{v2.version}.log").read_text()
+    assert "on the worker" in log and "flow run" in log
+    no_follow = _cli(gateway, "deploy", v2.version, "--no-follow")  # v2 is Production now: the run fails at once
+    assert no_follow.returncode == 0 and "tollgate rollout follow" in no_follow.stdout, no_follow.stderr

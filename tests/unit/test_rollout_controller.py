@@ -57,3 +57,10 @@ def test_refusal_is_one_line_naming_run_version_phase_since_and_cancel() -> None
     for part in ("v2", "approval", "since 1970-01-01T00:00:00Z", "brave-fox", "tollgate rollout cancel 2"):
         assert part in line
     assert model_tag("churn") == "tollgate-model:churn"
+
+
+def test_the_flow_run_on_the_worker_gets_the_terminals_config_overrides_only() -> None:
+    from tollgate.app.worker_runs import config_overrides
+
+    environ = {"TOLLGATE__ROLLOUT__LEASE_S": "8", "TOLLGATE_HOME": "/x", "PATH": "/bin", "TOLLGATE__A__B": "1"}
+    assert config_overrides(environ) == {"TOLLGATE__ROLLOUT__LEASE_S": "8", "TOLLGATE__A__B": "1"}
