@@ -177,11 +177,10 @@ def stop_if_cancelled(flow_run_id: str | None) -> None:
 
 
 def rollouts_in_flight(ctx: Context) -> list[Rollout]:
-    """The model's deploy_model runs in a live Prefect state, newest first, with phase, lease and controller."""
+    """The model's deploy_model runs in a live Prefect state, newest first, with phase, lease and controller; and
+    the gateway's challenger when no live run holds it (controller gone: an orphan until its lease lapses)."""
     model = ctx.config.project.registered_model
     runs = _live_runs(model)
-    if not runs:
-        return []
     gateway = ctx.gateway()
     try:
         served: dict[str, Any] = gateway.state()
@@ -215,7 +214,43 @@ def rollouts_in_flight(ctx: Context) -> list[Rollout]:
                 challenger_live=live,
             )
         )
+    challenger = served.get("challenger")
+    if challenger and served.get("mode") in ("shadow", "canary") and all(r.version != challenger for r in out):
+        out.append(_unheld(ctx, str(challenger), served))
     return out
+
+
+def _unheld(ctx: Context, version: str, served: dict[str, Any]) -> Rollout:
+    """The gateway's challenger that no live run controls (its run crashed, was marked so, or is unknown): an
+    orphan until its lease lapses. Names the model's latest deploy_model run of that version, if any."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    model = ctx.config.project.registered_model
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[model_tag(model)])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=20,
+        )
+    run = next((r for r in runs if str(r.parameters.get("version")) == version), None)
+    started = (run.start_time or run.created) if run else None
+    return Rollout(
+        model=model,
+        version=version,
+        flow_run_id=str(run.id) if run else "",
+        flow_run=str(run.name) if run else "-",
+        state=_state_type(run) if run else "UNKNOWN",
+        phase=str(served.get("mode")),
+        share=float(served.get("share") or 0.0),
+        since=started.timestamp() if started else time.time(),
+        url=f"{ctx.config.servers.prefect_ui_url}/runs/flow-run/{run.id}" if run else "",
+        controller="gone",
+        lease_left_s=served.get("lease_left_s"),
+        challenger_live=True,
+    )
 
 
 def _mark_crashed(flow_run_id: str, why: str) -> None:
@@ -236,7 +271,8 @@ def check_no_rollout(ctx: Context, this_run: str | None = None) -> None:
         if other.flow_run_id == this_run:
             continue
         if other.controller == "gone":
-            _mark_crashed(other.flow_run_id, "its controlling process is gone")
+            if other.state in LIVE_STATES:  # never rewrite a final state
+                _mark_crashed(other.flow_run_id, "its controlling process is gone")
             continue
         raise RolloutInFlight(refusal(model, other))
 
@@ -329,12 +365,12 @@ def cancel_rollout(ctx: Context, version: str, reason: str, who: str) -> list[Ro
         return []
     why = f"cancelled by {who}: {reason}"
     with get_client(sync_client=True) as client:
-        for r in mine:  # first, so no controller puts the challenger back after it is off
+        for r in (r for r in mine if r.state in LIVE_STATES):  # first: no controller puts the challenger back
             client.set_flow_run_state(UUID(r.flow_run_id), Cancelled(message=why), force=True)
     stage = ctx.registry.get(version).stage
     ctx.registry.set_tags(version, {ROLLOUT_MODE_TAG: "off", ROLLOUT_OUTCOME_TAG: why[:500]})
     ctx.registry.record(
-        version, stage, stage, f"rollout cancelled: {reason}", None, who=who, flow_run_id=mine[0].flow_run_id
+        version, stage, stage, f"rollout cancelled: {reason}", None, who=who, flow_run_id=mine[0].flow_run_id or None
     )
     gateway = ctx.gateway()
     try:

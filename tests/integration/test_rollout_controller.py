@@ -29,6 +29,7 @@ from tollgate.registry import ROLLOUT_MODE_TAG
 
 AUTO = {"rollout": {"auto_approve": True}}
 LEASE_S = 8.0  # the beat is 2 s; small enough to wait for, large enough for a CLI to see the orphan first
+LEASE_S_WORKER = 20.0  # the beat is 5 s: room for two CLI processes to start and read the orphan on a busy machine
 
 
 def _env(gateway: dict[str, Any], rollout: dict[str, Any]) -> dict[str, str]:
@@ -189,3 +190,61 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: 
     assert "on the worker" in log and "flow run" in log
     no_follow = _cli(gateway, "deploy", v2.version, "--no-follow")  # v2 is Production now: the run fails at once
     assert no_follow.returncode == 0 and "tollgate rollout follow" in no_follow.stdout, no_follow.stderr
+
+
+def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lease(gateway: dict[str, Any]) -> None:
+    """Issue 34 (b): the controller is the worker's flow-run process; `kill -9` of it in the approval wait leaves
+    an orphan that `rollout status` and `status` report (exit 1) until the lease lapses, then champion-only."""
+    ctx = gateway["ctx"]
+    secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    policy = {**TEST_ROLLOUT, "lease_s": LEASE_S_WORKER}
+    with Traffic(gateway["url"]) as traffic:
+        started = subprocess.run(
+            [sys.executable, "-m", "tollgate.app.cli", "deploy", v2.version, "--no-follow"],
+            env=_env(gateway, policy),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0 and "/runs/flow-run/" in started.stdout, started.stderr
+        _wait_for(lambda: asyncio_paused(v2.version), 300, "the run never paused for approval")
+        [rollout] = rollouts_in_flight(ctx)
+        record = json.loads((ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json").read_text())
+        assert rollout.controller == "alive" and record["pid"] != os.getpid()
+        os.kill(int(record["pid"]), signal.SIGKILL)
+        killed = time.monotonic()
+        checks = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tollgate.app.cli", *words],
+                env=_env(gateway, policy),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for words in (["rollout", "status", "--json"], ["status", "--json"])
+        ]
+        off = _wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S_WORKER + 5, "the canary outlived its lease")
+        assert off - killed <= LEASE_S_WORKER + 5
+        (orphan, orphan_err), (stack, stack_err) = (c.communicate(timeout=120) for c in checks)
+        # read while the lease still ran (a beat is 5 s, the lease 20 s): the orphan is named, exit 1
+        assert checks[0].returncode == 1, orphan + orphan_err
+        assert [(r["version"], r["orphaned"]) for r in json.loads(orphan)] == [(v2.version, True)]
+        assert checks[1].returncode == 1 and f"ORPHANED rollout: v{v2.version}" in stack_err, stack_err
+        assert [r["version"] for r in json.loads(stack)["rollouts"]] == [v2.version]
+        time.sleep(0.5)
+        after = len(traffic.answers)
+        time.sleep(2)
+    later = traffic.answers[after:]
+    assert later and {a["model_version"] for a in later} == {v1.version}
+    with pytest.raises(ApprovalError, match="crashed"):
+        answer_approval(ctx, v2.version, "alice", secret, True, "too late")
+    prod = ctx.registry.one("Production")
+    assert prod is not None and prod.version == v1.version
+    assert _cli(gateway, "rollout", "status").returncode == 0
