@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,16 @@ from tollgate.registry import ROLLOUT_MODE_TAG
 AUTO = {"rollout": {"auto_approve": True}}
 LEASE_S = 8.0  # the beat is 2 s; small enough to wait for, large enough for a CLI to see the orphan first
 LEASE_S_WORKER = 20.0  # the beat is 5 s: room for two CLI processes to start and read the orphan on a busy machine
+
+
+@pytest.fixture()
+def secret(gateway: dict[str, Any]) -> Iterator[str]:
+    """alice's approver key for this test; the state folder is the session's, so she is removed again after."""
+    path, allowed = gateway["ctx"].paths.approvers, gateway["ctx"].config.rollout.approvers
+    if "alice" in approvers.read(path):
+        approvers.remove(path, "alice")
+    yield approvers.add(path, "alice", allowed)
+    approvers.remove(path, "alice")
 
 
 def _env(gateway: dict[str, Any], rollout: dict[str, Any]) -> dict[str, str]:
@@ -66,9 +77,10 @@ def _health(gateway: dict[str, Any]) -> dict[str, Any]:
     return dict(httpx.get(f"{gateway['url']}/health").json())
 
 
-def test_a_killed_controller_in_the_approval_wait_loses_the_canary_within_its_lease(gateway: dict[str, Any]) -> None:
+def test_a_killed_controller_in_the_approval_wait_loses_the_canary_within_its_lease(
+    gateway: dict[str, Any], secret: str
+) -> None:
     ctx = gateway["ctx"]
-    secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
     v1 = train(ctx, **AUTO)
     deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     v2 = train(ctx)
@@ -157,12 +169,11 @@ def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
     assert status.returncode == 0 and "no rollout" in status.stdout
 
 
-def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: dict[str, Any]) -> None:
+def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: dict[str, Any], secret: str) -> None:
     """With the project's deploy deployment applied, `tollgate deploy` hands the rollout to the worker: `kill -9`
     of the command in the approval wait leaves the run paused with a live controller, the canary serving, and an
     approval afterwards promotes exactly once."""
     ctx = gateway["ctx"]
-    secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
     v1 = train(ctx, **AUTO)
     deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     v2 = train(ctx)
@@ -192,11 +203,12 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: 
     assert no_follow.returncode == 0 and "tollgate rollout follow" in no_follow.stdout, no_follow.stderr
 
 
-def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lease(gateway: dict[str, Any]) -> None:
+def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lease(
+    gateway: dict[str, Any], secret: str
+) -> None:
     """Issue 34 (b): the controller is the worker's flow-run process; `kill -9` of it in the approval wait leaves
     an orphan that `rollout status` and `status` report (exit 1) until the lease lapses, then champion-only."""
     ctx = gateway["ctx"]
-    secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
     v1 = train(ctx, **AUTO)
     deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
     v2 = train(ctx)
