@@ -260,3 +260,55 @@ def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lea
     prod = ctx.registry.one("Production")
     assert prod is not None and prod.version == v1.version
     assert _cli(gateway, "rollout", "status").returncode == 0
+
+
+def test_on_the_worker_a_killed_terminal_in_canary_detaches_follow_detaches_cancel_stops(
+    gateway: dict[str, Any],
+) -> None:
+    """Issue 34 (a) in canary, `rollout follow` and cancel on the worker: kill -9 of `tollgate deploy` leaves the
+    canary with its controller on the worker; `rollout follow` prints the run and only detaches on Ctrl-C (130);
+    `rollout cancel` ends the worker's flow-run process with the run left Cancelled."""
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}
+    with Traffic(gateway["url"]):
+        proc = _deploy(gateway, v2.version, stuck)
+        _wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 300, "no canary")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(6)  # past a beat and a lease renewal: the canary goes on without the terminal
+        [rollout] = rollouts_in_flight(ctx)
+        assert (rollout.phase, rollout.controller, _health(gateway)["mode"]) == ("canary", "alive", "canary")
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "tollgate.app.cli", "rollout", "follow", v2.version],
+            env=_env(gateway, stuck),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(12)
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=60)
+        assert follow.returncode == 130, out + err
+        assert f"following flow run {rollout.flow_run}" in out and "detached" in err, out + err
+        cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "from the worker")
+        assert cancel.returncode == 0, cancel.stderr
+        assert _health(gateway)["mode"] == "off"
+        _wait_for(lambda: not rollouts_in_flight(ctx), 30, "the cancelled run is still live")
+    record = ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json"
+    _wait_for(lambda: not record.exists(), 30, "the flow-run process did not end")  # it removes its record
+    run = asyncio_run_state(rollout.flow_run_id)
+    assert run == "CANCELLED", run
+    assert ctx.registry.get(v2.version).stage == "Staging"
+
+
+def asyncio_run_state(flow_run_id: str) -> str:
+    from tollgate.app.worker_runs import read_run
+
+    return str(read_run(flow_run_id).state.type.value)
