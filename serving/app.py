@@ -169,9 +169,14 @@ class Gateway:
         return {**routing.describe(), "model": model, **({"refused": list(refused)} if refused else {})}
 
     def lease(self, version: str, until_s: float) -> dict[str, Any]:
-        """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served."""
-        self.leases.grant(version, until_s, time.monotonic())
-        return {"version": version, "until_s": until_s, **self.routing.describe()}
+        """Hold the challenger `version` for `until_s` seconds from now; returns the lease and what is served. A
+        renewal for a version that is not the challenger is not kept: a late heartbeat of a stopped rollout must
+        not leave a deadline that a later rollout of the same version would inherit."""
+        challenger = self.routing.challenger
+        held = challenger is not None and challenger.version == version
+        if held:
+            self.leases.grant(version, until_s, time.monotonic())
+        return {"version": version, "until_s": until_s, "held": held, **self.routing.describe()}
 
     async def _watch_leases(self) -> None:
         """Every LEASE_CHECK_S, stop a rollout whose lease lapsed (until shutdown cancels it)."""
@@ -192,12 +197,12 @@ class Gateway:
             return
         self.routing = Routing(routing.champion)  # no answer from it from now on, whatever the registry does
         self.metrics.served(self.routing.describe())
+        self.metrics.lease_lapses.inc()  # counted with the stop, not after the registry note (which may take s)
         lease_s = challenger.config.rollout.lease_s
         why = f"rollout lease lapsed: no controller renewed it within its lease (rollout.lease_s {lease_s:g} s)"
         log.error("v%s: %s; back to champion-only", challenger.version, why)
         await asyncio.get_running_loop().run_in_executor(None, self._stop_rollout, challenger.version, why)
         self.leases.forget(challenger.version)
-        self.metrics.lease_lapses.inc()
         await self.reload()
 
     def _stop_rollout(self, version: str, why: str) -> None:
@@ -213,8 +218,12 @@ class Gateway:
         scoring.smoke_test(release, self.store.smoke_records(target.version))
 
     def routing_state(self) -> dict[str, Any]:
-        """What is being served (champion, challenger, mode, share)."""
-        return self.routing.describe()
+        """What is being served (champion, challenger, mode, share) and the seconds left on the challenger's
+        lease (None without a challenger or a lease)."""
+        challenger = self.routing.challenger
+        deadline = self.leases.deadlines.get(challenger.version) if challenger else None
+        left = None if deadline is None else round(deadline - time.monotonic(), 1)
+        return {**self.routing.describe(), "lease_left_s": left}
 
     # -- routes ----------------------------------------------------------------------------------
     async def predict(self, request: Request) -> Response:

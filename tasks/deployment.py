@@ -65,12 +65,6 @@ def enforce_phase(ctx: Context, version: str, verdict: GateVerdict, phase: Phase
 
 
 @tollgate_task(idempotent_io=True)
-def hold_for_approval(ctx: Context, version: str) -> None:
-    """Renew the rollout's lease on the gateway for the whole approval wait (its timeout + rollout.lease_s)."""
-    rollout.hold_for_approval(ctx, version)
-
-
-@tollgate_task(idempotent_io=True)
 def load_gate_verdict(ctx: Context, version: str) -> dict[str, Any]:
     """The version's stored gate verdict (evidence for the approval form)."""
     return rollout.load_gate_verdict(ctx, version)

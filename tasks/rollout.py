@@ -2,9 +2,10 @@
 rollback. tasks/deployment.py wraps them as Prefect tasks; tests, benchmarks and other stages call them directly.
 
 Rollout state lives on the Staging version as tags (mode, share) and the gateway reads it on reload; the
-promotion state is the registry stage. Every move is in the ledger. Nothing here needs a Prefect run. While a
-rollout waits (for traffic, for approval) it renews its lease on the gateway, which stops the rollout by itself
-when the lease lapses (serving/lease.py).
+promotion state is the registry stage. Every move is in the ledger. Nothing here needs a Prefect run. The
+rollout renews its lease on the gateway on each traffic poll, and its controller's heartbeat renews it in every
+phase, the approval wait included (tasks/controller.py); the gateway stops the rollout by itself when the lease
+lapses (serving/lease.py).
 """
 
 from __future__ import annotations
@@ -115,7 +116,10 @@ def _gateway_errors(ctx: Context, phase: Phase) -> int:
 
 def start_phase(ctx: Context, version: str, phase: Phase, share: float, flow_run_id: str | None) -> PhaseWindow:
     """Put the candidate in `phase` on the gateway; the window it returns starts now."""
+    from tasks.controller import stop_if_cancelled  # here: tasks.controller builds on this module
+
     since = time.time()
+    stop_if_cancelled(flow_run_id)  # a cancelled rollout must not put its challenger back
     set_rollout(ctx, version, phase, share, flow_run_id)
     return PhaseWindow(phase, since, _gateway_errors(ctx, phase))
 
@@ -136,12 +140,6 @@ def renew_lease(ctx: Context, version: str, until_s: float, client: GatewayClien
     finally:
         if client is None:
             gateway.close()
-
-
-def hold_for_approval(ctx: Context, version: str) -> None:
-    """Hold the challenger's lease for the whole approval wait: rollout.approval_timeout_s + rollout.lease_s."""
-    policy = ctx.config.rollout
-    renew_lease(ctx, version, policy.approval_timeout_s + policy.lease_s)
 
 
 def wait_for_traffic(

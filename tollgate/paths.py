@@ -113,6 +113,12 @@ class StatePaths:
         return self.home / "approvals"
 
     @property
+    def rollout_controllers(self) -> Path:
+        """One JSON file per deploy_model run: the process that controls it (judged alive by its pid and start
+        time, never by the file being there: a killed controller leaves it behind)."""
+        return self.home / "rollouts"
+
+    @property
     def gateway_restarts(self) -> Path:
         """One JSON line per restart of the serving process by its supervisor (`tollgate serve --supervise`)."""
         return self.home / "gateway-restarts.jsonl"

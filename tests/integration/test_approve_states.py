@@ -47,6 +47,8 @@ def _wait_paused(version: str, proc: subprocess.Popen[bytes], timeout: float = 3
 
 def test_approve_refuses_a_run_whose_deploy_process_was_killed(gateway: dict[str, Any]) -> None:
     ctx = gateway["ctx"]
+    if "alice" in approvers.read(ctx.paths.approvers):  # the state folder is the session's
+        approvers.remove(ctx.paths.approvers, "alice")
     secret = approvers.add(ctx.paths.approvers, "alice", ctx.config.rollout.approvers)
     v1 = train(ctx, **AUTO)
     deploy_model(version=v1.version, config=ctx.with_config(**AUTO))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import Gateway
 from serving.metrics import OTHER_ROUTE, ROUTES, route_label
+from serving.release import Routing
 from tests.helpers import ROOT, bundled_config
 from tollgate.config import load_config
 from tollgate.paths import StatePaths
@@ -170,6 +172,7 @@ def test_admin_state_keeps_its_keys(gateway: Gateway) -> None:
         "challenger": None,
         "mode": "off",
         "share": 0.0,
+        "lease_left_s": None,
         "predictions": {},
         "errors": {},
         "shadow_compared": 0,
@@ -206,5 +209,10 @@ def test_admin_lease_holds_a_version(gateway: Gateway) -> None:
     assert _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}')[0] == 401
     auth = [(b"authorization", b"Bearer unit-token"), (b"content-type", b"application/json")]
     status, body = _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}', headers=auth)
-    assert status == 200 and orjson.loads(body)["version"] == "2"
+    assert status == 200 and orjson.loads(body)["held"] is False  # not the challenger: nothing kept
+    assert gateway.leases.deadlines == {}
+    gateway.routing = Routing(None, cast(Any, SimpleNamespace(version="2")), "canary", 0.2)
+    status, body = _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}', headers=auth)
+    assert status == 200 and orjson.loads(body)["version"] == "2" and orjson.loads(body)["held"] is True
     assert not gateway.leases.lapsed("2", time.monotonic()) and gateway.leases.lapsed("2", time.monotonic() + 6)
+    assert 0 < gateway.routing_state()["lease_left_s"] <= 5

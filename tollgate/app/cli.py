@@ -41,6 +41,7 @@ GROUPS = {
     "config": "validate or print the resolved config",
     "data": "the bundled dataset",
     "hooks": "git hooks",
+    "rollout": "rollouts in flight: status, follow, cancel",
 }
 
 # Every error a command or flow raises for a reason the user can act on: "module:Class" -> (exit code, prefix).

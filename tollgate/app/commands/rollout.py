@@ -8,11 +8,24 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tollgate import approvers
-from tollgate.app.commands.base import EXIT_OK, CheckFailed, Command, UserError, arg, require_stack, warn
+from tollgate.app.commands.base import (
+    EXIT_NO,
+    EXIT_OK,
+    JSON,
+    CheckFailed,
+    Command,
+    UserError,
+    arg,
+    print_json,
+    require_stack,
+    table,
+    warn,
+)
+from tollgate.app.commands.stack import ROLLOUT_COLUMNS
 from tollgate.app.output import Phrase, library_output
 from tollgate.context import Context
 from tollgate.gateway_client import GatewayError
@@ -38,8 +51,27 @@ def deploy_stages(ctx: Context) -> dict[str, Phrase]:
 def deploy(ctx: Context, args: argparse.Namespace) -> int:
     require_stack(ctx)
     from flows.deploy import deploy_model
+    from tasks.controller import RolloutCancelled, RolloutInFlight, check_no_rollout
     from tasks.deployment import RolloutFailed
     from tollgate.registry import RegistryError
+
+    try:
+        check_no_rollout(ctx)
+    except RolloutInFlight as exc:
+        raise CheckFailed(str(exc)) from None
+    from tollgate.app import worker_runs
+
+    if worker_runs.has_deployment(ctx):
+        return _deploy_on_worker(ctx, args)
+    if args.no_follow:
+        raise UserError(
+            f"--no-follow needs the deployment {worker_runs.deployment_name(ctx)} on the Prefect server: run "
+            "`tollgate up` (it applies the project's deployments)"
+        )
+    warn(
+        f"no deployment {worker_runs.deployment_name(ctx)} on the Prefect server (`tollgate up` applies it): the "
+        "rollout runs in this terminal and stops if the terminal goes (its lease lapses)"
+    )
 
     print(
         f"deploying {ctx.config.project.registered_model} v{args.version}: shadow -> canary -> approval -> "
@@ -51,10 +83,75 @@ def deploy(ctx: Context, args: argparse.Namespace) -> int:
             result = deploy_model(version=args.version, config=ctx)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+    except RolloutInFlight as exc:  # another deploy claimed the model between the check above and the flow's
+        raise CheckFailed(str(exc)) from None
+    except RolloutCancelled as exc:
+        raise CheckFailed(f"{exc}: the gateway serves the champion only, v{args.version} stays in Staging") from None
     except RolloutFailed as exc:
         raise CheckFailed(f"rollout of v{args.version} stopped: {exc}. Production is as it was before.") from None
     print(deployed_line(result))
     return EXIT_OK
+
+
+def _hint(version: str) -> str:
+    return f"follow it with `tollgate rollout follow {version}`, cancel it with `tollgate rollout cancel {version}`"
+
+
+def _deploy_on_worker(ctx: Context, args: argparse.Namespace) -> int:
+    """Start the rollout as a flow run of the project's deploy deployment; follow it unless --no-follow."""
+    from tollgate.app import worker_runs
+
+    run = worker_runs.start_run(ctx, args.version)
+    url = worker_runs.run_url(ctx, str(run.id))
+    print(
+        f"deploying {ctx.config.project.registered_model} v{args.version} on the worker: shadow -> canary -> "
+        f"approval -> production (flow run {run.name}: {url})",
+        flush=True,
+    )
+    if args.no_follow:
+        print(f"not following; {_hint(args.version)}")
+        return EXIT_OK
+    return follow_to_end(ctx, str(run.id), args.version)
+
+
+def follow_to_end(ctx: Context, flow_run_id: str, version: str) -> int:
+    """Print the run's logs until it ends; exit 0 when the version reached Production, 1 when the rollout
+    stopped or was cancelled. Ctrl-C or a closed terminal only detach (exit 130): the run goes on."""
+    import signal
+
+    from tollgate.app import worker_runs
+
+    def hang_up(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGHUP, hang_up)
+    try:
+        run = worker_runs.follow(flow_run_id, lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        warn(f"detached: the rollout of v{version} goes on on the worker; {_hint(version)}")
+        return 130
+    state = run.state
+    prod = ctx.registry.one("Production")
+    now = f"Production is {'v' + prod.version if prod else 'none'}"
+    if state.is_completed():
+        by = ctx.registry.get(version).tags.get("tollgate.approval.by", "?")
+        print(f"v{version} is Production (approved by {by})")
+        return EXIT_OK
+    if state.is_cancelled():
+        raise CheckFailed(f"rollout of v{version} was cancelled: {state.message}; {now}")
+    raise CheckFailed(f"rollout of v{version} ended {state.name}: {state.message}; {now}")
+
+
+def rollout_follow(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from tasks.controller import rollouts_in_flight
+
+    mine = [r for r in rollouts_in_flight(ctx) if r.version == str(args.version)]
+    if not mine:
+        print(f"nothing to follow: no rollout of {ctx.config.project.registered_model} v{args.version} in flight")
+        return EXIT_OK
+    print(f"following flow run {mine[0].flow_run} ({mine[0].url}), v{args.version} in {mine[0].phase}", flush=True)
+    return follow_to_end(ctx, mine[0].flow_run_id, args.version)
 
 
 def deployed_line(result: dict[str, str]) -> str:
@@ -138,13 +235,87 @@ def _refusal(exc: GatewayError) -> Exception:
         return CheckFailed(f"refused: {exc.body}")
 
 
+def rollout_status(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from tasks.controller import rollouts_in_flight
+
+    rollouts = rollouts_in_flight(ctx)
+    if args.json:
+        print_json([r.to_dict() for r in rollouts])
+    elif not rollouts:
+        print(f"no rollout of {ctx.config.project.registered_model} in flight")
+    else:
+        rows = [{**r.to_dict(), "share": f"{r.share:.0%}"} for r in rollouts]
+        print(table(rows, ROLLOUT_COLUMNS))
+        for line in orphan_lines(rollouts):
+            print(line)
+    return EXIT_NO if any(r.orphaned for r in rollouts) else EXIT_OK
+
+
+def orphan_lines(rollouts: Sequence[Any]) -> list[str]:
+    """One line per orphaned rollout (controller gone, challenger still live), saying what ends it."""
+    return [
+        f"ORPHANED: v{r.version} ({r.phase}) has no live controller; the gateway drops it when its lease lapses "
+        f"(in {r.lease_left_s} s), or now with `tollgate rollout cancel {r.version}`"
+        for r in rollouts
+        if r.orphaned
+    ]
+
+
+def rollout_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    require_stack(ctx)
+    from tasks.controller import cancel_rollout
+    from tollgate.ledger import current_actor
+
+    who = current_actor()
+    with library_output():
+        cancelled = cancel_rollout(ctx, args.version, args.reason, who)
+    if not cancelled:
+        print(f"nothing to cancel: no rollout of {ctx.config.project.registered_model} v{args.version} in flight")
+        return EXIT_OK
+    runs = ", ".join(r.flow_run for r in cancelled)
+    print(
+        f"cancelled the rollout of v{args.version} (flow run {runs}) as {who}: the gateway serves the champion "
+        f"only, v{args.version} stays in its stage"
+    )
+    return EXIT_OK
+
+
 COMMANDS = [
     Command(
         "deploy",
-        "run deploy_model: shadow -> canary -> approval -> production, automatic rollback on a failed "
-        "smoke test; exit 1 if any phase says no",
+        "roll out VERSION: deploy_model (shadow -> canary -> approval -> production, automatic rollback on a "
+        "failed smoke test) as a flow run of the project's deploy deployment on the worker, followed here (Ctrl-C "
+        "only detaches); without that deployment (`tollgate up` applies it) it runs in this terminal; exit 1 if "
+        "any phase says no, it is cancelled, or another rollout of the model is in flight",
         deploy,
-        (arg("version", help="the Staging version to roll out"),),
+        (
+            arg("version", help="the Staging version to roll out"),
+            arg("--no-follow", action="store_true", help="start the run on the worker and return with its URL"),
+        ),
+    ),
+    Command(
+        "rollout status",
+        "the rollouts in flight: version, phase, traffic share, since, controller alive or gone, lease left, flow "
+        "run URL; exit 1 while one is orphaned (controller gone, challenger still live)",
+        rollout_status,
+        (JSON,),
+    ),
+    Command(
+        "rollout follow",
+        "print the logs of the rollout of VERSION in flight until it ends (Ctrl-C only detaches); exit as deploy",
+        rollout_follow,
+        (arg("version", help="the version being rolled out"),),
+    ),
+    Command(
+        "rollout cancel",
+        "cancel the rollout of VERSION: its flow run is cancelled, the gateway serves the champion only at once, "
+        "the ledger records who and why; the version keeps its stage; nothing in flight: says so, exit 0",
+        rollout_cancel,
+        (
+            arg("version", help="the version being rolled out"),
+            arg("--reason", default="cancelled by an operator", help="recorded in the ledger"),
+        ),
     ),
     Command(
         "approve",

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, UserError, arg, print_json, table
+from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, UserError, arg, print_json, table, warn
 from tollgate.app.commands.history import consistency
 from tollgate.app.githook import HookError, install_pre_push
 from tollgate.app.stack import DeploymentTarget, Stack, apply_deployments
@@ -17,6 +17,7 @@ from tollgate.signals import alert_failures, read_signals
 
 SERVICE_COLUMNS = ("service", "url", "pid", "healthy", "rss_mb")
 MODEL_COLUMNS = ("model", "failed_alerts", "last_failed_alert", "signals", "signals_updated")
+ROLLOUT_COLUMNS = ("model", "version", "phase", "share", "since", "controller", "lease_left_s", "flow_run", "url")
 
 
 def stack_of(ctx: Context) -> Stack:
@@ -86,6 +87,8 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
     restarts = restart_count(ctx.paths)
     healthy = all(r["healthy"] for r in services)
     problems = consistency(ctx) if healthy else []
+    rollouts = rollouts_of(ctx) if healthy else []
+    orphaned = [r for r in rollouts if r["orphaned"]]
     exposed, named = ctx.paths.exposed()
     if args.json:
         print_json(
@@ -94,6 +97,7 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
                 "models": models,
                 "gateway_restarts": restarts,
                 "disagreements": problems,
+                "rollouts": rollouts,
                 "state_folder_exposed": named if exposed <= len(named) else [*named, f"... {exposed} in all"],
                 "state_folder": str(ctx.paths.home),
             }
@@ -115,8 +119,29 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
         ]
         print()
         print(table(rows, MODEL_COLUMNS))
+        print()
+        if rollouts:
+            print(table([{**r, "share": f"{r['share']:.0%}"} for r in rollouts], ROLLOUT_COLUMNS))
+        else:
+            print(f"rollouts in flight: none for {ctx.config.project.registered_model}")
         print(f"state folder: {ctx.paths.home}")
-    return EXIT_OK if healthy and not problems else EXIT_NO
+    for r in orphaned:  # on stderr too, so a script that only checks the exit code still says why
+        warn(
+            f"ORPHANED rollout: v{r['version']} ({r['phase']}) has no live controller; the gateway drops it when its "
+            f"lease lapses (in {r['lease_left_s']} s), or now with `tollgate rollout cancel {r['version']}`"
+        )
+    return EXIT_OK if healthy and not problems and not orphaned else EXIT_NO
+
+
+def rollouts_of(ctx: Context) -> list[dict[str, Any]]:
+    """The configured model's rollouts in flight (tasks/controller.py), as dicts; [] when Prefect cannot say."""
+    from tasks.controller import rollouts_in_flight
+
+    try:
+        return [r.to_dict() for r in rollouts_in_flight(ctx)]
+    except Exception as exc:  # a status line must not fail on it: the services table already says what is down
+        warn(f"could not read the rollouts in flight: {exc}")
+        return []
 
 
 def serve(ctx: Context, args: argparse.Namespace) -> int:
@@ -156,8 +181,9 @@ COMMANDS = [
         "status",
         "print each service, its URL, pid, health and memory, and per model the failed alert deliveries and the "
         "latest drift and live-performance signals, and any disagreement between the ledger, registry stages, "
-        "aliases and what the gateway serves (as history --verify); exit 1 if a service is unhealthy or anything "
-        "disagrees",
+        "aliases and what the gateway serves (as history --verify), and the model's rollouts in flight (as rollout "
+        "status); exit 1 if a service is unhealthy, anything disagrees or a rollout is orphaned (controller gone, "
+        "challenger still live)",
         status,
         (JSON,),
     ),

@@ -1,0 +1,314 @@
+"""The rollout's controller (issue 34, parts 1-5): the lease is held by a live controller only, also in the
+approval wait; one rollout per model; `tollgate rollout cancel` and `tollgate rollout status`.
+
+Slow (~2-3 min each): each test trains two versions, rolls the first out, then drives a real `tollgate deploy`
+process against a real gateway, Prefect server and MLflow; the waits are the rollout's own phases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.deploy import deploy_model
+from tasks.approvals import ApprovalError, _paused_runs, answer_approval
+from tasks.controller import RolloutInFlight, rollouts_in_flight
+from tests.helpers import ROOT
+from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train
+from tollgate import approvers, ledger
+from tollgate.app.stack import DeploymentTarget, apply_deployments
+from tollgate.registry import ROLLOUT_MODE_TAG
+
+AUTO = {"rollout": {"auto_approve": True}}
+LEASE_S = 8.0  # the beat is 2 s; small enough to wait for, large enough for a CLI to see the orphan first
+LEASE_S_WORKER = 20.0  # the beat is 5 s: room for two CLI processes to start and read the orphan on a busy machine
+
+
+@pytest.fixture()
+def secret(gateway: dict[str, Any]) -> Iterator[str]:
+    """alice's approver key for this test; the state folder is the session's, so she is removed again after."""
+    path, allowed = gateway["ctx"].paths.approvers, gateway["ctx"].config.rollout.approvers
+    if "alice" in approvers.read(path):
+        approvers.remove(path, "alice")
+    yield approvers.add(path, "alice", allowed)
+    approvers.remove(path, "alice")
+
+
+def _env(gateway: dict[str, Any], rollout: dict[str, Any]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TOLLGATE__PROJECT__REGISTERED_MODEL": gateway["name"],
+        "TOLLGATE__SERVERS__GATEWAY_PORT": str(gateway["ctx"].config.servers.gateway_port),
+        **rollout_env(rollout),
+    }
+
+
+def _deploy(gateway: dict[str, Any], version: str, rollout: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """`tollgate deploy VERSION` in its own process group, its output in the state folder's logs."""
+    log = (gateway["ctx"].paths.logs / f"deploy-{gateway['name']}-v{version}.log").open("ab")
+    argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version]
+    return subprocess.Popen(argv, env=_env(gateway, rollout), cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+
+
+def _cli(gateway: dict[str, Any], *words: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "tollgate.app.cli", *words]
+    return subprocess.run(argv, env=_env(gateway, TEST_ROLLOUT), cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _wait_for(check: Any, timeout: float, what: str) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout:.0f} s")
+
+
+def _health(gateway: dict[str, Any]) -> dict[str, Any]:
+    return dict(httpx.get(f"{gateway['url']}/health").json())
+
+
+def test_a_killed_controller_in_the_approval_wait_loses_the_canary_within_its_lease(
+    gateway: dict[str, Any], secret: str
+) -> None:
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    policy = {**TEST_ROLLOUT, "lease_s": LEASE_S}
+    with Traffic(gateway["url"]) as traffic:
+        proc = _deploy(gateway, v2.version, policy)
+        _wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        # the approval wait no longer extends the lease to its deadline: the heartbeat keeps it at lease_s
+        time.sleep(2 * LEASE_S)
+        assert _health(gateway)["mode"] == "canary"
+        # one rollout per model: a second deploy (CLI, and a flow run of its own) is refused, naming the first
+        second = _cli(gateway, "deploy", v2.version)
+        assert second.returncode == 1, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+        for part in (f"v{v2.version} in approval since", "flow run", f"tollgate rollout cancel {v2.version}"):
+            assert part in second.stderr, second.stderr
+        with pytest.raises(RolloutInFlight) as refused:
+            deploy_model(version=v1.version, config=ctx.with_config(rollout=policy))
+        assert str(refused.value) == second.stderr.strip().removeprefix("failed: ")
+        status = _cli(gateway, "rollout", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        [shown] = json.loads(status.stdout)
+        assert (shown["version"], shown["phase"], shown["controller"], shown["challenger_live"]) == (
+            v2.version,
+            "approval",
+            "alive",
+            True,
+        )
+        assert 0 < shown["lease_left_s"] <= LEASE_S and shown["url"].endswith(shown["flow_run_id"])
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(10)
+        orphan = _cli(gateway, "rollout", "status")
+        if _health(gateway)["mode"] == "canary":  # the CLI answered before the lease ran out
+            assert orphan.returncode == 1 and f"ORPHANED: v{v2.version}" in orphan.stdout, orphan.stdout
+        off = _wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S + 5, "the canary outlived its lease")
+        assert off - killed <= LEASE_S + 5
+        time.sleep(0.5)
+        after = len(traffic.answers)
+        time.sleep(2)
+    later = traffic.answers[after:]
+    assert later and {a["model_version"] for a in later} == {v1.version}
+    prod = ctx.registry.one("Production")
+    assert prod is not None and prod.version == v1.version
+    with pytest.raises(ApprovalError, match=rf"flow run .* for v{v2.version} is crashed"):
+        answer_approval(ctx, v2.version, "alice", secret, True, "too late")
+    assert ctx.registry.one("Production").version == v1.version  # type: ignore[union-attr]
+
+
+def asyncio_paused(version: str) -> bool:
+    import asyncio
+
+    return bool(asyncio.run(_paused_runs(version)))
+
+
+def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}  # the deploy sits in the canary until cancelled
+    with Traffic(gateway["url"]):
+        proc = _deploy(gateway, v2.version, stuck)
+        _wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 200, "no canary")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "bad timing")
+        assert cancel.returncode == 0, cancel.stderr
+        assert f"cancelled the rollout of v{v2.version}" in cancel.stdout
+        health = _health(gateway)  # at once: the command returned after the gateway reloaded
+        assert (health["champion"], health["challenger"], health["mode"]) == (v1.version, None, "off")
+        assert proc.wait(30) == 1  # the controller saw the cancellation and ended, touching nothing
+    assert ctx.registry.get(v2.version).stage == "Staging"
+    assert ctx.registry.get(v2.version).tags[ROLLOUT_MODE_TAG] == "off"
+    notes = [e for e in ledger.read(ctx.paths.ledger, gateway["name"]) if e.reason == "rollout cancelled: bad timing"]
+    assert [(e.version, e.from_stage, e.to_stage, e.who) for e in notes] == [
+        (v2.version, "Staging", "Staging", ledger.current_actor())
+    ]
+    again = _cli(gateway, "rollout", "cancel", v2.version)
+    assert (again.returncode, again.stdout.strip()) == (
+        0,
+        f"nothing to cancel: no rollout of {gateway['name']} v{v2.version} in flight",
+    )
+    status = _cli(gateway, "rollout", "status")
+    assert status.returncode == 0 and "no rollout" in status.stdout
+
+
+def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: dict[str, Any], secret: str) -> None:
+    """With the project's deploy deployment applied, `tollgate deploy` hands the rollout to the worker: `kill -9`
+    of the command in the approval wait leaves the run paused with a live controller, the canary serving, and an
+    approval afterwards promotes exactly once."""
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    with Traffic(gateway["url"]):
+        proc = _deploy(gateway, v2.version, TEST_ROLLOUT)
+        _wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(5)
+        [rollout] = rollouts_in_flight(ctx)
+        assert (rollout.version, rollout.phase, rollout.controller) == (v2.version, "approval", "alive")
+        assert _health(gateway)["mode"] == "canary"
+        outcome = answer_approval(ctx, v2.version, "alice", secret, True, "the worker carried it")
+    assert outcome.endswith(f"v{v2.version} is Production"), outcome
+    promotions = [
+        e
+        for e in ledger.read(ctx.paths.ledger, gateway["name"])
+        if (e.version, e.to_stage) == (v2.version, "Production")
+    ]
+    assert len(promotions) == 1
+    log = (ctx.paths.logs / f"deploy-{gateway['name']}-v{v2.version}.log").read_text()
+    assert "on the worker" in log and "flow run" in log
+    no_follow = _cli(gateway, "deploy", v2.version, "--no-follow")  # v2 is Production now: the run fails at once
+    assert no_follow.returncode == 0 and "tollgate rollout follow" in no_follow.stdout, no_follow.stderr
+
+
+def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lease(
+    gateway: dict[str, Any], secret: str
+) -> None:
+    """Issue 34 (b): the controller is the worker's flow-run process; `kill -9` of it in the approval wait leaves
+    an orphan that `rollout status` and `status` report (exit 1) until the lease lapses, then champion-only."""
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    policy = {**TEST_ROLLOUT, "lease_s": LEASE_S_WORKER}
+    with Traffic(gateway["url"]) as traffic:
+        started = subprocess.run(
+            [sys.executable, "-m", "tollgate.app.cli", "deploy", v2.version, "--no-follow"],
+            env=_env(gateway, policy),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0 and "/runs/flow-run/" in started.stdout, started.stderr
+        _wait_for(lambda: asyncio_paused(v2.version), 300, "the run never paused for approval")
+        [rollout] = rollouts_in_flight(ctx)
+        record = json.loads((ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json").read_text())
+        assert rollout.controller == "alive" and record["pid"] != os.getpid()
+        os.kill(int(record["pid"]), signal.SIGKILL)
+        killed = time.monotonic()
+        checks = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tollgate.app.cli", *words],
+                env=_env(gateway, policy),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for words in (["rollout", "status", "--json"], ["status", "--json"])
+        ]
+        off = _wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S_WORKER + 5, "the canary outlived its lease")
+        assert off - killed <= LEASE_S_WORKER + 5
+        (orphan, orphan_err), (stack, stack_err) = (c.communicate(timeout=120) for c in checks)
+        # read while the lease still ran (a beat is 5 s, the lease 20 s): the orphan is named, exit 1
+        assert checks[0].returncode == 1, orphan + orphan_err
+        assert [(r["version"], r["orphaned"]) for r in json.loads(orphan)] == [(v2.version, True)]
+        assert checks[1].returncode == 1 and f"ORPHANED rollout: v{v2.version}" in stack_err, stack_err
+        assert [r["version"] for r in json.loads(stack)["rollouts"]] == [v2.version]
+        time.sleep(0.5)
+        after = len(traffic.answers)
+        time.sleep(2)
+    later = traffic.answers[after:]
+    assert later and {a["model_version"] for a in later} == {v1.version}
+    with pytest.raises(ApprovalError, match="crashed"):
+        answer_approval(ctx, v2.version, "alice", secret, True, "too late")
+    prod = ctx.registry.one("Production")
+    assert prod is not None and prod.version == v1.version
+    assert _cli(gateway, "rollout", "status").returncode == 0
+
+
+def test_on_the_worker_a_killed_terminal_in_canary_detaches_follow_detaches_cancel_stops(
+    gateway: dict[str, Any],
+) -> None:
+    """Issue 34 (a) in canary, `rollout follow` and cancel on the worker: kill -9 of `tollgate deploy` leaves the
+    canary with its controller on the worker; `rollout follow` prints the run and only detaches on Ctrl-C (130);
+    `rollout cancel` ends the worker's flow-run process with the run left Cancelled."""
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}
+    with Traffic(gateway["url"]):
+        proc = _deploy(gateway, v2.version, stuck)
+        _wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 300, "no canary")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(6)  # past a beat and a lease renewal: the canary goes on without the terminal
+        [rollout] = rollouts_in_flight(ctx)
+        assert (rollout.phase, rollout.controller, _health(gateway)["mode"]) == ("canary", "alive", "canary")
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "tollgate.app.cli", "rollout", "follow", v2.version],
+            env=_env(gateway, stuck),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(12)
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=60)
+        assert follow.returncode == 130, out + err
+        assert f"following flow run {rollout.flow_run}" in out and "detached" in err, out + err
+        cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "from the worker")
+        assert cancel.returncode == 0, cancel.stderr
+        assert _health(gateway)["mode"] == "off"
+        _wait_for(lambda: not rollouts_in_flight(ctx), 30, "the cancelled run is still live")
+    record = ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json"
+    _wait_for(lambda: not record.exists(), 30, "the flow-run process did not end")  # it removes its record
+    run = asyncio_run_state(rollout.flow_run_id)
+    assert run == "CANCELLED", run
+    assert ctx.registry.get(v2.version).stage == "Staging"
+
+
+def asyncio_run_state(flow_run_id: str) -> str:
+    from tollgate.app.worker_runs import read_run
+
+    return str(read_run(flow_run_id).state.type.value)
