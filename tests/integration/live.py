@@ -143,3 +143,13 @@ class Traffic:
 def train(ctx: Context, **update: Any):  # type: ignore[no-untyped-def]
     """training_pipeline on the bundled snapshot with a variant of `ctx` (e.g. model={"hyperparameters": ...})."""
     return training_pipeline(config=ctx.with_config(**update) if update else ctx, allow_dirty=True)
+
+
+def wait_for(check: Any, timeout: float, what: str) -> float:
+    """Poll `check()` every 0.2 s until truthy; returns the monotonic time it became so, else fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout:.0f} s")

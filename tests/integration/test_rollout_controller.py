@@ -23,7 +23,7 @@ from flows.deploy import deploy_model
 from tasks.approvals import ApprovalError, _paused_runs, answer_approval
 from tasks.controller import RolloutInFlight, rollouts_in_flight
 from tests.helpers import ROOT
-from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train
+from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train, wait_for
 from tollgate import approvers, ledger
 from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.registry import ROLLOUT_MODE_TAG
@@ -64,30 +64,32 @@ def _cli(gateway: dict[str, Any], *words: str) -> subprocess.CompletedProcess[st
     return subprocess.run(argv, env=_env(gateway, TEST_ROLLOUT), cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def _wait_for(check: Any, timeout: float, what: str) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return time.monotonic()
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout:.0f} s")
-
-
 def _health(gateway: dict[str, Any]) -> dict[str, Any]:
     return dict(httpx.get(f"{gateway['url']}/health").json())
+
+
+def _v1_served_v2_trained(gateway: dict[str, Any], on_the_worker: bool = False) -> tuple[Any, Any]:
+    """v1 in Production (auto-approved), v2 trained; with `on_the_worker`, the project's deployments applied so
+    `tollgate deploy` hands the rollout to the worker. Returns both training results."""
+    ctx = gateway["ctx"]
+    v1 = train(ctx, **AUTO)
+    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
+    v2 = train(ctx)
+    if on_the_worker:
+        target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
+        apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    return v1, v2
 
 
 def test_a_killed_controller_in_the_approval_wait_loses_the_canary_within_its_lease(
     gateway: dict[str, Any], secret: str
 ) -> None:
     ctx = gateway["ctx"]
-    v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
-    v2 = train(ctx)
+    v1, v2 = _v1_served_v2_trained(gateway)
     policy = {**TEST_ROLLOUT, "lease_s": LEASE_S}
     with Traffic(gateway["url"]) as traffic:
         proc = _deploy(gateway, v2.version, policy)
-        _wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
+        wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         # the approval wait no longer extends the lease to its deadline: the heartbeat keeps it at lease_s
         time.sleep(2 * LEASE_S)
@@ -118,7 +120,7 @@ def test_a_killed_controller_in_the_approval_wait_loses_the_canary_within_its_le
         orphan = _cli(gateway, "rollout", "status")
         if _health(gateway)["mode"] == "canary":  # the CLI answered before the lease ran out
             assert orphan.returncode == 1 and f"ORPHANED: v{v2.version}" in orphan.stdout, orphan.stdout
-        off = _wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S + 5, "the canary outlived its lease")
+        off = wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S + 5, "the canary outlived its lease")
         assert off - killed <= LEASE_S + 5
         time.sleep(0.5)
         after = len(traffic.answers)
@@ -140,13 +142,11 @@ def asyncio_paused(version: str) -> bool:
 
 def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
     ctx = gateway["ctx"]
-    v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
-    v2 = train(ctx)
+    v1, v2 = _v1_served_v2_trained(gateway)
     stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}  # the deploy sits in the canary until cancelled
     with Traffic(gateway["url"]):
         proc = _deploy(gateway, v2.version, stuck)
-        _wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 200, "no canary")
+        wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 200, "no canary")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "bad timing")
         assert cancel.returncode == 0, cancel.stderr
@@ -174,14 +174,10 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: 
     of the command in the approval wait leaves the run paused with a live controller, the canary serving, and an
     approval afterwards promotes exactly once."""
     ctx = gateway["ctx"]
-    v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
-    v2 = train(ctx)
-    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
-    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    _, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     with Traffic(gateway["url"]):
         proc = _deploy(gateway, v2.version, TEST_ROLLOUT)
-        _wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
+        wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -191,12 +187,15 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: 
         assert _health(gateway)["mode"] == "canary"
         outcome = answer_approval(ctx, v2.version, "alice", secret, True, "the worker carried it")
     assert outcome.endswith(f"v{v2.version} is Production"), outcome
-    promotions = [
-        e
-        for e in ledger.read(ctx.paths.ledger, gateway["name"])
-        if (e.version, e.to_stage) == (v2.version, "Production")
-    ]
-    assert len(promotions) == 1
+
+    def promotions() -> list[Any]:
+        entries = ledger.read(ctx.paths.ledger, gateway["name"])
+        return [e for e in entries if (e.version, e.to_stage) == (v2.version, "Production")]
+
+    # `approve` reports the registry's stage; the worker's flow-run process writes the ledger record just after it
+    wait_for(promotions, 30, "no ledger record of the promotion")
+    time.sleep(2)
+    assert len(promotions()) == 1
     log = (ctx.paths.logs / f"deploy-{gateway['name']}-v{v2.version}.log").read_text()
     assert "on the worker" in log and "flow run" in log
     no_follow = _cli(gateway, "deploy", v2.version, "--no-follow")  # v2 is Production now: the run fails at once
@@ -209,11 +208,7 @@ def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lea
     """Issue 34 (b): the controller is the worker's flow-run process; `kill -9` of it in the approval wait leaves
     an orphan that `rollout status` and `status` report (exit 1) until the lease lapses, then champion-only."""
     ctx = gateway["ctx"]
-    v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
-    v2 = train(ctx)
-    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
-    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    v1, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     policy = {**TEST_ROLLOUT, "lease_s": LEASE_S_WORKER}
     with Traffic(gateway["url"]) as traffic:
         started = subprocess.run(
@@ -225,7 +220,7 @@ def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lea
             timeout=120,
         )
         assert started.returncode == 0 and "/runs/flow-run/" in started.stdout, started.stderr
-        _wait_for(lambda: asyncio_paused(v2.version), 300, "the run never paused for approval")
+        wait_for(lambda: asyncio_paused(v2.version), 300, "the run never paused for approval")
         [rollout] = rollouts_in_flight(ctx)
         record = json.loads((ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json").read_text())
         assert rollout.controller == "alive" and record["pid"] != os.getpid()
@@ -242,7 +237,7 @@ def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lea
             )
             for words in (["rollout", "status", "--json"], ["status", "--json"])
         ]
-        off = _wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S_WORKER + 5, "the canary outlived its lease")
+        off = wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S_WORKER + 5, "the canary outlived its lease")
         assert off - killed <= LEASE_S_WORKER + 5
         (orphan, orphan_err), (stack, stack_err) = (c.communicate(timeout=120) for c in checks)
         # read while the lease still ran (a beat is 5 s, the lease 20 s): the orphan is named, exit 1
@@ -269,15 +264,11 @@ def test_on_the_worker_a_killed_terminal_in_canary_detaches_follow_detaches_canc
     canary with its controller on the worker; `rollout follow` prints the run and only detaches on Ctrl-C (130);
     `rollout cancel` ends the worker's flow-run process with the run left Cancelled."""
     ctx = gateway["ctx"]
-    v1 = train(ctx, **AUTO)
-    deploy_model(version=v1.version, config=ctx.with_config(**AUTO))
-    v2 = train(ctx)
-    target = DeploymentTarget(Path(CONFIG).resolve(), "dev", gateway["name"])
-    apply_deployments(ROOT, ctx.config.servers, ctx.paths, target, say=lambda _m: None)
+    _, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}
     with Traffic(gateway["url"]):
         proc = _deploy(gateway, v2.version, stuck)
-        _wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 300, "no canary")
+        wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 300, "no canary")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -300,9 +291,9 @@ def test_on_the_worker_a_killed_terminal_in_canary_detaches_follow_detaches_canc
         cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "from the worker")
         assert cancel.returncode == 0, cancel.stderr
         assert _health(gateway)["mode"] == "off"
-        _wait_for(lambda: not rollouts_in_flight(ctx), 30, "the cancelled run is still live")
+        wait_for(lambda: not rollouts_in_flight(ctx), 30, "the cancelled run is still live")
     record = ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json"
-    _wait_for(lambda: not record.exists(), 30, "the flow-run process did not end")  # it removes its record
+    wait_for(lambda: not record.exists(), 30, "the flow-run process did not end")  # it removes its record
     run = asyncio_run_state(rollout.flow_run_id)
     assert run == "CANCELLED", run
     assert ctx.registry.get(v2.version).stage == "Staging"

@@ -15,7 +15,7 @@ import pytest
 from flows.deploy import deploy_model
 from serving.lease import Leases, lapsed
 from tests.helpers import ROOT
-from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train
+from tests.integration.live import CONFIG, TEST_ROLLOUT, Traffic, rollout_env, train, wait_for
 from tollgate import ledger
 from tollgate.context import Context
 from tollgate.registry import ROLLOUT_MODE_TAG, Registry
@@ -49,16 +49,6 @@ def test_leases_grant_renew_and_grace() -> None:
     assert not leases.lapsed("2", 1e9)
 
 
-def _wait_for(check: Any, timeout: float, what: str) -> float:
-    """Poll `check()` until truthy; returns the monotonic time it became so."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return time.monotonic()
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout:.0f} s")
-
-
 def test_killed_deploy_lets_the_canary_lapse(gateway: dict[str, Any]) -> None:
     reg: Registry = gateway["registry"]
     ctx: Context = gateway["ctx"]
@@ -83,7 +73,7 @@ def test_killed_deploy_lets_the_canary_lapse(gateway: dict[str, Any]) -> None:
     )
     try:
         with Traffic(url) as traffic:
-            _wait_for(
+            wait_for(
                 lambda: httpx.get(f"{url}/health").json()["mode"] == "canary" or deploy.poll() is not None,
                 150,
                 "the deploy never reached the canary",
@@ -91,7 +81,7 @@ def test_killed_deploy_lets_the_canary_lapse(gateway: dict[str, Any]) -> None:
             assert deploy.poll() is None, f"deploy exited {deploy.returncode}: see {deploy_log.name}"
             os.killpg(deploy.pid, signal.SIGKILL)
             killed = time.monotonic()
-            off = _wait_for(
+            off = wait_for(
                 lambda: httpx.get(f"{url}/health").json()["mode"] == "off",
                 LEASE_S + 3,
                 "the gateway kept the canary after its lease lapsed",
