@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.common import run_logger
-from tollgate import approvers, procs
+from tollgate import approvers, ledger, procs
 from tollgate.context import Context
 
 
@@ -289,7 +289,7 @@ def answer_approval(ctx: Context, version: str, approver: str, secret: str | Non
         reason = getattr(details, "reason", None) or details
         raise ApprovalError(f"refused: {approver!r} cannot answer this approval ({reason})")
     said = f"{'approved' if approve else 'rejected'} v{version} as {approver} (flow run {run.name})"
-    return f"{said}: {_await_outcome(ctx, run.id, version, approve)}"
+    return f"{said}: {_await_outcome(ctx, run.id, version, approve, _promotions(ctx, version))}"
 
 
 def signed_answer(run: Any, version: str, approver: str, key: str, approve: bool, comment: str) -> dict[str, Any]:
@@ -304,13 +304,21 @@ def signed_answer(run: Any, version: str, approver: str, key: str, approve: bool
     }
 
 
-def _await_outcome(ctx: Context, run_id: Any, version: str, approve: bool) -> str:
-    """Wait until the answer took effect: Production changed (approve) or the run ended; ApprovalError when an
+def _promotions(ctx: Context, version: str) -> int:
+    """How many ledger records promote `version` to Production (a rollback may have promoted it before)."""
+    model = ctx.config.project.registered_model
+    return sum((e.version, e.to_stage) == (version, "Production") for e in ledger.read(ctx.paths.ledger, model))
+
+
+def _await_outcome(ctx: Context, run_id: Any, version: str, approve: bool, promoted_before: int) -> str:
+    """Wait until the answer took effect: for an approval, the version is Production in the registry AND the
+    ledger holds the promotion's record (the rollout writes it just after the stage, possibly in the worker's
+    flow-run process: reporting on the stage alone raced it); else the run ended. ApprovalError when an
     approval did not make the version Production."""
     deadline = time.monotonic() + ctx.config.serving.rollout_max_wait_s
     while True:
         prod = ctx.registry.one("Production")
-        if approve and prod is not None and prod.version == version:
+        if approve and prod is not None and prod.version == version and _promotions(ctx, version) > promoted_before:
             return f"v{version} is Production"
         state = asyncio.run(_run_state(run_id))
         if state is not None and state.is_final():

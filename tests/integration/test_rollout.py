@@ -128,7 +128,9 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
         _resume_directly(v2.version, {"approve": True, "approver": "alice", "proof": "123456", "comment": "api"})
         _wait_repaused(v2.version, thread, paused)
         assert reg.one("Production").version == v1.version  # type: ignore[union-attr]
-        assert "approved" in answer_approval(ctx, v2.version, "alice", secret, True, "shadow and canary look fine")
+        # the approval as the Prefect UI sends it (issue 34 (e)): the form with a code from alice's authenticator
+        form = {"approve": True, "approver": "alice", "proof": pyotp.TOTP(secret).now(), "comment": "looks fine"}
+        _resume_directly(v2.version, form)
         thread.join(240)
         assert "error" not in out, out.get("error")
         roles = {(a["model_version"], a["role"]) for a in traffic.answers}

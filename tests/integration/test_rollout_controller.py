@@ -169,33 +169,32 @@ def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
     assert status.returncode == 0 and "no rollout" in status.stdout
 
 
-def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: dict[str, Any], secret: str) -> None:
-    """With the project's deploy deployment applied, `tollgate deploy` hands the rollout to the worker: `kill -9`
-    of the command in the approval wait leaves the run paused with a live controller, the canary serving, and an
-    approval afterwards promotes exactly once."""
+def test_deploy_runs_on_the_worker_and_a_killed_terminal_in_shadow_only_detaches(
+    gateway: dict[str, Any], secret: str
+) -> None:
+    """Issue 34 (a) in shadow: with the project's deploy deployment applied, `tollgate deploy` hands the rollout to
+    the worker; `kill -9` of the command in shadow leaves the rollout going on (through the canary into the
+    approval wait, its controller alive); an approval afterwards promotes exactly once, and `tollgate approve`
+    reports the new Production only once the promotion is in the ledger."""
     ctx = gateway["ctx"]
     _, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
+    policy = {**TEST_ROLLOUT, "shadow_requests": 150}  # a shadow long enough to be killed in
     with Traffic(gateway["url"]):
-        proc = _deploy(gateway, v2.version, TEST_ROLLOUT)
-        wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
+        proc = _deploy(gateway, v2.version, policy)
+        wait_for(lambda: _health(gateway)["mode"] == "shadow" or proc.poll() is not None, 300, "no shadow")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        time.sleep(5)
+        wait_for(lambda: asyncio_paused(v2.version), 300, "the rollout did not go on to the approval wait")
         [rollout] = rollouts_in_flight(ctx)
         assert (rollout.version, rollout.phase, rollout.controller) == (v2.version, "approval", "alive")
         assert _health(gateway)["mode"] == "canary"
         outcome = answer_approval(ctx, v2.version, "alice", secret, True, "the worker carried it")
     assert outcome.endswith(f"v{v2.version} is Production"), outcome
-
-    def promotions() -> list[Any]:
-        entries = ledger.read(ctx.paths.ledger, gateway["name"])
-        return [e for e in entries if (e.version, e.to_stage) == (v2.version, "Production")]
-
-    # `approve` reports the registry's stage; the worker's flow-run process writes the ledger record just after it
-    wait_for(promotions, 30, "no ledger record of the promotion")
-    time.sleep(2)
-    assert len(promotions()) == 1
+    promotions = [
+        e for e in ledger.read(ctx.paths.ledger, gateway["name"]) if (e.version, e.to_stage) == (v2.version, "Production")
+    ]
+    assert len(promotions) == 1  # at once: `approve` reported only after the record
     log = (ctx.paths.logs / f"deploy-{gateway['name']}-v{v2.version}.log").read_text()
     assert "on the worker" in log and "flow run" in log
     no_follow = _cli(gateway, "deploy", v2.version, "--no-follow")  # v2 is Production now: the run fails at once
@@ -205,25 +204,39 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_only_detaches(gateway: 
 def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lease(
     gateway: dict[str, Any], secret: str
 ) -> None:
-    """Issue 34 (b): the controller is the worker's flow-run process; `kill -9` of it in the approval wait leaves
-    an orphan that `rollout status` and `status` report (exit 1) until the lease lapses, then champion-only."""
+    """Issue 34 (a) in the approval wait, (c) through the Prefect API and (b): `kill -9` of `tollgate deploy` in the
+    approval wait leaves the worker's flow-run process holding the lease; a second flow run of the deploy
+    deployment, created through the Prefect API, fails before it touches the gateway; `kill -9` of the flow-run
+    process leaves an orphan that `rollout status` and `status` report (exit 1) until the lease lapses, then
+    champion-only."""
+    from prefect.deployments import run_deployment
+
+    from tollgate.app.worker_runs import config_overrides, deployment_name
+
     ctx = gateway["ctx"]
     v1, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     policy = {**TEST_ROLLOUT, "lease_s": LEASE_S_WORKER}
     with Traffic(gateway["url"]) as traffic:
-        started = subprocess.run(
-            [sys.executable, "-m", "tollgate.app.cli", "deploy", v2.version, "--no-follow"],
-            env=_env(gateway, policy),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = _deploy(gateway, v2.version, policy)
+        wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the run never paused")
+        assert proc.poll() is None, f"deploy exited {proc.returncode}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        health = _health(gateway)
+        second = run_deployment(
+            deployment_name(ctx),
+            parameters={"version": v1.version, "config": str(Path(CONFIG).resolve()), "env": "dev"},
+            job_variables={"env": config_overrides(_env(gateway, policy))},
+            timeout=240,
+            as_subflow=False,
         )
-        assert started.returncode == 0 and "/runs/flow-run/" in started.stdout, started.stderr
-        wait_for(lambda: asyncio_paused(v2.version), 300, "the run never paused for approval")
-        [rollout] = rollouts_in_flight(ctx)
+        assert second.state.is_failed(), second.state
+        for part in (f"v{v2.version} in approval since", "flow run", f"tollgate rollout cancel {v2.version}"):
+            assert part in str(second.state.message), second.state.message
+        assert _health(gateway) == health  # refused before it touched the gateway
+        [rollout] = rollouts_in_flight(ctx)  # the terminal is gone; the worker's flow-run process holds the lease
         record = json.loads((ctx.paths.rollout_controllers / f"{rollout.flow_run_id}.json").read_text())
-        assert rollout.controller == "alive" and record["pid"] != os.getpid()
+        assert (rollout.phase, rollout.controller) == ("approval", "alive") and record["pid"] != os.getpid()
         os.kill(int(record["pid"]), signal.SIGKILL)
         killed = time.monotonic()
         checks = [
