@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -46,9 +47,15 @@ def model_context(name: str, **update: Any) -> Context:
     return base_context().with_config(project={"registered_model": name}, **update)
 
 
+@functools.cache
+def _snapshot() -> pd.DataFrame:
+    """The bundled snapshot, read once per process (Traffic asks for a batch every few ms)."""
+    return pd.read_parquet(ROOT / "data" / "snapshot.parquet")
+
+
 def records(n: int, offset: int = 0, source: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """Request records (id + features, nulls as None) from rows of the snapshot or of `source`."""
-    table = pd.read_parquet(ROOT / "data" / "snapshot.parquet") if source is None else source
+    table = _snapshot() if source is None else source
     frame = table.iloc[offset : offset + n]
     out = []
     for row in frame.to_dict("records"):
