@@ -192,7 +192,9 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_in_shadow_only_detaches
         outcome = answer_approval(ctx, v2.version, "alice", secret, True, "the worker carried it")
     assert outcome.endswith(f"v{v2.version} is Production"), outcome
     promotions = [
-        e for e in ledger.read(ctx.paths.ledger, gateway["name"]) if (e.version, e.to_stage) == (v2.version, "Production")
+        e
+        for e in ledger.read(ctx.paths.ledger, gateway["name"])
+        if (e.version, e.to_stage) == (v2.version, "Production")
     ]
     assert len(promotions) == 1  # at once: `approve` reported only after the record
     log = (ctx.paths.logs / f"deploy-{gateway['name']}-v{v2.version}.log").read_text()
