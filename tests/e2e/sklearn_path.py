@@ -36,6 +36,7 @@ from tasks.validation import read_table
 from tests.fixtures.sklearn_tables import Example, build_one
 from tests.helpers import ROOT
 from tollgate.app.stack import DeploymentTarget, apply_deployments
+from tollgate.app.worker_runs import new_log_lines
 from tollgate.config import TollgateConfig, load_config
 from tollgate.objective import Objective
 from tollgate.paths import StatePaths
@@ -190,36 +191,43 @@ async def _remove_deployments(target: DeploymentTarget) -> None:
                 await client.delete_deployment(deployment.id)
 
 
-def retrain_on_the_worker(
-    cfg: TollgateConfig, ex: Example, port: int, url: str, records: list[dict[str, Any]]
-) -> tuple[Any, list[dict[str, Any]]]:
-    """The project's deployments applied (as `tollgate up` does), then a run of its retrain deployment, as the
-    weekly schedule or a drift/backfill event creates it, executed by the stack's worker (its gateway port passed
-    as a job variable, as a worker host's environment would hold it). The held-out records are replayed while
-    it runs: its rollout's shadow and canary phases judge live traffic. Returns the ended run and the answers."""
-    from prefect.deployments import run_deployment
-
+@contextmanager
+def project_deployments(cfg: TollgateConfig, ex: Example) -> Iterator[DeploymentTarget]:
+    """The project's deployments applied, as `tollgate up` does, until the block ends; then deleted, so their
+    schedules start nothing after this test."""
     target = DeploymentTarget(ex.config.resolve(), "dev", cfg.project.registered_model)
     apply_deployments(ROOT, cfg.servers, StatePaths.from_env(), target, say=lambda _m: None)
-    answers: list[dict[str, Any]] = []
     try:
-        run = run_deployment(
-            f"retrain/{target.name('retrain')}",
-            parameters={"reason": "tollgate.ground_truth.degraded", "config": str(target.config_path), "env": "dev"},
-            job_variables={"env": {"TOLLGATE__SERVERS__GATEWAY_PORT": str(port)}},
-            timeout=0,
-        )
-        deadline = time.monotonic() + 400
-        with httpx.Client(timeout=30) as client:
-            while not (run := asyncio.run(_flow_run(run.id))).state.is_final():  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, f"the retrain run is still {run.state_name} after 400 s"
-                for i in range(0, len(records), BATCH):
-                    resp = client.post(f"{url}/predict", json={"records": records[i : i + BATCH]})
-                    assert resp.status_code == 200, resp.text[:2000]
-                    answers += resp.json()["predictions"]
-                time.sleep(0.5)
+        yield target
     finally:
         asyncio.run(_remove_deployments(target))
+
+
+def retrain_on_the_worker(
+    target: DeploymentTarget, port: int, url: str, records: list[dict[str, Any]]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """A run of the project's retrain deployment, as the weekly schedule or a drift/backfill event creates it,
+    executed by the stack's worker (its gateway port passed as a job variable, as a worker host's environment
+    would hold it). The held-out records are replayed while it runs: its rollout's shadow and canary phases judge
+    live traffic. Returns the ended run and the answers."""
+    from prefect.deployments import run_deployment
+
+    answers: list[dict[str, Any]] = []
+    run = run_deployment(
+        f"retrain/{target.name('retrain')}",
+        parameters={"reason": "tollgate.ground_truth.degraded", "config": str(target.config_path), "env": "dev"},
+        job_variables={"env": {"TOLLGATE__SERVERS__GATEWAY_PORT": str(port)}},
+        timeout=0,
+    )
+    deadline = time.monotonic() + 400
+    with httpx.Client(timeout=30) as client:
+        while not (run := asyncio.run(_flow_run(run.id))).state.is_final():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"the retrain run is still {run.state_name} after 400 s"
+            for i in range(0, len(records), BATCH):
+                resp = client.post(f"{url}/predict", json={"records": records[i : i + BATCH]})
+                assert resp.status_code == 200, resp.text[:2000]
+                answers += resp.json()["predictions"]
+            time.sleep(0.5)
     return run, answers
 
 
@@ -250,8 +258,11 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
     stored = read_table(ex.table)  # the project's reader: CSV or Parquet
     holdout = stored.tail(math.ceil(len(stored) * cfg.split.holdout_fraction))  # rows are in time order
     with gateway(user, port, tmp_path / "gateway.log") as url:
-        # deploy (the first release: straight to approval, auto-approved, then the smoke test)
-        user.run("deploy", version)
+        # deploy in the command's own process (the first release: straight to approval, auto-approved, then the
+        # smoke test). Not on the worker: the project's deployments carry the drift/backfill triggers, which
+        # would start a retrain of their own during the steps below; the rollout on the worker is
+        # tests/integration/test_rollout_controller.py's, and this path's retrain rolls out on the worker.
+        user.run("deploy", version, "--in-terminal")
         assert httpx.get(f"{url}/health").json()["champion"] == version
 
         # replay the held-out rows through the gateway over HTTP
@@ -296,12 +307,14 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
 
         # the automatic retrain, on the worker, on the table plus the labelled production rows
         began = time.perf_counter()
-        run, during = retrain_on_the_worker(cfg, ex, port, url, records)
+        with project_deployments(cfg, ex) as target:
+            run, during = retrain_on_the_worker(target, port, url, records)
         user.times["retrain (worker)"] = time.perf_counter() - began
-        assert run.state_type.value == "COMPLETED", f"retrain run {run.state_name}: {run.state.message}"
+        said = "\n".join(new_log_lines(str(run.id), {}))  # the run's own log, shown when an assert below fails
+        assert run.state_type.value == "COMPLETED", f"retrain run {run.state_name}: {run.state.message}\n{said}"
         health = httpx.get(f"{url}/health").json()
         new = str(health["champion"])
-        assert int(new) > int(version), f"the retrained version was rolled out to Production: {health}"
+        assert int(new) > int(version), f"the retrained version was rolled out to Production: {health}\n{said}"
         served = [a for a in during if a["model_version"] == new]
         assert served, "the retrained version answered some of the replay (canary, then champion)"
         for a in served:

@@ -32,7 +32,7 @@ def _deploy_process(gateway: dict[str, Any], version: str) -> subprocess.Popen[b
         "TOLLGATE__SERVERS__GATEWAY_PORT": str(gateway["ctx"].config.servers.gateway_port),
         **rollout_env(TEST_ROLLOUT),
     }
-    argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version]
+    argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version, "--in-terminal"]
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -52,10 +52,10 @@ def _env(gateway: dict[str, Any], rollout: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _deploy(gateway: dict[str, Any], version: str, rollout: dict[str, Any]) -> subprocess.Popen[bytes]:
-    """`tollgate deploy VERSION` in its own process group, its output in the state folder's logs."""
+def _deploy(gateway: dict[str, Any], version: str, rollout: dict[str, Any], *flags: str) -> subprocess.Popen[bytes]:
+    """`tollgate deploy VERSION [flags]` in its own process group, its output in the state folder's logs."""
     log = (gateway["ctx"].paths.logs / f"deploy-{gateway['name']}-v{version}.log").open("ab")
-    argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version]
+    argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version, *flags]
     return subprocess.Popen(argv, env=_env(gateway, rollout), cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
 
 
@@ -88,7 +88,7 @@ def test_a_killed_controller_in_the_approval_wait_loses_the_canary_within_its_le
     v1, v2 = _v1_served_v2_trained(gateway)
     policy = {**TEST_ROLLOUT, "lease_s": LEASE_S}
     with Traffic(gateway["url"]) as traffic:
-        proc = _deploy(gateway, v2.version, policy)
+        proc = _deploy(gateway, v2.version, policy, "--in-terminal")
         wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the deploy never paused")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         # the approval wait no longer extends the lease to its deadline: the heartbeat keeps it at lease_s
@@ -145,7 +145,7 @@ def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
     v1, v2 = _v1_served_v2_trained(gateway)
     stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}  # the deploy sits in the canary until cancelled
     with Traffic(gateway["url"]):
-        proc = _deploy(gateway, v2.version, stuck)
+        proc = _deploy(gateway, v2.version, stuck, "--in-terminal")
         wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 200, "no canary")
         assert proc.poll() is None, f"deploy exited {proc.returncode}"
         cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "bad timing")
@@ -167,6 +167,12 @@ def test_rollout_cancel_in_canary(gateway: dict[str, Any]) -> None:
     )
     status = _cli(gateway, "rollout", "status")
     assert status.returncode == 0 and "no rollout" in status.stdout
+    # without the project's deploy deployment (no `tollgate up`) and no --in-terminal: refused, nothing touched
+    unapplied = _cli(gateway, "deploy", v2.version)
+    assert unapplied.returncode == 2 and "Traceback" not in unapplied.stderr, unapplied.stderr
+    for part in ("no deployment deploy_model/deploy-", "run `tollgate up`", "--in-terminal"):
+        assert part in unapplied.stderr, unapplied.stderr
+    assert (_health(gateway)["mode"], ctx.registry.get(v2.version).stage) == ("off", "Staging")
 
 
 def test_deploy_runs_on_the_worker_and_a_killed_terminal_in_shadow_only_detaches(

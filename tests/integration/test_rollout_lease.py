@@ -64,7 +64,7 @@ def test_killed_deploy_lets_the_canary_lapse(gateway: dict[str, Any]) -> None:
     }
     deploy_log = (ctx.paths.logs / f"deploy-{gateway['name']}.log").open("ab")
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "tollgate.app.cli", "--config", CONFIG, "deploy", v2.version],
+        [sys.executable, "-m", "tollgate.app.cli", "--config", CONFIG, "deploy", v2.version, "--in-terminal"],
         env=env,
         cwd=ROOT,
         stdout=deploy_log,

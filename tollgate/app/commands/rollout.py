@@ -61,17 +61,17 @@ def deploy(ctx: Context, args: argparse.Namespace) -> int:
         raise CheckFailed(str(exc)) from None
     from tollgate.app import worker_runs
 
-    if worker_runs.has_deployment(ctx):
+    if args.in_terminal and args.no_follow:
+        raise UserError("--in-terminal and --no-follow contradict: a rollout in this terminal ends with it")
+    if not args.in_terminal:
+        if not worker_runs.has_deployment(ctx):
+            raise UserError(
+                f"no deployment {worker_runs.deployment_name(ctx)} on the Prefect server for the worker to run the "
+                "rollout: run `tollgate up` (it applies the project's deployments), or pass --in-terminal to run "
+                "it in this terminal (it then stops when the terminal goes: its lease lapses)"
+            )
         return _deploy_on_worker(ctx, args)
-    if args.no_follow:
-        raise UserError(
-            f"--no-follow needs the deployment {worker_runs.deployment_name(ctx)} on the Prefect server: run "
-            "`tollgate up` (it applies the project's deployments)"
-        )
-    warn(
-        f"no deployment {worker_runs.deployment_name(ctx)} on the Prefect server (`tollgate up` applies it): the "
-        "rollout runs in this terminal and stops if the terminal goes (its lease lapses)"
-    )
+    warn("the rollout runs in this terminal (--in-terminal) and stops if the terminal goes (its lease lapses)")
 
     print(
         f"deploying {ctx.config.project.registered_model} v{args.version}: shadow -> canary -> approval -> "
@@ -285,13 +285,19 @@ COMMANDS = [
     Command(
         "deploy",
         "roll out VERSION: deploy_model (shadow -> canary -> approval -> production, automatic rollback on a "
-        "failed smoke test) as a flow run of the project's deploy deployment on the worker, followed here (Ctrl-C "
-        "only detaches); without that deployment (`tollgate up` applies it) it runs in this terminal; exit 1 if "
-        "any phase says no, it is cancelled, or another rollout of the model is in flight",
+        "failed smoke test) as a flow run of the project's deploy deployment on the worker (`tollgate up` applies "
+        "it; refused without it), followed here (Ctrl-C only detaches); exit 1 if any phase says no, it is "
+        "cancelled, or another rollout of the model is in flight",
         deploy,
         (
             arg("version", help="the Staging version to roll out"),
             arg("--no-follow", action="store_true", help="start the run on the worker and return with its URL"),
+            arg(
+                "--in-terminal",
+                action="store_true",
+                help="run the rollout in this process instead of on the worker (no deployment needed; it stops, "
+                "and its lease lapses, when this terminal goes)",
+            ),
         ),
     ),
     Command(
