@@ -94,10 +94,19 @@ def split_frame(
 
 
 def fit_pipeline(
-    pipeline: Pipeline, train: pd.DataFrame, features: FeaturesConfig, target: str, objective: Objective
+    pipeline: Pipeline,
+    train: pd.DataFrame,
+    features: FeaturesConfig,
+    target: str,
+    objective: Objective,
+    threads: int,
 ) -> Pipeline:
-    """Fit on the training frame (labels as int, regression targets as float); returns the fitted pipeline."""
-    return pipeline.fit(train[features.all], objective.target(train[target]))
+    """Fit on the training frame (labels as int, regression targets as float) with exactly `threads` threads
+    (model.threads: the fitted bytes depend on it); returns the fitted pipeline."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        return pipeline.fit(train[features.all], objective.target(train[target]))
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ def train_model(
 ) -> Trained:
     """Build and fit the configured Pipeline."""
     start = time.perf_counter()
-    fitted = fit_pipeline(build_pipeline(features, model), train, features, target, objective)
+    fitted = fit_pipeline(build_pipeline(features, model), train, features, target, objective, model.threads)
     return Trained(fitted, time.perf_counter() - start)
 
 

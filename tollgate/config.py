@@ -156,6 +156,10 @@ class ModelConfig(_Strict):
     seed: int = 42
     decision_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # binary only: score >= threshold -> 1
     hyperparameters: dict[str, float | int | str | bool | None] = {}
+    # The fit's thread count (OpenMP and BLAS), whatever the machine's core count: a gradient-boosted model's
+    # bytes depend on it (its sums are split per thread), so a fixed number is what rebuilds the same model, and
+    # the same dvc.lock, on every machine. Raise it for big tables; the model then changes once.
+    threads: int = Field(default=1, ge=1, le=256)
 
 
 class SplitConfig(_Strict):

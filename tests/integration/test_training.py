@@ -269,7 +269,7 @@ def test_training_twice_gives_identical_metrics() -> None:
     for _ in range(2):
         train, holdout = split_frame(frame, cfg.dataset, cfg.split, cfg.model.seed)
         pipeline = build_pipeline(cfg.features, cfg.model)
-        model = fit_pipeline(pipeline, train, cfg.features, cfg.dataset.target, objective)
+        model = fit_pipeline(pipeline, train, cfg.features, cfg.dataset.target, objective, cfg.model.threads)
         outputs = predict_scores(model, holdout, cfg.features.all, objective)
         runs.append(evaluate_frame(holdout, outputs, cfg.dataset, objective))
     assert runs[0] == runs[1]

@@ -47,7 +47,9 @@ def _fit() -> tuple[TollgateConfig, Objective, pd.DataFrame, np.ndarray]:
     cfg = _config(list(NAMES.values()))
     objective = Objective.from_config(cfg)
     train, holdout = split_frame(_named_wine(), cfg.dataset, cfg.split, cfg.model.seed)
-    model = fit_pipeline(build_pipeline(cfg.features, cfg.model), train, cfg.features, "y", objective)
+    model = fit_pipeline(
+        build_pipeline(cfg.features, cfg.model), train, cfg.features, "y", objective, cfg.model.threads
+    )
     return cfg, objective, holdout, predict_scores(model, holdout, cfg.features.all, objective)
 
 
@@ -154,7 +156,9 @@ def test_a_binary_text_label_scores_its_positive_class() -> None:
     cfg = _config(["barolo", "other"], "binary", positive="barolo")
     objective = Objective.from_config(cfg)
     train, holdout = split_frame(frame, cfg.dataset, cfg.split, cfg.model.seed)
-    model = fit_pipeline(build_pipeline(cfg.features, cfg.model), train, cfg.features, "y", objective)
+    model = fit_pipeline(
+        build_pipeline(cfg.features, cfg.model), train, cfg.features, "y", objective, cfg.model.threads
+    )
     score = predict_scores(model, holdout, cfg.features.all, objective)
     report = evaluate_frame(holdout, score, cfg.dataset, objective)["overall"]
     assert report["auc"] == pytest.approx(roc_auc_score(holdout["y"] == "barolo", score), abs=1e-12)

@@ -99,7 +99,9 @@ def _fit(task: str, kind: str) -> tuple[TollgateConfig, Objective, pd.DataFrame,
     cfg = task_config(task, kind)
     objective = Objective.from_config(cfg)
     train, holdout = split_frame(task_frame(task), cfg.dataset, cfg.split, cfg.model.seed)
-    model = fit_pipeline(build_pipeline(cfg.features, cfg.model), train, cfg.features, "y", objective)
+    model = fit_pipeline(
+        build_pipeline(cfg.features, cfg.model), train, cfg.features, "y", objective, cfg.model.threads
+    )
     return cfg, objective, holdout, model, predict_scores(model, holdout, cfg.features.all, objective)
 
 

@@ -64,7 +64,12 @@ def run_stage(stage: str, loaded: LoadedConfig) -> int:
     objective = Objective.from_config(cfg)
     if stage == "train":
         model = fit_pipeline(
-            build_pipeline(cfg.features, cfg.model), train, cfg.features, cfg.dataset.target, objective
+            build_pipeline(cfg.features, cfg.model),
+            train,
+            cfg.features,
+            cfg.dataset.target,
+            objective,
+            cfg.model.threads,
         )
         (build / "model.pkl").write_bytes(pickle.dumps(model))
         print(f"trained on {len(train)} rows")
