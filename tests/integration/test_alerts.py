@@ -6,7 +6,9 @@ is first called), and every failed delivery is visible: in the flow's summary, i
 tollgate.signals.alert_failures and as a `tollgate.alert.failed` event on the Prefect server.
 
 The issue's slow webhook answers 500 after 30 s. Here the sink answers 500 after the delivery timeout plus 2 s
-instead, so every attempt times out (the same outcome for the flow) and the test stays short.
+instead, so every attempt times out (the same outcome for the flow), and the delivery policy is a short one
+(`alerts.timeout_s` 1 s, `alerts.retry_delay_s` 0.2 s, the default retries): with the defaults (5 s, 2 s) the
+slow webhook alone cost ~60 s of waiting across the two tests.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ VERDICT_KEYS = ("version", "rows", "detected", "overall_detected", "drifted", "p
 def stage(live_stack: dict[str, str]) -> Iterator[dict[str, Any]]:
     """A gateway serving MODEL, v1 in Production, and the context the flows run with (no webhook configured)."""
     with running_gateway(live_stack, MODEL) as gw:
-        ctx = gw["ctx"].with_config(rollout={"auto_approve": True})
+        ctx = gw["ctx"].with_config(rollout={"auto_approve": True}, alerts={"timeout_s": 1.0, "retry_delay_s": 0.2})
         assert ctx.config.alerts.webhook_url is None
         v1 = train(ctx)
         deploy_model(version=v1.version, config=ctx)
