@@ -59,6 +59,16 @@ def _deploy(gateway: dict[str, Any], version: str, rollout: dict[str, Any], *fla
     return subprocess.Popen(argv, env=_env(gateway, rollout), cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
 
 
+def _kill_terminal_when(gateway: dict[str, Any], version: str, policy: dict[str, Any], ready: Any, what: str) -> None:
+    """The operator's terminal lost: `tollgate deploy VERSION` started (on the worker), then `kill -9` of it once
+    `ready()` holds (a phase reached)."""
+    proc = _deploy(gateway, version, policy)
+    wait_for(lambda: ready() or proc.poll() is not None, 300, what)
+    assert proc.poll() is None, f"deploy exited {proc.returncode}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
 def _cli(gateway: dict[str, Any], *words: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "tollgate.app.cli", *words]
     return subprocess.run(argv, env=_env(gateway, TEST_ROLLOUT), cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -186,11 +196,7 @@ def test_deploy_runs_on_the_worker_and_a_killed_terminal_in_shadow_only_detaches
     _, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     policy = {**TEST_ROLLOUT, "shadow_requests": 150}  # a shadow long enough to be killed in
     with Traffic(gateway["url"]):
-        proc = _deploy(gateway, v2.version, policy)
-        wait_for(lambda: _health(gateway)["mode"] == "shadow" or proc.poll() is not None, 300, "no shadow")
-        assert proc.poll() is None, f"deploy exited {proc.returncode}"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        _kill_terminal_when(gateway, v2.version, policy, lambda: _health(gateway)["mode"] == "shadow", "no shadow")
         wait_for(lambda: asyncio_paused(v2.version), 300, "the rollout did not go on to the approval wait")
         [rollout] = rollouts_in_flight(ctx)
         assert (rollout.version, rollout.phase, rollout.controller) == (v2.version, "approval", "alive")
@@ -225,11 +231,7 @@ def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lea
     v1, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     policy = {**TEST_ROLLOUT, "lease_s": LEASE_S_WORKER}
     with Traffic(gateway["url"]) as traffic:
-        proc = _deploy(gateway, v2.version, policy)
-        wait_for(lambda: asyncio_paused(v2.version) or proc.poll() is not None, 300, "the run never paused")
-        assert proc.poll() is None, f"deploy exited {proc.returncode}"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        _kill_terminal_when(gateway, v2.version, policy, lambda: asyncio_paused(v2.version), "the run never paused")
         health = _health(gateway)
         second = run_deployment(
             deployment_name(ctx),
@@ -288,11 +290,7 @@ def test_on_the_worker_a_killed_terminal_in_canary_detaches_follow_detaches_canc
     _, v2 = _v1_served_v2_trained(gateway, on_the_worker=True)
     stuck = {**TEST_ROLLOUT, "canary_requests": 1_000_000}
     with Traffic(gateway["url"]):
-        proc = _deploy(gateway, v2.version, stuck)
-        wait_for(lambda: _health(gateway)["mode"] == "canary" or proc.poll() is not None, 300, "no canary")
-        assert proc.poll() is None, f"deploy exited {proc.returncode}"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        _kill_terminal_when(gateway, v2.version, stuck, lambda: _health(gateway)["mode"] == "canary", "no canary")
         time.sleep(6)  # past a beat and a lease renewal: the canary goes on without the terminal
         [rollout] = rollouts_in_flight(ctx)
         assert (rollout.phase, rollout.controller, _health(gateway)["mode"]) == ("canary", "alive", "canary")
