@@ -105,14 +105,22 @@ def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
 
     async def cleanup() -> None:
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
-        # Remove the deployments (and their runs) so no schedule or trigger fires later in the session.
+        # Remove the deployments first (no schedule, trigger or automation can create a run once they are gone),
+        # then every run they created, whatever its state or flow (ci, retrain, drift-check, backfill, deploy):
+        # a run left behind would be executed when the pool resumes and hold the bundled model's rollout.
         async with get_client() as client:
-            for name in ("ci", "retrain", "drift-check", "ground-truth-backfill"):
-                for run in await _runs(TARGET.name(name)):
+            ids = [d.id for d in await client.read_deployments()]
+            for deployment_id in ids:
+                await client.delete_deployment(deployment_id)
+            while ids and (
+                runs := await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=ids)), limit=200
+                )
+            ):
+                for run in runs:
                     await client.delete_flow_run(run.id)
-            for deployment in await client.read_deployments():
-                await client.delete_deployment(deployment.id)
 
     asyncio.run(cleanup())
     subprocess.run(
