@@ -18,8 +18,9 @@ TARGET_S = 5.0
 
 
 def _scored(n: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """n holdout rows with the bundled segment columns, a label, and two models' continuous scores (no ties:
-    the costlier case for the bootstrap)."""
+    """n holdout rows with the bundled segment columns, a label, and two models' scores on a 1e-6 grid: tied
+    the way a tree ensemble's are (a HistGradientBoosting model's 300k holdout scores held ~250k distinct values),
+    which is the bootstrap's costlier path (tie groups) and the one a real gate takes."""
     cfg = project_config()
     rng = np.random.default_rng(0)
     y = (rng.random(n) < 0.3).astype("int64")
@@ -27,8 +28,8 @@ def _scored(n: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     for col in cfg.dataset.segments:
         values = cfg.dataset.columns[col].categories or ["a", "b", "c"]
         frame[col] = rng.choice(values, n, p=np.linspace(2, 1, len(values)) / np.linspace(2, 1, len(values)).sum())
-    chal = 1 / (1 + np.exp(-(1.0 * y + rng.normal(size=n))))
-    base = 1 / (1 + np.exp(-(0.95 * y + rng.normal(size=n))))
+    chal = np.round(1 / (1 + np.exp(-(1.0 * y + rng.normal(size=n)))), 6)
+    base = np.round(1 / (1 + np.exp(-(0.95 * y + rng.normal(size=n)))), 6)
     return frame, chal, base
 
 

@@ -159,13 +159,17 @@ class TieGroups:
     auc = value
 
     def weighted(self, w: np.ndarray) -> float:
-        """AUC with row i counted w[i] times: the counts are gathered into score order, summed per tie group
-        only when there are ties, then the same integer formula as `value`."""
-        order, ys, starts = self._sorted()
+        """AUC with row i counted w[i] times, in exact integers: the counts are gathered into score order and
+        cumulated; with ties, each tie group's positives and the negatives below it and through it are read off
+        the cumulative sums at the group's bounds (a model's scores tie often: a tree ensemble's 300k holdout
+        scores held ~250k distinct values, and summing per group with `np.add.reduceat` cost 3x this)."""
+        order, ys, bounds = self._sorted()
         ws = w[order]
         pos = ws * ys
-        if starts is None:  # no ties: a row is positive or negative, so pos . neg is 0
-            neg = ws - pos
+        neg = ws - pos
+        n = len(ws)
+        cum_type = "int32" if n and int(ws.max()) * n < 2**31 else "int64"
+        if bounds is None:  # no ties: a row is positive or negative, so pos . neg is 0
             p, q = int(pos.sum(dtype="int64")), int(neg.sum(dtype="int64"))
             if p == 0 or q == 0:
                 return float("nan")
@@ -173,23 +177,34 @@ class TieGroups:
                 cum32 = np.cumsum(neg, dtype="int32")
                 return int(np.multiply(pos, cum32, dtype="int32").sum(dtype="int64")) / (p * q)
             return int(np.dot(pos.astype("int64"), np.cumsum(neg, dtype="int64"))) / (p * q)
-        pos = np.add.reduceat(pos, starts, dtype="int64")
-        neg = np.add.reduceat(ws, starts, dtype="int64") - pos
-        p, q = int(pos.sum()), int(neg.sum())
+        starts, ends = bounds
+        # P[k], C[k]: positive / negative counts among the first k rows in score order.
+        P, C = np.zeros(n + 1, cum_type), np.zeros(n + 1, cum_type)
+        np.cumsum(pos, dtype=cum_type, out=P[1:])
+        np.cumsum(neg, dtype=cum_type, out=C[1:])
+        p, q = int(P[-1]), int(C[-1])
         if p == 0 or q == 0:
             return float("nan")
-        return (2 * int(np.dot(pos, np.cumsum(neg))) - int(np.dot(pos, neg))) / (2 * p * q)
+        # 2 x (pairs ranked right + ties / 2) = sum over groups of pos_g x (negatives below g + negatives through g)
+        pos_g = P[ends].astype("int64") - P[starts]
+        below_and_through = C[starts].astype("int64") + C[ends]
+        if 2 * p * q < 2**63:  # every partial sum is below the total: exact in int64
+            return int(np.dot(pos_g, below_and_through)) / (2 * p * q)
+        return int(np.dot(pos_g.astype(object), below_and_through.astype(object))) / (2 * p * q)
 
-    def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(row order by score, labels in that order, tie-group starts or None); built once, and stored as one
-        attribute so threads never see half of it."""
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """(row order by score, labels in that order, tie groups' (start, end) positions in that order, or None
+        when no score ties); built once, and stored as one attribute so threads never see half of it."""
         done = getattr(self, "_by_score", None)
         if done is None:
             group, label = self.key >> 1, (self.key & 1).astype("uint8")
             order = np.argsort(group, kind="stable")
             gs = group[order]
-            starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if self.groups < len(gs) else None
-            done = self._by_score = (order, label[order], starts)
+            bounds = None
+            if self.groups < len(gs):
+                starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+                bounds = (starts, np.r_[starts[1:], len(gs)])
+            done = self._by_score = (order, label[order], bounds)
         return done
 
 
