@@ -96,6 +96,9 @@ class DatasetConfig(_Strict):
     segment_bins: dict[str, list[float]] = {}
     extra_columns: Literal["forbid", "allow"] = "forbid"
     row_count: RowCount = RowCount()
+    # A file of more rows than this is read and validated in chunks of this many rows (Parquet row batches, CSV
+    # chunks), each by the same suite, the results merged exactly: validation's memory is bounded by the chunk.
+    validate_chunk_rows: int = Field(default=1_000_000, ge=1)
     columns: dict[str, ColumnSpec] = Field(min_length=3)
 
     @model_validator(mode="after")
