@@ -395,8 +395,8 @@ def _run_suite(
 def validate_file(
     path: str | Path, ds: DatasetConfig, gx_root: Path, serving: bool | None = None, keep: bool = True
 ) -> tuple[pd.DataFrame | None, ValidationReport]:
-    """Read, conform and validate a file (DataReadError for unreadable files); returns the conformed frame (None
-    with `keep=False` when the file was validated in chunks: nothing holds the whole table then).
+    """Read, conform and validate a file (DataReadError for unreadable files); returns the conformed frame (for a
+    file validated in chunks: None with `keep=False`, or when it failed; nothing holds the whole table then).
 
     `serving=True`: data as it arrives for scoring, validated by the same suite without the label; a label column
     that is present anyway is left out (and the report says so). `serving=None` decides by the data: a table
@@ -421,7 +421,6 @@ def validate_file(
         conformed, report = conform_and_validate(prepared(first), ds, gx_root, source=str(path), serving=bool(serving))
         return conformed, replace(report, notes=notes)
     merge = _Merge(ds, bool(serving))
-    kept: list[pd.DataFrame] = []
     offset = 0
     pending = [first, rest]  # handed out and dropped one by one: no name holds a validated chunk
     del first, rest
@@ -439,14 +438,14 @@ def validate_file(
         merge.add(results, conformed, coercions, rejections, offset)
         offset += len(chunk)
         log.info("validated chunk %d (%d rows so far)", i, offset)
-        if keep:
-            kept.append(conformed)
         del chunk, conformed, results
         # GX's run leaves reference cycles that hold the chunk's frames: without a collection per chunk they
         # piled up (4.2 GB peak at 10M rows in chunks of 1M instead of 1.4 GB).
         gc.collect()
     report = merge.report(str(path), gx_root, suite_name)
-    whole = pd.concat(kept, copy=False) if keep else None
+    # The table for training: read again and conformed whole (keeping the chunks and concatenating them held two
+    # copies of it at once), only when it passed.
+    whole = conform(prepared(read_table(path)), ds)[0] if keep and report.passed else None
     chunked = f"validated in {i} chunks of at most {ds.validate_chunk_rows:,} rows (dataset.validate_chunk_rows)"
     return whole, replace(report, data_docs="", notes=[*notes, f"{chunked}; no Data Docs are built for it"])
 
