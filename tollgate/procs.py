@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -21,18 +22,38 @@ def pid_alive(pid: int) -> bool:
 
 
 def this_process() -> dict[str, object]:
-    """Who this process is, in a form `same_process` can check later: pid, start time, host."""
-    return {"pid": psutil.Process().pid, "started": psutil.Process().create_time(), "host": socket.gethostname()}
+    """Who this process is, in a form `same_process` can check later: pid, start time (wall clock, for people),
+    start ticks since boot (Linux: what identifies it), host."""
+    me = psutil.Process()
+    return {"pid": me.pid, "started": me.create_time(), "ticks": _start_ticks(me.pid), "host": socket.gethostname()}
 
 
 def same_process(identity: dict[str, object]) -> bool | None:
-    """Whether the process `this_process()` described still runs (None: it ran on another host, cannot tell)."""
+    """Whether the process `this_process()` described still runs (None: it ran on another host, cannot tell).
+
+    On Linux the process is known by its start in clock ticks since boot (/proc/PID/stat), which no clock change
+    moves: a wall-clock start time is boot time + ticks, and the kernel recomputes boot time from the current
+    clock on every read, so two processes can see the same process start a second apart (NTP slew), which once
+    made a live rollout's controller look gone. Elsewhere, wall-clock start times within 2 s are the same."""
     if identity.get("host") != socket.gethostname():
         return None
     try:
-        return abs(psutil.Process(int(str(identity["pid"]))).create_time() - float(str(identity["started"]))) < 1.0
+        pid = int(str(identity["pid"]))
+        if identity.get("ticks") is not None and _start_ticks(os.getpid()) is not None:
+            return _start_ticks(pid) == int(str(identity["ticks"]))
+        return abs(psutil.Process(pid).create_time() - float(str(identity["started"]))) < 2.0
     except (psutil.NoSuchProcess, KeyError, ValueError):
         return False
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (starttime: clock ticks from boot to the process's start), None without /proc
+    or without the process. The command name (field 2) may hold spaces and parentheses: count after the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def cmdline(pid: int) -> str:
@@ -56,8 +77,6 @@ def group_pids(pgid: int) -> list[int]:
 
 
 def _pgid(pid: int) -> int:
-    import os
-
     try:
         return os.getpgid(pid)
     except (ProcessLookupError, PermissionError):

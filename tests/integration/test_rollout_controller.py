@@ -52,11 +52,27 @@ def _env(gateway: dict[str, Any], rollout: dict[str, Any]) -> dict[str, str]:
     }
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_deploy_outlives_its_test() -> Iterator[None]:
+    """A failed assertion must not leave a `tollgate deploy` running (it would hold its model's rollout)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def _deploy(gateway: dict[str, Any], version: str, rollout: dict[str, Any], *flags: str) -> subprocess.Popen[bytes]:
     """`tollgate deploy VERSION [flags]` in its own process group, its output in the state folder's logs."""
     log = (gateway["ctx"].paths.logs / f"deploy-{gateway['name']}-v{version}.log").open("ab")
     argv = [sys.executable, "-m", "tollgate.app.cli", "deploy", version, *flags]
-    return subprocess.Popen(argv, env=_env(gateway, rollout), cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(argv, env=_env(gateway, rollout), cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _kill_terminal_when(gateway: dict[str, Any], version: str, policy: dict[str, Any], ready: Any, what: str) -> None:

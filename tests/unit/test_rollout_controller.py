@@ -34,7 +34,12 @@ def test_controller_is_judged_by_its_process_not_its_record() -> None:
     me = procs.this_process()
     assert controller_state(None) == "unknown"
     assert controller_state(me) == "alive"
-    assert controller_state({**me, "started": float(str(me["started"])) - 100}) == "gone"  # a reused pid
+    assert controller_state({**me, "ticks": int(str(me["ticks"])) - 100}) == "gone"  # a reused pid
+    # the same process seen a second off on the wall clock (boot time is recomputed from the clock on every read)
+    assert controller_state({**me, "started": float(str(me["started"])) - 1.0}) == "alive"
+    without_ticks = {k: v for k, v in me.items() if k != "ticks"}  # a record from another OS
+    assert controller_state({**without_ticks, "started": float(str(me["started"])) - 1.0}) == "alive"
+    assert controller_state({**without_ticks, "started": float(str(me["started"])) - 100}) == "gone"
     assert controller_state({**me, "host": "elsewhere"}) == "unknown"
 
 
