@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -62,7 +63,9 @@ def build_pipeline(features: FeaturesConfig, model: ModelConfig) -> Pipeline:
     if features.numeric:
         transformers.append(("numeric", numeric, features.numeric))
     if features.categorical or features.boolean:
-        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        # uint8 indicators: the encoder's output is a full-height copy before ColumnTransformer stacks it with
+        # the numeric columns into float64 (the same values); at float64 it was ~1 GB of the fit's peak at 10M rows
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.uint8)
         transformers.append(("categorical", encoder, [*features.categorical, *features.boolean]))
     prep = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
     return Pipeline([("features", prep), ("model", build_estimator(model))])
@@ -113,8 +116,10 @@ def fit_pipeline(
     (model.threads: the fitted bytes depend on it); returns the fitted pipeline."""
     from threadpoolctl import threadpool_limits
 
+    with pd.option_context("mode.copy_on_write", True):  # the inputs as views of `train`, not a copy of them
+        inputs = train[features.all]
     with threadpool_limits(limits=threads):
-        return pipeline.fit(train[features.all], objective.target(train[target]))
+        return pipeline.fit(inputs, objective.target(train[target]))
 
 
 @dataclass(frozen=True)
