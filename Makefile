@@ -64,7 +64,7 @@ format: bootstrap  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bootstrap  ## benchmarks; each prints a ratio against its named baseline
+bench: bootstrap data  ## benchmarks; each prints a ratio against its named baseline
 	$(VENV)/bin/python -m bench
 
 # The bundled config goes through `dvc repro` (dvc.yaml and dvc.lock record configs/pipeline.yaml); another
