@@ -376,7 +376,7 @@ class DriftAccumulator:
 def drift_of_log(
     frames: Iterable[pd.DataFrame], release: Release, window: LogWindow, seed: int = 0
 ) -> tuple[DriftCheck, pd.DataFrame]:
-    """Stream log frames (champion answers of the Production version inside `window`) through the overall and
+    """Stream log frames (the Production version's champion and batch answers inside `window`) through the overall and
     per-segment accumulators (segments grouped by tollgate.segments, as the profile was); also keep a bounded
     uniform sample (reservoir by random keys) for the Evidently report. One frame is in memory at a time."""
     mon, ds = release.config.monitoring, release.config.dataset
@@ -390,7 +390,8 @@ def drift_of_log(
     rng = np.random.default_rng(seed)
     sample = pd.DataFrame()
     excluded: Counter[str] = Counter()
-    mine = (f[(f["role"] == "champion") & (f["model_version"].astype(str) == release.version)] for f in frames)
+    served = ("champion", "batch")  # what the version answered: online, and in batch runs (tasks/batch.py)
+    mine = (f[f["role"].isin(served) & (f["model_version"].astype(str) == release.version)] for f in frames)
     for frame in window.stream(mine, excluded):
         overall.add(frame)
         _add_segments(frame, ds, per_segment)

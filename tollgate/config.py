@@ -266,6 +266,16 @@ class ServingConfig(_Strict):
     max_string_length: int = Field(default=256, ge=1)
 
 
+class BatchConfig(_Strict):
+    """batch_inference (`tollgate predict`, the nightly deployment): what the scheduled run scores and where it
+    writes, and the bounds every run keeps."""
+
+    input: str = "data/snapshot.parquet"  # the scheduled run's table (.parquet or .csv), relative to the project
+    output: str = "data/build/batch"  # the scheduled run writes <output>/<UTC date of the run>
+    chunk_rows: int = Field(default=250_000, ge=1)  # rows read, checked and scored at a time (bounds memory)
+    max_reject_share: float = Field(default=0.01, ge=0, le=1)  # a chunk with more rows failing the rules fails the run
+
+
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
     # Delivery is tried after the action it reports: each attempt waits at most timeout_s; a failure is recorded.
@@ -396,6 +406,7 @@ class TollgateConfig(_Strict):
     monitoring: MonitoringConfig
     rollout: RolloutConfig
     serving: ServingConfig = ServingConfig()
+    batch: BatchConfig = BatchConfig()
     alerts: AlertsConfig = AlertsConfig()
     generation: GenerationConfig | None = None
     servers: ServersConfig = ServersConfig()

@@ -7,7 +7,7 @@ GIL for a second in the request path, so `compact()` does it (monitoring flows a
 it). Readers see parts, sealed and live segments, skip a torn last line, and de-duplicate by prediction id.
 
 A record (serving/scoring.py writes them): prediction_id, request_id, ts (when it was answered, epoch s), entity_id,
-model_version, role (champion | shadow | canary), score (objective.score), decision (the class value for classification, as
+model_version, role (champion | shadow | canary | batch: tasks/batch.py), score (objective.score), decision (the class value for classification, as
 answered: int, bool or text; float for regression), latency_ms, proba (multiclass: the class probabilities in objective.classes order; None for other
 tasks), event_ts (the request's own dataset.timestamp value as epoch seconds UTC, None when absent) and features
 (every schema column the request carried except the entity id and the target). Logs written before proba and
@@ -168,12 +168,19 @@ def with_base_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _to_parquet(segment: Path) -> Path:
-    part = segment.with_name(segment.name.split(".")[0] + ".parquet")
+def write_part(frame: pd.DataFrame, part: Path) -> Path:
+    """A log part (`seg-*.parquet`, flat columns as records_to_frame makes them) written under a temporary name,
+    then renamed into place: readers never see half of one."""
     tmp = part.with_suffix(".parquet.tmp")
-    frame = records_to_frame(_segment_records(segment))
     frame.to_parquet(tmp, index=False, schema=_arrow_schema(frame))
     os.replace(tmp, part)
+    return part
+
+
+def _to_parquet(segment: Path) -> Path:
+    part = write_part(
+        records_to_frame(_segment_records(segment)), segment.with_name(segment.name.split(".")[0] + ".parquet")
+    )
     segment.unlink()
     return part
 

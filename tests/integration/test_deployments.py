@@ -140,7 +140,7 @@ def _wait_for_scheduled(deployment: str, timeout: float = 120) -> list[Any]:
 
 
 def test_schedules_create_runs(deployed: dict[str, str]) -> None:
-    for name in ("drift-check", "ground-truth-backfill", "retrain"):
+    for name in ("drift-check", "ground-truth-backfill", "retrain", "batch-inference"):
         runs = _wait_for_scheduled(TARGET.name(name))
         assert any(r.state_type.value == "SCHEDULED" for r in runs), f"no scheduled run for {name}"
         assert all(r.parameters.get("config") == str(CONFIG) for r in runs), f"{name} runs another config"

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tollgate.app.commands import approvers, data, demo, history, monitor, rollout, stack, train
+from tollgate.app.commands import approvers, batch, data, demo, history, monitor, rollout, stack, train
 from tollgate.app.commands.base import EXIT_NO, EXIT_USAGE, Command
 from tollgate.app.output import CommandLog, command_log
 from tollgate.app.output import log as app_log
@@ -31,6 +31,7 @@ COMMANDS: list[Command] = [
     *rollout.COMMANDS,
     *approvers.COMMANDS,
     *monitor.COMMANDS,
+    *batch.COMMANDS,
     *history.COMMANDS,
     *demo.COMMANDS,
 ]
