@@ -319,6 +319,27 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
         assert served, "the retrained version answered some of the replay (canary, then champion)"
         for a in served:
             assert a["decision"] in (cfg.dataset.columns[ex.target].values or [a["decision"]]), a
+
+        # the whole table, without its target, scored in batch by the Production release: as the gateway answers
+        raw = pd.read_csv(ex.table) if ex.table.suffix == ".csv" else pd.read_parquet(ex.table)
+        unlabelled = tmp_path / f"unlabelled{ex.table.suffix}"
+        if ex.table.suffix == ".csv":
+            raw.drop(columns=[ex.target]).to_csv(unlabelled, index=False)
+        else:
+            raw.drop(columns=[ex.target]).to_parquet(unlabelled, index=False)
+        batch = last_json(user.run("predict", str(unlabelled), str(tmp_path / "scored"), "--json").stdout)
+        assert (batch["version"], batch["scored"], batch["rejected"]) == (new, len(raw), 0), batch
+        scored = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "scored").glob("part-*.parquet"))])
+        sample = request_records(holdout.head(20), cfg)
+        live = httpx.post(f"{url}/predict", json={"records": sample}, timeout=30).json()["predictions"]
+        mine = (
+            scored.assign(key=scored[cfg.dataset.id].astype(str)).set_index("key").loc[[a["entity_id"] for a in live]]
+        )
+        assert np.allclose(mine["score"], [a["score"] for a in live], rtol=0, atol=1e-9)
+        if task == "regression":  # the value: BLAS may round a row differently in another batch
+            assert np.allclose(mine["prediction"], [a["decision"] for a in live], rtol=0, atol=1e-9)
+        else:
+            assert mine["prediction"].tolist() == [a["decision"] for a in live]
     start = 0 if backfilled.startswith("{") else backfilled.index("\n{") + 1
     filled = json.loads(backfilled[start:])  # checked below to be all of stdout
     assert filled["ingested"]["changed"] == len(records), filled["ingested"]
