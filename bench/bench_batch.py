@@ -4,7 +4,8 @@ registered version (the stack's Production v1), both as whole processes, in one 
 
 mlflow reads CSV or JSON only: it gets the rows' feature columns as CSV (what its signature needs) and scores them
 in one call; tollgate reads the same rows as Parquet with the id and timestamp, checks every row with the serving
-rules, scores in chunks and logs every row to the prediction log. Targets: `batch_predict_ratio` (rows/s over
+rules, scores in chunks (ONNX Runtime when the version passed parity) and logs every row to the prediction log.
+Also `onnx_parity_max_abs_diff`: v1's parity check at registration, on its holdout. Targets: `batch_predict_ratio` (rows/s over
 mlflow's) >= 10, `batch_predict_10m_peak_rss_mb` < 1,500."""
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ def main(st: BenchStack) -> None:
             measure([str(BIN / "tollgate"), "predict", str(big), str(folder / "out-10m")], st.child_env()),
         )
         print(f"    {large.wall_s:.1f} s wall, peak {large.peak_mb:.0f} MB", flush=True)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(st.mlflow_url)
+    run = client.get_run(str(client.get_model_version(st.model, st.champion).run_id))
     figures = {
+        "onnx_parity_max_abs_diff": run.data.metrics["onnx_parity_max_abs_diff"],  # the bundled model's holdout
         "batch_predict_rows_per_s": ROWS / ours.wall_s,
         "batch_predict_mlflow_rows_per_s": ROWS / theirs.wall_s,
         "batch_predict_ratio": theirs.wall_s / ours.wall_s,
@@ -100,6 +106,7 @@ def main(st: BenchStack) -> None:
         "batch_predict_10m_rows_per_s": BIG_ROWS / large.wall_s,
         "batch_predict_10m_peak_rss_mb": large.peak_mb,
     }
+    print(f"  ONNX parity of v{st.champion} on its holdout: max |diff| {figures['onnx_parity_max_abs_diff']:.2g}")
     print(
         f"  batch: tollgate {figures['batch_predict_rows_per_s']:,.0f} rows/s vs mlflow models predict "
         f"{figures['batch_predict_mlflow_rows_per_s']:,.0f} rows/s: {figures['batch_predict_ratio']:.2f}x; "

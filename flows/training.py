@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.common import StepTimes
+from tasks.compiling import compile_model
 from tasks.data import DataVersion, pin_data_version
 from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
@@ -79,6 +80,8 @@ def training_pipeline(
     # evaluate
     with steps.step("score"):
         scored = score_holdout(trained.model, holdout, cfg.features.all, objective)
+    with steps.step("compile"):
+        compiled = compile_model(trained.model, holdout, cfg.features, objective)
     with steps.step("evaluate"):
         evaluation = evaluate_model(holdout, scored.outputs, cfg.dataset, objective)
     with steps.step("profile"):
@@ -86,7 +89,15 @@ def training_pipeline(
     # log + register
     inner = {"fit": trained.fit_s, "predict": scored.predict_s}
     record = RunRecord(
-        version, frame, holdout, trained.model, evaluation, profile, describe_suite(cfg.dataset), {**steps, **inner}
+        version,
+        frame,
+        holdout,
+        trained.model,
+        evaluation,
+        profile,
+        describe_suite(cfg.dataset),
+        {**steps, **inner},
+        compiled,
     )
     with steps.step("log_run"):
         run = log_training_run(ctx, record, run_id)

@@ -202,7 +202,12 @@ class GatewayMetrics:
 
     def served(self, describe: Mapping[str, Any]) -> None:
         """Record what is being served (champion, challenger, mode, share)."""
-        self.serving.info({k: str(describe[k] or "none") for k in ("champion", "challenger", "mode")})
+        info = {k: str(describe[k] or "none") for k in ("champion", "challenger", "mode")}
+        for role in ("champion", "challenger"):  # onnx | sklearn, and why not onnx
+            path = str(describe.get(f"{role}_scoring") or "none")
+            info[f"{role}_scoring"], _, why = path.partition(": ")
+            info[f"{role}_scoring_reason"] = why
+        self.serving.info(info)
         self.canary_share.set(float(describe["share"] or 0.0))
 
     def render(self) -> bytes:

@@ -24,11 +24,12 @@ class Release:
     config: TollgateConfig
     schema: RequestSchema
     objective: Objective  # the task of the release's own config: how outputs become answers and log fields
+    scoring: str = "sklearn"  # "onnx", or "sklearn: <why not onnx>" (tollgate.release.Release.load_scorer)
 
     @classmethod
-    def of(cls, version: str, run_id: str, model: Any, config: TollgateConfig) -> Release:
+    def of(cls, version: str, run_id: str, model: Any, config: TollgateConfig, scoring: str = "sklearn") -> Release:
         """A release from its parts; the schema and objective come from its config."""
-        return cls(version, run_id, model, config, RequestSchema(config), Objective.from_config(config))
+        return cls(version, run_id, model, config, RequestSchema(config), Objective.from_config(config), scoring)
 
     @property
     def threshold(self) -> float:
@@ -56,6 +57,8 @@ class Routing:
             "challenger": self.challenger.version if self.challenger else None,
             "mode": self.mode,
             "share": self.share,
+            "champion_scoring": self.champion.scoring if self.champion else None,
+            "challenger_scoring": self.challenger.scoring if self.challenger else None,
         }
 
 
@@ -76,7 +79,8 @@ class ReleaseStore:
             if version in self._cache:
                 return self._cache[version]
         loaded = load_release(self.cfg, self.registry, version=version)
-        rel = Release.of(version, loaded.run_id, loaded.load_model(), loaded.config)
+        model, scoring = loaded.load_scorer(self.cfg.serving.compiled_scoring)
+        rel = Release.of(version, loaded.run_id, model, loaded.config, scoring)
         with self._lock:
             self._cache[version] = rel
             while len(self._cache) > self.keep:

@@ -70,6 +70,7 @@ class BatchResult:
     parts: int = 0
     skipped: int = 0  # parts a previous run had finished
     seconds: float = 0.0
+    scoring: str = ""  # onnx, or sklearn: why not onnx
     rejects: list[str] = field(default_factory=list)  # the rejects files written
 
     @property
@@ -137,10 +138,10 @@ def score_file(
     scorer = _Scorer(ctx, release, manifest, out)
     result = BatchResult(release.model_name, release.version, str(src), str(out))
     total = _row_count(src)
+    result.scoring = scorer.scoring
     say(
-        f"scoring {src} with {release.model_name} v{release.version} in chunks of {rows_per_chunk:,} rows"
-        + (f" ({total:,} rows)" if total is not None else "")
-        + f" into {out}"
+        f"scoring {src} with {release.model_name} v{release.version} ({scorer.scoring}) in chunks of "
+        f"{rows_per_chunk:,} rows" + (f" ({total:,} rows)" if total is not None else "") + f" into {out}"
     )
     started = time.perf_counter()
     start = 0
@@ -202,7 +203,7 @@ class _Scorer:
         self.release, self.out = release, out
         self.schema = RequestSchema(release.config)
         self.objective = release.objective
-        self.model = release.load_model()
+        self.model, self.scoring = release.load_scorer(ctx.config.serving.compiled_scoring)
         self.limit = ctx.config.batch.max_reject_share
         self.log_dir = ctx.paths.model_log(release.model_name)
         key = f"{manifest['input_md5']}:{release.model_name}:{release.version}:{manifest['chunk_rows']}"

@@ -55,7 +55,13 @@ def _limits(limits: dict[str, float], sign: str) -> str:
     return ", ".join(f"{metric_name(k)} {sign} {v}" for k, v in limits.items())
 
 
-def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any], version: str | None = None) -> str:
+def model_card(
+    cfg: TollgateConfig,
+    data: DataVersion,
+    evaluation: dict[str, Any],
+    version: str | None = None,
+    compiled: dict[str, Any] | None = None,
+) -> str:
     """The Markdown model card: intended use and limits, data version, the task's metrics by segment, owner,
     obligations."""
     task, primary = cfg.model.task, metric_name(PRIMARY[cfg.model.task])
@@ -81,6 +87,7 @@ def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any
         f"- {data.rows} rows; target `{cfg.dataset.target}`; label delay {cfg.dataset.label_delay_days} days",
         "",
         *_metric_lines(cfg, evaluation),
+        *_scoring_lines(compiled),
     ]
     mon, gates = cfg.monitoring, cfg.gates
     better = "higher" if higher_is_better(PRIMARY[task]) else "lower"
@@ -96,3 +103,17 @@ def model_card(cfg: TollgateConfig, data: DataVersion, evaluation: dict[str, Any
         f" at {gates.confidence:.0%} confidence overall and per segment with >= {gates.min_segment_size} rows",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _scoring_lines(compiled: dict[str, Any] | None) -> list[str]:
+    """How the version scores: its ONNX form (parity on the holdout) or the sklearn pipeline, and why."""
+    if compiled is None:
+        return []
+    if compiled.get("ok"):
+        return [
+            "",
+            "## Scoring",
+            f"- compiled to ONNX (ONNX Runtime scores it): parity on {compiled['rows']} holdout rows, max |diff| "
+            f"{compiled['max_abs_diff']:.2g} <= {compiled['tolerance']:g}, no decision differs",
+        ]
+    return ["", "## Scoring", f"- the sklearn pipeline scores (no compiled form): {compiled.get('reason')}"]

@@ -29,12 +29,13 @@ from tasks.common import tollgate_task
 from tasks.data import DataVersion
 from tasks.gates import GateVerdict
 from tasks.model_card import model_card
+from tollgate.compiled import Compiled
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
 from tollgate.keys import key_part, segment_key
 from tollgate.objective import Objective
 from tollgate.provenance import REGISTERED_REASON, SKOPS_TRUSTED_TYPES, VERDICT_REASON, digest_tags, digest_tree
-from tollgate.release import RELEASE_DIR, load_release, load_release_file
+from tollgate.release import COMPILED_MODEL, RELEASE_DIR, load_release, load_release_file
 
 REQUIREMENT_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy")
 
@@ -51,6 +52,7 @@ class RunRecord:
     profile: dict[str, Any]
     suite: dict[str, Any]
     timings: dict[str, float]
+    compiled: Compiled | None = None  # the ONNX form and its parity (tasks/compiling.py); None: not attempted
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,11 @@ def artifact_key(kind: str, model: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in f"{kind}-{model}".lower())
 
 
+def scoring_path(compiled: Compiled | None) -> str:
+    """onnx when the compiled model passed parity, else sklearn (the version's `tollgate.scoring` tag)."""
+    return "onnx" if compiled is not None and compiled.ok else "sklearn"
+
+
 def _write_json(folder: Path, name: str, body: Any) -> None:
     (folder / name).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
 
@@ -177,7 +184,16 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
             skops_trusted_types=skops_types(sio.get_untrusted_types(data=sio.dumps(model)), cfg.model.kind),
         )
         overall = {f"holdout_{k}": v for k, v in evaluation["overall"].items()}
-        mlflow.log_metrics({**overall, **segment_metrics(evaluation), **timing_metrics(timings)})
+        compiled = record.compiled
+        parity = {} if compiled is None else {"onnx_parity_max_abs_diff": compiled.report.get("max_abs_diff")}
+        mlflow.log_metrics(
+            {
+                **overall,
+                **segment_metrics(evaluation),
+                **timing_metrics(timings),
+                **{k: v for k, v in parity.items() if v is not None},
+            }
+        )
         dataset = training_dataset(frame, data, cfg.dataset.target)
         mlflow.log_input(dataset, context="training")
         mlflow.set_tags(
@@ -189,6 +205,7 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
                 "tollgate.data_dvc_tracked": str(data.matches_dvc).lower(),
                 "tollgate.config_digest": cfg.digest(),
                 "tollgate.flow_run_id": str(flow_run_id),
+                "tollgate.scoring": scoring_path(compiled),
                 **{f"tollgate.pkg.{k}": v for k, v in package_versions().items()},
             }
         )
@@ -203,13 +220,18 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
             objective = Objective.from_config(cfg)
             if objective.is_classification:  # the fixed encoding the model was trained on: code i is labels[i]
                 _write_json(folder, "classes.json", {"task": objective.task, "labels": list(objective.labels)})
-            (folder / "model_card.md").write_text(model_card(cfg, data, evaluation))
+            card = model_card(cfg, data, evaluation, compiled=None if compiled is None else compiled.report)
+            (folder / "model_card.md").write_text(card)
             _write_json(folder, "smoke_records.json", request_records(holdout, cfg, cfg.serving.smoke_requests))
             # A bounded sample of the training inputs: the reference for Evidently's drift report.
             sample = frame[features].sample(
                 min(cfg.monitoring.report_sample_rows, len(frame)), random_state=cfg.model.seed
             )
             sample.to_parquet(folder / "reference_sample.parquet", index=False)
+            if compiled is not None:
+                _write_json(folder, "compiled.json", {**compiled.report, "scoring": scoring_path(compiled)})
+                if compiled.onnx is not None:
+                    (folder / COMPILED_MODEL).write_bytes(compiled.onnx)
             digests = digest_tree(folder, RELEASE_DIR)
             mlflow.log_artifacts(tmp, RELEASE_DIR)
         return LoggedRun(str(run.info.run_id), str(info.model_uri), digests)

@@ -264,6 +264,9 @@ class ServingConfig(_Strict):
     # Longest string (entity id, category, timestamp, any field name or string value) of a /predict record; a
     # longer one is a 422 naming the field, before anything is scored or logged.
     max_string_length: int = Field(default=256, ge=1)
+    # Score with the ONNX form of a release when it passed parity at registration (tollgate/compiled.py); off:
+    # the sklearn pipeline always (the gateway, the shadow scorer and batch inference alike).
+    compiled_scoring: bool = True
 
 
 class BatchConfig(_Strict):

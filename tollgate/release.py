@@ -24,6 +24,7 @@ from tollgate.registry import Registry, RegistryError, VersionInfo
 T = TypeVar("T")
 
 RELEASE_DIR = "release"  # the run artifact folder holding the release context
+COMPILED_MODEL = "model.onnx"  # release/<it>: the pipeline compiled to ONNX, stored only when parity held
 
 
 def load_release_file(tracking_uri: str, run_id: str, name: str) -> Any:
@@ -125,6 +126,23 @@ class Release:
             )
             self._check(lambda: provenance.check_tree(self.trusted, folder, "model", *self._id))
             return self._check(lambda: load_skops_model(folder, *self._id))
+
+    def load_scorer(self, compiled: bool = True) -> tuple[Any, str]:
+        """What scores this version, and why: (the ONNX Runtime scorer, "onnx") when the version was compiled
+        with parity at registration (release/model.onnx, digest-checked) and `compiled` allows it (the config's
+        serving.compiled_scoring); else (the sklearn pipeline, "sklearn: <why>"). Both give Objective.outputs
+        the same answers (parity)."""
+        if not compiled:
+            return self.load_model(), "sklearn: serving.compiled_scoring is off"
+        if f"{RELEASE_DIR}/{COMPILED_MODEL}" not in self.trusted:
+            report = self.file("compiled.json") if f"{RELEASE_DIR}/compiled.json" in self.trusted else None
+            why = (report or {}).get("reason") if report is not None else "registered before compiled scoring"
+            return self.load_model(), f"sklearn: {why or 'parity not met'}"
+        from tollgate.compiled import OnnxScorer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data = self.local_file(COMPILED_MODEL, Path(tmp)).read_bytes()
+        return OnnxScorer(data, self.config.features, None), "onnx"
 
     @property
     def _id(self) -> tuple[str, str]:

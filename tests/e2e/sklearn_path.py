@@ -329,6 +329,7 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
             raw.drop(columns=[ex.target]).to_parquet(unlabelled, index=False)
         batch = last_json(user.run("predict", str(unlabelled), str(tmp_path / "scored"), "--json").stdout)
         assert (batch["version"], batch["scored"], batch["rejected"]) == (new, len(raw), 0), batch
+        assert batch["scoring"] == "onnx" == health["champion_scoring"], (batch, health)  # parity held on this table
         scored = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "scored").glob("part-*.parquet"))])
         sample = request_records(holdout.head(20), cfg)
         live = httpx.post(f"{url}/predict", json={"records": sample}, timeout=30).json()["predictions"]

@@ -159,3 +159,42 @@ def test_predict_without_a_production_version_says_what_to_do(served: dict[str, 
     assert done.returncode == 2
     assert "no Production version the promotion ledger proves" in done.stderr and "--version" in done.stderr
     assert not (served["folder"] / "out-none").exists()
+
+
+def test_the_release_scores_compiled_and_falls_back_to_sklearn_naming_why(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parity held at registration: the gateway, /metrics and batch scoring use the ONNX form. A version whose
+    parity failed (a tolerance no model meets) is stored without it and scores with sklearn, saying why; so does
+    any version with serving.compiled_scoring off."""
+    from tollgate import compiled
+    from tollgate.release import load_release
+
+    health = httpx.get(f"{served['url']}/health", timeout=10).json()
+    assert health["champion_scoring"] == "onnx", health
+    metrics = httpx.get(f"{served['url']}/metrics", timeout=10).text
+    assert 'champion_scoring="onnx"' in metrics
+    folder = served["folder"]
+    done = _predict(served, str(folder / "customers.parquet"), str(folder / "out-onnx"), "--json")
+    assert json.loads(done.stdout)["scoring"] == "onnx", done.stderr
+
+    ctx = served["ctx"]
+    monkeypatch.setattr(compiled, "PARITY_TOLERANCE", -1.0)
+    v2 = train(ctx).version
+    release = load_release(ctx.config, ctx.registry, version=v2)
+    report = release.file("compiled.json")
+    assert report["ok"] is False and "rows differ" in report["reason"] and report["scoring"] == "sklearn"
+    assert "release/model.onnx" not in release.trusted and "sklearn pipeline scores" in release.file("model_card.md")
+    fallback = _predict(served, str(folder / "customers.parquet"), str(folder / "out-v2"), "--version", v2, "--json")
+    scoring = json.loads(fallback.stdout)["scoring"]
+    assert scoring.startswith("sklearn: ") and "rows differ" in scoring, scoring
+    off = _predict(
+        served,
+        str(folder / "customers.parquet"),
+        str(folder / "out-off"),
+        "--json",
+        TOLLGATE__SERVING__COMPILED_SCORING="false",
+    )
+    assert json.loads(off.stdout)["scoring"] == "sklearn: serving.compiled_scoring is off"
+    # the same scores either way (parity)
+    assert np.allclose(_scored(folder / "out-off")["score"], _scored(folder / "out-onnx")["score"], atol=1e-9)

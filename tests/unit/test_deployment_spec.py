@@ -32,7 +32,7 @@ def test_every_deployment_runs_the_config_that_applied_it() -> None:
     config = ROOT / "tests" / "fixtures" / "byod" / "pipeline.yaml"
     target = DeploymentTarget(config, "staging", "loan-default")
     by_flow = _rendered(target)
-    assert len(by_flow) == 7
+    assert len(by_flow) == 8  # one per flow, batch_inference included
     for flow, dep in by_flow.items():
         assert dep["name"].endswith("-loan-default"), flow
         # ci_pipeline also gets the config's path inside the repository: the file it trains in the clone

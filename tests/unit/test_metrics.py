@@ -135,6 +135,10 @@ def test_the_page_parses_and_names_every_metric(gateway: Gateway) -> None:
         "champion": "none",
         "challenger": "none",
         "mode": "off",
+        "champion_scoring": "none",
+        "champion_scoring_reason": "",
+        "challenger_scoring": "none",
+        "challenger_scoring_reason": "",
     }
     status, _ = _call(gateway, "POST", "/predict", b'{"customer_id": "C1"}')
     assert status == 503  # never started: no model yet
@@ -172,6 +176,8 @@ def test_admin_state_keeps_its_keys(gateway: Gateway) -> None:
         "challenger": None,
         "mode": "off",
         "share": 0.0,
+        "champion_scoring": None,
+        "challenger_scoring": None,
         "lease_left_s": None,
         "predictions": {},
         "errors": {},
@@ -211,7 +217,7 @@ def test_admin_lease_holds_a_version(gateway: Gateway) -> None:
     status, body = _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}', headers=auth)
     assert status == 200 and orjson.loads(body)["held"] is False  # not the challenger: nothing kept
     assert gateway.leases.deadlines == {}
-    gateway.routing = Routing(None, cast(Any, SimpleNamespace(version="2")), "canary", 0.2)
+    gateway.routing = Routing(None, cast(Any, SimpleNamespace(version="2", scoring="onnx")), "canary", 0.2)
     status, body = _call(gateway, "POST", "/admin/lease", b'{"version": "2", "until_s": 5}', headers=auth)
     assert status == 200 and orjson.loads(body)["version"] == "2" and orjson.loads(body)["held"] is True
     assert not gateway.leases.lapsed("2", time.monotonic()) and gateway.leases.lapsed("2", time.monotonic() + 6)
