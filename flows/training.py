@@ -81,7 +81,7 @@ def training_pipeline(
     with steps.step("score"):
         scored = score_holdout(trained.model, holdout, cfg.features.all, objective)
     with steps.step("compile"):
-        compiled = compile_model(trained.model, holdout, cfg.features, objective)
+        compiled = compile_model(trained.model, holdout, cfg.features, objective, scored.outputs)
     with steps.step("evaluate"):
         evaluation = evaluate_model(holdout, scored.outputs, cfg.dataset, objective)
     with steps.step("profile"):

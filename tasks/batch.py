@@ -39,6 +39,7 @@ from tasks.data import file_md5
 from tasks.validation import iter_table
 from tollgate.context import Context
 from tollgate.predlog import FEATURE_PREFIX, write_part
+from tollgate.procs import usable_cores
 from tollgate.registry import proven_serving
 from tollgate.release import Release, load_release
 from tollgate.request_schema import RequestSchema
@@ -203,7 +204,8 @@ class _Scorer:
         self.release, self.out = release, out
         self.schema = RequestSchema(release.config)
         self.objective = release.objective
-        self.model, self.scoring = release.load_scorer(ctx.config.serving.compiled_scoring)
+        compiled = ctx.config.serving.compiled_scoring
+        self.model, self.scoring = release.load_scorer(compiled, threads=usable_cores())
         self.limit = ctx.config.batch.max_reject_share
         self.log_dir = ctx.paths.model_log(release.model_name)
         key = f"{manifest['input_md5']}:{release.model_name}:{release.version}:{manifest['chunk_rows']}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.common import run_logger, tollgate_task
@@ -15,10 +16,12 @@ from tollgate.objective import Objective
 
 
 @tollgate_task
-def compile_model(model: Any, holdout: pd.DataFrame, features: FeaturesConfig, objective: Objective) -> Compiled:
-    """ONNX bytes of the pipeline and their parity on the holdout (never fails the run: the sklearn model scores
-    when the compiled one cannot, and the report says why)."""
-    compiled = compile_checked(model, holdout, features, objective)
+def compile_model(
+    model: Any, holdout: pd.DataFrame, features: FeaturesConfig, objective: Objective, outputs: np.ndarray
+) -> Compiled:
+    """ONNX bytes of the pipeline and their parity on the holdout against the run's own holdout `outputs` (never
+    fails the run: the sklearn model scores when the compiled one cannot, and the report says why)."""
+    compiled = compile_checked(model, holdout, features, objective, outputs)
     report = compiled.report
     if compiled.ok:
         run_logger().info(

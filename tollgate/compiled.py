@@ -37,6 +37,7 @@ import pandas as pd
 
 from tollgate.config import FeaturesConfig
 from tollgate.objective import Objective
+from tollgate.procs import usable_cores
 
 TARGET_OPSET = 17
 MARK = "\x1f"  # starts every non-string token
@@ -474,13 +475,14 @@ class OnnxScorer:
     """Duck-types the fitted sklearn pipeline for Objective.outputs: predict_proba(frame) (classification,
     float64 (n, k) in the order of classes_), predict(frame) (regression float64 (n,); classification: the
     class labels), classes_ (classification: same values as the sklearn model's). One InferenceSession with
-    intra_op_num_threads=1, inter_op_num_threads=1 (serving runs one scoring thread per process)."""
+    intra_op_num_threads=`threads` (serving: 1, it runs one scoring thread per process; batch scoring and the
+    parity check: every core), inter_op_num_threads=1."""
 
-    def __init__(self, model_bytes: bytes, features: FeaturesConfig, classes: list[Any] | None):
+    def __init__(self, model_bytes: bytes, features: FeaturesConfig, classes: list[Any] | None, threads: int = 1):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
@@ -536,7 +538,12 @@ class OnnxScorer:
 
 
 def parity(
-    pipeline: Any, scorer: OnnxScorer, frame: pd.DataFrame, objective: Objective, tolerance: float = 1e-5
+    pipeline: Any,
+    scorer: OnnxScorer,
+    frame: pd.DataFrame,
+    objective: Objective,
+    tolerance: float = 1e-5,
+    reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Compare Objective.outputs of the sklearn pipeline and the scorer on `frame` (the release's holdout
     features): a JSON-able {"ok", "rows", "max_abs_diff", "decisions_differ", "tolerance", "reason"}.
@@ -559,7 +566,8 @@ def parity(
     if rows == 0:
         report["reason"] = "no rows to compare"
         return report
-    ref = np.asarray(objective.outputs(pipeline, frame), dtype=np.float64)
+    outputs = objective.outputs(pipeline, frame) if reference is None else reference  # the run's own holdout scores
+    ref = np.asarray(outputs, dtype=np.float64)
     got = np.asarray(objective.outputs(scorer, frame), dtype=np.float64)
     if ref.shape != got.shape:
         report["reason"] = f"output shapes differ: sklearn {ref.shape} vs onnx {got.shape}"
@@ -615,15 +623,22 @@ class Compiled:
         return "" if self.ok else str(self.report.get("reason") or "parity not met")
 
 
-def compile_checked(pipeline: Any, holdout: pd.DataFrame, features: FeaturesConfig, objective: Objective) -> Compiled:
+def compile_checked(
+    pipeline: Any,
+    holdout: pd.DataFrame,
+    features: FeaturesConfig,
+    objective: Objective,
+    reference: np.ndarray | None = None,
+) -> Compiled:
     """Convert the fitted pipeline and check parity on the holdout's feature columns (PARITY_TOLERANCE, the same
-    decisions); never raises for a pipeline it cannot compile (the report says why)."""
+    decisions) against `reference`, the sklearn outputs the run already computed on that holdout (computed here
+    when None); never raises for a pipeline it cannot compile (the report says why)."""
     try:
         data = convert(pipeline, features)
         classes = getattr(pipeline, "classes_", None)
-        scorer = OnnxScorer(data, features, None if classes is None else list(classes))
+        scorer = OnnxScorer(data, features, None if classes is None else list(classes), usable_cores())
     except Unconvertible as exc:
         report = {"ok": False, "rows": 0, "max_abs_diff": None, "decisions_differ": 0, "reason": f"not compiled: {exc}"}
         return Compiled(None, {**report, "tolerance": PARITY_TOLERANCE})
-    report = parity(pipeline, scorer, holdout[features.all], objective, PARITY_TOLERANCE)
+    report = parity(pipeline, scorer, holdout[features.all], objective, PARITY_TOLERANCE, reference)
     return Compiled(data if report["ok"] else None, report)

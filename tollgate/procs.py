@@ -127,3 +127,8 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
     """True when GET url answers 2xx within `timeout` seconds (the servers' /health needs no login)."""
     status = http_status(url, timeout=timeout)
     return status is not None and 200 <= status < 300
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -127,11 +127,11 @@ class Release:
             self._check(lambda: provenance.check_tree(self.trusted, folder, "model", *self._id))
             return self._check(lambda: load_skops_model(folder, *self._id))
 
-    def load_scorer(self, compiled: bool = True) -> tuple[Any, str]:
+    def load_scorer(self, compiled: bool = True, threads: int = 1) -> tuple[Any, str]:
         """What scores this version, and why: (the ONNX Runtime scorer, "onnx") when the version was compiled
         with parity at registration (release/model.onnx, digest-checked) and `compiled` allows it (the config's
         serving.compiled_scoring); else (the sklearn pipeline, "sklearn: <why>"). Both give Objective.outputs
-        the same answers (parity)."""
+        the same answers (parity). `threads`: the ONNX session's (1 for serving, every core for batch scoring)."""
         if not compiled:
             return self.load_model(), "sklearn: serving.compiled_scoring is off"
         if f"{RELEASE_DIR}/{COMPILED_MODEL}" not in self.trusted:
@@ -142,7 +142,7 @@ class Release:
 
         with tempfile.TemporaryDirectory() as tmp:
             data = self.local_file(COMPILED_MODEL, Path(tmp)).read_bytes()
-        return OnnxScorer(data, self.config.features, None), "onnx"
+        return OnnxScorer(data, self.config.features, None, threads), "onnx"
 
     @property
     def _id(self) -> tuple[str, str]:
