@@ -115,17 +115,22 @@ class Release:
 
     def load_model(self) -> Any:
         """The fitted pipeline of this version: every model file checked against the ledger, then skops."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self._model_folder(Path(tmp))
+            return self._check(lambda: load_skops_model(folder, *self._id))
+
+    def _model_folder(self, dst: Path) -> Path:
+        """The version's MLflow model folder downloaded into `dst`, every file checked against the ledger."""
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{self.model_name}/{self.version}", dst_path=tmp
-                )
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.model_name}/{self.version}", dst_path=str(dst)
             )
-            self._check(lambda: provenance.check_tree(self.trusted, folder, "model", *self._id))
-            return self._check(lambda: load_skops_model(folder, *self._id))
+        )
+        self._check(lambda: provenance.check_tree(self.trusted, folder, "model", *self._id))
+        return folder
 
     def load_scorer(self, compiled: bool = True, threads: int = 1) -> tuple[Any, str]:
         """What scores this version, and why: (the ONNX Runtime scorer, "onnx") when the version was compiled
@@ -141,6 +146,8 @@ class Release:
         from tollgate.compiled import OnnxScorer
 
         with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model").mkdir()
+            self._model_folder(Path(tmp) / "model")  # the whole release as registered, also files ONNX does not use
             data = self.local_file(COMPILED_MODEL, Path(tmp)).read_bytes()
         return OnnxScorer(data, self.config.features, None, threads), "onnx"
 
