@@ -10,6 +10,7 @@ mlflow's) >= 10, `batch_predict_10m_peak_rss_mb` < 1,500."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,19 @@ def _check(name: str, got: Measured) -> Measured:
     if got.rc != 0:
         raise RuntimeError(f"`{name}` exited {got.rc}:\n{got.out[-2000:]}\n{got.err[-2000:]}")
     return got
+
+
+def _phases(got: Measured) -> str:
+    """Where a `tollgate predict --json` run spent its time (its own profile), the rest being the process's
+    start (imports, the flow run) and end."""
+    result = json.loads(got.out.strip().splitlines()[-1])
+    phases = dict(result["phases"])
+    inside = sum(phases.values())
+    return (
+        "seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+        + f"; process start and end {got.wall_s - inside:.1f}"
+    )
 
 
 def _table(st: BenchStack, rows: int, folder: Path) -> Path:
@@ -54,9 +68,9 @@ def main(st: BenchStack) -> None:
         print(f"  tollgate predict, {ROWS:,} rows ...", flush=True)
         ours = _check(
             "tollgate predict",
-            measure([str(BIN / "tollgate"), "predict", str(small), str(folder / "out-1m")], st.child_env()),
+            measure([str(BIN / "tollgate"), "predict", str(small), str(folder / "out-1m"), "--json"], st.child_env()),
         )
-        print(f"    {ours.wall_s:.1f} s wall, peak {ours.peak_mb:.0f} MB", flush=True)
+        print(f"    {ours.wall_s:.1f} s wall, peak {ours.peak_mb:.0f} MB; {_phases(ours)}", flush=True)
         print(f"  mlflow models predict, {ROWS:,} rows (v{st.champion}, --env-manager local) ...", flush=True)
         env = {**st.child_env(), "MLFLOW_TRACKING_URI": st.mlflow_url}
         env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)  # as bench_serving: a user's default environment
@@ -90,9 +104,9 @@ def main(st: BenchStack) -> None:
         print(f"  tollgate predict, {BIG_ROWS:,} rows ...", flush=True)
         large = _check(
             "tollgate predict 10M",
-            measure([str(BIN / "tollgate"), "predict", str(big), str(folder / "out-10m")], st.child_env()),
+            measure([str(BIN / "tollgate"), "predict", str(big), str(folder / "out-10m"), "--json"], st.child_env()),
         )
-        print(f"    {large.wall_s:.1f} s wall, peak {large.peak_mb:.0f} MB", flush=True)
+        print(f"    {large.wall_s:.1f} s wall, peak {large.peak_mb:.0f} MB; {_phases(large)}", flush=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(st.mlflow_url)

@@ -145,6 +145,7 @@ class Batcher:
         self.plog: PredictionLog | None = None
         self.queue: asyncio.Queue[Job] | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._under_load = False  # the last batch held more than one request: the next one waits for company
 
     def start(self, plog: PredictionLog) -> None:
         """Start draining the queue (on the running loop); batches are logged to `plog`."""
@@ -167,11 +168,13 @@ class Batcher:
         return await future
 
     async def _collect(self, queue: asyncio.Queue[Job]) -> tuple[list[Job], int]:
-        """The next batch: the first job, then whatever arrives within wait_s, up to max_batch rows."""
+        """The next batch: the first job, whatever else is queued, then (under load: the last batch held more
+        than one request) whatever arrives within wait_s, up to max_batch rows. A lone client never waits for
+        company that is not coming: its request is scored at once (2 ms of its ~4 ms at one connection)."""
         loop = asyncio.get_running_loop()
         jobs = [await queue.get()]
         rows = len(jobs[0].records)
-        deadline = loop.time() + self.wait_s
+        deadline = loop.time() + (self.wait_s if self._under_load else 0.0)
         while rows < self.max_batch:
             try:
                 job = queue.get_nowait()
@@ -185,6 +188,7 @@ class Batcher:
                     break
             jobs.append(job)
             rows += len(job.records)
+        self._under_load = len(jobs) > 1
         return jobs, rows
 
     async def _run(self) -> None:

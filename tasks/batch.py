@@ -73,6 +73,7 @@ class BatchResult:
     seconds: float = 0.0
     scoring: str = ""  # onnx, or sklearn: why not onnx
     rejects: list[str] = field(default_factory=list)  # the rejects files written
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: setup, read, check, score, log, write
 
     @property
     def rows_per_s(self) -> float:
@@ -119,6 +120,7 @@ def score_file(
     BatchError, TooManyRejects, DataReadError (tasks.validation) and RegistryError say why nothing (more) was
     written."""
     say = say or run_logger().info
+    began = time.perf_counter()
     src, out = Path(path), Path(output)
     if not src.is_file():
         raise BatchError(f"{src}: no such file to score")
@@ -144,9 +146,11 @@ def score_file(
         f"scoring {src} with {release.model_name} v{release.version} ({scorer.scoring}) in chunks of "
         f"{rows_per_chunk:,} rows" + (f" ({total:,} rows)" if total is not None else "") + f" into {out}"
     )
-    started = time.perf_counter()
+    started = clock = time.perf_counter()
+    setup = started - began
     start = 0
     for part, chunk in enumerate(iter_table(src, rows_per_chunk)):
+        scorer._lap("read", clock)
         n = len(chunk)
         done = scorer.part_path(part)
         earlier = done.exists()
@@ -173,9 +177,11 @@ def score_file(
             f"{result.rejected:,} rejected; {result.rows / max(elapsed, 1e-9):,.0f} rows/s"
             + (" (this part was done by an earlier run)" if earlier else "")
         )
+        clock = time.perf_counter()
     if result.rows == 0:
         raise BatchError(f"{src}: no rows to score")
     result.seconds = round(time.perf_counter() - started, 3)
+    result.phases = {k: round(v, 3) for k, v in {"setup": setup, **scorer.seconds}.items()}
     # what the folder holds, the same bytes however many runs it took (no times, no paths of this folder)
     kept = ("model", "version", "input", "rows", "scored", "rejected", "parts")
     body = {**{k: getattr(result, k) for k in kept}, "rejects": [Path(p).name for p in result.rejects]}
@@ -208,6 +214,7 @@ class _Scorer:
         self.model, self.scoring = release.load_scorer(compiled, threads=usable_cores())
         self.limit = ctx.config.batch.max_reject_share
         self.log_dir = ctx.paths.model_log(release.model_name)
+        self.seconds: dict[str, float] = {}  # per phase, over the chunks this run scored
         key = f"{manifest['input_md5']}:{release.model_name}:{release.version}:{manifest['chunk_rows']}"
         self.key = hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -219,6 +226,7 @@ class _Scorer:
 
     def score_chunk(self, part: int, start: int, chunk: pd.DataFrame) -> int:
         """Check, score and write one chunk (rows start.. of the input); returns how many rows were scored."""
+        clock = time.perf_counter()
         chunk = chunk.reset_index(drop=True)
         faults = self.schema.frame_errors(chunk)
         bad = np.zeros(len(chunk), dtype=bool)
@@ -238,12 +246,14 @@ class _Scorer:
         good = chunk[~bad] if bad.any() else chunk
         rows = np.flatnonzero(~bad) + start
         ids = self.key + "-" + pd.Series(rows).astype(str)
-        began = time.perf_counter()
+        clock = self._lap("check", clock)
         out = self.objective.outputs(self.model, good[self.release.features])
-        took_ms = (time.perf_counter() - began) * 1000
+        took_ms = (time.perf_counter() - clock) * 1000
         score, decision = self.objective.score(out), self.objective.decision(out)
+        clock = self._lap("score", clock)
         entity = good[self.schema.id_field].reset_index(drop=True)
         self._log(part, good.reset_index(drop=True), entity, ids, out, score, decision, took_ms)
+        clock = self._lap("log", clock)
         scored = pd.DataFrame(
             {
                 self.schema.id_field: entity,
@@ -254,7 +264,14 @@ class _Scorer:
             }
         )
         _write_atomic(self.part_path(part), lambda tmp: scored.to_parquet(tmp, index=False))
+        self._lap("write", clock)
         return len(scored)
+
+    def _lap(self, phase: str, since: float) -> float:
+        """Add the time since `since` to `phase` (the run's profile: read, check, score, log, write); returns now."""
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
+        return now
 
     def _log(
         self,

@@ -45,6 +45,7 @@ def predict(ctx: Context, args: argparse.Namespace) -> int:
     )
     if result["rejected"]:
         print(f"  {result['rejected']:,} rows failed the serving rules, not scored: {', '.join(result['rejects'])}")
+    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["phases"].items()))
     if result["skipped"]:
         print(f"  {result['skipped']} parts were done by an earlier run and kept")
     return EXIT_OK
