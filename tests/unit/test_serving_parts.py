@@ -152,3 +152,41 @@ def test_with_extra_columns_allowed_the_target_is_ignored_not_logged() -> None:
     record = {**GOOD, "churned": 1, "note": "x"}
     assert schema.errors(record, "") == []
     assert "churned" not in schema.logged_values(record) and "note" not in schema.logged_values(record)
+
+
+def test_a_lone_client_stops_waiting_for_company_and_load_brings_the_wait_back(tmp_path: Path) -> None:
+    """The batcher waits max_batch_wait_ms for more requests to join a batch, except for a lone client: after
+    LONE_STREAK one-request batches in a row its requests are taken at once; two queued together (load) bring
+    the wait back."""
+    import asyncio
+    import time
+
+    from serving.batcher import LONE_STREAK, Batcher, Job
+    from serving.metrics import GatewayMetrics
+    from tollgate.config import ServingConfig
+    from tollgate.paths import StatePaths
+
+    wait_s = 0.05
+    batcher = Batcher(
+        ServingConfig(max_batch_wait_ms=wait_s * 1000), GatewayMetrics(StatePaths(tmp_path), "m"), lambda _: None
+    )
+
+    async def collect(jobs: int) -> tuple[int, float]:
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        for _ in range(jobs):
+            queue.put_nowait(Job([{}], Routing(None), asyncio.get_running_loop().create_future(), 0.0))
+        began = time.perf_counter()
+        got, _ = await batcher._collect(queue)
+        return len(got), time.perf_counter() - began
+
+    async def scenario() -> list[tuple[int, float]]:
+        return [await collect(1) for _ in range(LONE_STREAK + 1)] + [await collect(2), await collect(1)]
+
+    took = asyncio.run(scenario())
+    try:
+        assert all(n == 1 and s >= wait_s * 0.9 for n, s in took[:LONE_STREAK])  # waited for company
+        assert took[LONE_STREAK][1] < wait_s / 2  # a lone client now: taken at once
+        assert took[LONE_STREAK + 1][0] == 2  # two at once: load
+        assert took[LONE_STREAK + 2][1] >= wait_s * 0.9  # so the next batch waits again
+    finally:
+        batcher.executor.shutdown()
