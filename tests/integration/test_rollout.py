@@ -245,6 +245,8 @@ def test_rejected_approval_leaves_production_as_it_was(gateway: dict[str, Any]) 
         "challenger": None,
         "mode": "off",
         "share": 0.0,
+        "champion_scoring": "onnx",
+        "challenger_scoring": None,
     }
 
 

@@ -97,7 +97,7 @@ def test_both_projects_have_their_own_deployments(two_projects: dict[str, Any]) 
     for target in (a, b):
         assert {f"retrain/{target.name('retrain')}", f"ci_pipeline/{target.name('ci')}"} <= names
         assert f"drift_check/{target.name('drift-check')}" in names
-    assert len(names) == 14  # seven per project, none overwritten
+    assert len(names) == 16  # eight per project, none overwritten
 
 
 def test_a_drift_alert_for_model_a_starts_only_a_retrain_with_a_config(two_projects: dict[str, Any]) -> None:
