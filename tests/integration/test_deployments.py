@@ -128,6 +128,13 @@ def deployed(live_stack: dict[str, str]) -> Iterator[dict[str, str]]:
     )
 
 
+async def _schedules(name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return list((await client.read_deployment_by_name(name)).schedules)
+
+
 def _wait_for_scheduled(deployment: str, timeout: float = 120) -> list[Any]:
     """The server's scheduler services create a deployment's runs on their own loop (seconds to a minute after
     the deployment is applied, longer on a loaded machine), so wait for them rather than read once."""
@@ -140,10 +147,14 @@ def _wait_for_scheduled(deployment: str, timeout: float = 120) -> list[Any]:
 
 
 def test_schedules_create_runs(deployed: dict[str, str]) -> None:
-    for name in ("drift-check", "ground-truth-backfill", "retrain", "batch-inference"):
+    for name in ("drift-check", "ground-truth-backfill", "retrain"):
         runs = _wait_for_scheduled(TARGET.name(name))
         assert any(r.state_type.value == "SCHEDULED" for r in runs), f"no scheduled run for {name}"
         assert all(r.parameters.get("config") == str(CONFIG) for r in runs), f"{name} runs another config"
+    # the nightly batch scoring is applied with its schedule paused (batch.input must name a table to score first)
+    [schedule] = asyncio.run(_schedules(f"batch_inference/{TARGET.name('batch-inference')}"))
+    assert schedule.active is False and schedule.schedule.cron == "30 2 * * *"
+    assert not asyncio.run(_runs(TARGET.name("batch-inference")))
 
 
 def test_drift_event_triggers_a_retrain_run(deployed: dict[str, str]) -> None:
