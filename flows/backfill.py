@@ -7,10 +7,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.fan_out import over_parts
 from tasks.actions import act_on_performance, confirm_action
 from tasks.alerts import deliver_alerts
 from tasks.drift import load_production_release
-from tasks.ground_truth import compute_live_metrics, ingest_labels, judge_live_performance
+from tasks.ground_truth import ingest_labels, join_part, judge_live_performance, merge_live_metrics, plan_live_metrics
 from tasks.reporting import record_live_metrics
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
@@ -32,8 +33,10 @@ def ground_truth_backfill(
     release = load_production_release(ctx)
     # ingest (a scheduled run without a file only recomputes)
     ingested = ingest_labels(ctx, release, labels) if labels else {"changed": 0, "total": 0}
-    # measure
-    live = compute_live_metrics(ctx, release, as_of, by, every, chunks)
+    # measure: the labelled rows of each log part (here, or on Dask workers: compute.dask_address), merged in order
+    plan = plan_live_metrics(ctx, as_of, by, every, chunks)
+    joined = over_parts(ctx.config.compute.dask_address, join_part, len(plan.parts), plan=plan)
+    live = merge_live_metrics(plan, release, joined)
     verdict = judge_live_performance(live.rows, release)
     # record
     run_id = record_live_metrics(release, live, verdict)

@@ -6,9 +6,10 @@ from typing import Any
 
 from prefect import flow
 
+from flows.fan_out import over_parts
 from tasks.actions import act_on_drift
 from tasks.alerts import deliver_alerts
-from tasks.drift import compute_drift, load_production_release
+from tasks.drift import drift_of_part, load_production_release, merge_drift, plan_drift
 from tasks.reporting import evidently_report, record_drift
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
@@ -29,8 +30,10 @@ def drift_check(
     --fail-on-drift use."""
     ctx = as_context(config, env)
     release = load_production_release(ctx)
-    # measure
-    check, sample = compute_drift(ctx, release, window_hours, since, until, by)
+    # measure: one partial per log part (here, or on Dask workers: compute.dask_address), merged exactly
+    plan = plan_drift(ctx, release, window_hours, since, until, by)
+    partials = over_parts(ctx.config.compute.dask_address, drift_of_part, len(plan.parts), plan=plan)
+    check, sample = merge_drift(plan, partials)
     evidently = evidently_report(ctx, release, sample)
     # record
     run_id = record_drift(release, check, evidently)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,6 +327,15 @@ class DriftAccumulator:
             text = class_text(values) if name == SCORE else values.dropna().astype("string")
             counter.update(text.value_counts().to_dict())
 
+    def merge(self, other: DriftAccumulator) -> None:
+        """Add the counts of another accumulator of the same profile."""
+        self.rows += other.rows
+        self.nulls.update(other.nulls)
+        for name, counts in self.bins.items():
+            counts += other.bins[name]
+        for name, counter in self.cats.items():
+            counter.update(other.cats[name])
+
     def _result(self, name: str, kind: str, method: str, stat: float, threshold: float, drifted: bool) -> FeatureDrift:
         spec = self._spec(name)
         return FeatureDrift(
@@ -373,35 +383,71 @@ class DriftAccumulator:
         return DriftReport(version, self.rows, features, pred, share, detected, mon.drift_share_threshold)
 
 
-def drift_of_log(
-    frames: Iterable[pd.DataFrame], release: Release, window: LogWindow, seed: int = 0
-) -> tuple[DriftCheck, pd.DataFrame]:
-    """Stream log frames (the Production version's champion and batch answers inside `window`) through the overall and
-    per-segment accumulators (segments grouped by tollgate.segments, as the profile was); also keep a bounded
-    uniform sample (reservoir by random keys) for the Evidently report. One frame is in memory at a time."""
-    mon, ds = release.config.monitoring, release.config.dataset
-    overall = DriftAccumulator(release.profile)
-    per_segment = {
-        (col, value): DriftAccumulator(seg)
-        for col, values in release.profile.get("segments", {}).items()
-        for value, seg in values.items()
-        if "prediction" in seg
-    }
-    rng = np.random.default_rng(seed)
-    sample = pd.DataFrame()
-    excluded: Counter[str] = Counter()
-    served = ("champion", "batch")  # what the version answered: online, and in batch runs (tasks/batch.py)
-    mine = (f[f["role"].isin(served) & (f["model_version"].astype(str) == release.version)] for f in frames)
-    for frame in window.stream(mine, excluded):
-        overall.add(frame)
-        _add_segments(frame, ds, per_segment)
-        keyed = frame.assign(_key=rng.random(len(frame)))
-        sample = pd.concat([sample, keyed]).nsmallest(mon.report_sample_rows, "_key")
-    segments = {
-        f"{col}={value}": acc.report(release.version, mon) for (col, value), acc in per_segment.items() if acc.rows
-    }
-    check = DriftCheck(overall.report(release.version, mon), segments, window, excluded["rows"])
-    return check, sample.drop(columns="_key", errors="ignore")
+@dataclass(frozen=True)
+class DriftScope:
+    """What a drift check measures, as plain values a Dask worker can take: the version whose answers count, its
+    reference profile, the dataset (segments) and monitoring settings of its release, and the window."""
+
+    version: str
+    profile: dict[str, Any]
+    dataset: DatasetConfig
+    monitoring: MonitoringConfig
+    window: LogWindow
+
+    @classmethod
+    def of(cls, release: Release, window: LogWindow) -> DriftScope:
+        cfg = release.config
+        return cls(release.version, release.profile, cfg.dataset, cfg.monitoring, window)
+
+
+@dataclass
+class DriftPartial:
+    """The accumulators of some log frames (overall and per segment), the report sample drawn from them (the
+    rows with the smallest random keys) and how many rows the window excluded. Partials of disjoint frames merge
+    exactly: counts add, and the merged sample is the one a single pass would have kept."""
+
+    overall: DriftAccumulator
+    segments: dict[tuple[str, str], DriftAccumulator]
+    sample: pd.DataFrame
+    excluded: int = 0
+
+    @classmethod
+    def empty(cls, scope: DriftScope) -> DriftPartial:
+        segments = {
+            (col, value): DriftAccumulator(seg)
+            for col, values in scope.profile.get("segments", {}).items()
+            for value, seg in values.items()
+            if "prediction" in seg
+        }
+        return cls(DriftAccumulator(scope.profile), segments, pd.DataFrame())
+
+    def add(self, frame: pd.DataFrame, scope: DriftScope, rng: np.random.Generator) -> None:
+        """Accumulate one frame of the version's in-window rows."""
+        self.overall.add(frame)
+        _add_segments(frame, scope.dataset, self.segments)
+        self._keep(frame.assign(_key=rng.random(len(frame))), scope.monitoring.report_sample_rows)
+
+    def _keep(self, keyed: pd.DataFrame, rows: int) -> None:
+        self.sample = keyed if self.sample.empty else pd.concat([self.sample, keyed])
+        self.sample = self.sample.nsmallest(rows, "_key")
+
+    def merge(self, other: DriftPartial, scope: DriftScope) -> None:
+        """Add another partial's counts, sample and exclusions to this one."""
+        self.overall.merge(other.overall)
+        for key, acc in self.segments.items():
+            acc.merge(other.segments[key])
+        if not other.sample.empty:
+            self._keep(other.sample, scope.monitoring.report_sample_rows)
+        self.excluded += other.excluded
+
+    def finish(self, scope: DriftScope) -> tuple[DriftCheck, pd.DataFrame]:
+        """The drift check of everything accumulated, and the report sample."""
+        mon = scope.monitoring
+        segments = {
+            f"{col}={value}": acc.report(scope.version, mon) for (col, value), acc in self.segments.items() if acc.rows
+        }
+        check = DriftCheck(self.overall.report(scope.version, mon), segments, scope.window, self.excluded)
+        return check, self.sample.drop(columns="_key", errors="ignore")
 
 
 def _add_segments(frame: pd.DataFrame, ds: DatasetConfig, per_segment: dict[tuple[str, str], DriftAccumulator]) -> None:
@@ -412,6 +458,40 @@ def _add_segments(frame: pd.DataFrame, ds: DatasetConfig, per_segment: dict[tupl
             acc.add(frame.iloc[rows])
 
 
+SERVED = ("champion", "batch")  # what a version answered: online, and in batch runs (tasks/batch.py)
+
+
+def drift_partial(frames: Iterable[pd.DataFrame], scope: DriftScope, seed: int | Sequence[int] = 0) -> DriftPartial:
+    """Stream log frames through a fresh partial: only the scope's version's champion and batch answers inside
+    its window count; one frame is in memory at a time."""
+    partial = DriftPartial.empty(scope)
+    rng = np.random.default_rng(seed)
+    excluded: Counter[str] = Counter()
+    mine = (f[f["role"].isin(SERVED) & (f["model_version"].astype(str) == scope.version)] for f in frames)
+    for frame in scope.window.stream(mine, excluded):
+        partial.add(frame, scope, rng)
+    partial.excluded = excluded["rows"]
+    return partial
+
+
+def merge_partials(partials: Sequence[DriftPartial], scope: DriftScope) -> tuple[DriftCheck, pd.DataFrame]:
+    """The drift check of the merged partials (in order) and its report sample."""
+    total = DriftPartial.empty(scope)
+    for partial in partials:
+        total.merge(partial, scope)
+    return total.finish(scope)
+
+
+def drift_of_log(
+    frames: Iterable[pd.DataFrame], release: Release, window: LogWindow, seed: int = 0
+) -> tuple[DriftCheck, pd.DataFrame]:
+    """Stream log frames (the release's version's champion and batch answers inside `window`) through the overall
+    and per-segment accumulators (segments grouped by tollgate.segments, as the profile was); also keep a bounded
+    uniform sample (reservoir by random keys) for the Evidently report. One frame is in memory at a time."""
+    scope = DriftScope.of(release, window)
+    return merge_partials([drift_partial(frames, scope, seed)], scope)
+
+
 @tollgate_task(idempotent_io=True)
 def load_production_release(ctx: Context) -> Release:
     """The Production release with its own config and reference profile (not the working tree's)."""
@@ -420,22 +500,50 @@ def load_production_release(ctx: Context) -> Release:
     return release
 
 
+@dataclass(frozen=True)
+class DriftPlan:
+    """A drift check's scope and the log parts it reads, each by one `drift_of_part` (in process or on a Dask
+    worker); `floor` lets a prediction-time window skip earlier rows as they are read."""
+
+    scope: DriftScope
+    parts: list[str]
+    floor: float | None
+    chunk_rows: int
+
+
 @tollgate_task
-def compute_drift(
+def plan_drift(
     ctx: Context,
     release: Release,
     window_hours: float | None,
     since: float | str | None = None,
     until: float | str | None = None,
     by: str = "prediction-time",
-) -> tuple[DriftCheck, pd.DataFrame]:
-    """Drift of the log window against the release's reference profile (streamed frame by frame), and the
-    report sample."""
-    from tollgate.predlog import compact, iter_log_frames
+) -> DriftPlan:
+    """The window of the check and the log parts to read (sealed segments are converted to Parquet first)."""
+    from tollgate.predlog import compact, log_parts
 
     log_dir = ctx.paths.model_log(ctx.config.project.registered_model)
     compact(log_dir)
     window = drift_window(release, window_hours, since, until, by, time.time())
-    # On prediction time the reader skips earlier rows itself; event time can be anything, so every frame is read.
+    # On prediction time the reader skips earlier rows itself; event time can be anything, so every row is read.
     floor = window.start if window.by == "prediction-time" else None
-    return drift_of_log(iter_log_frames(log_dir, floor), release, window)
+    parts = [str(p) for p in log_parts(log_dir)]
+    return DriftPlan(DriftScope.of(release, window), parts, floor, ctx.config.compute.chunk_rows)
+
+
+@tollgate_task
+def drift_of_part(plan: DriftPlan, index: int) -> DriftPartial:
+    """The partial drift counts and report sample of the plan's part `index`, read `chunk_rows` rows at a time
+    (its sample keys are drawn from a generator seeded by the index, so any runner draws the same sample)."""
+    from tollgate.predlog import part_frames
+
+    frames = part_frames(Path(plan.parts[index]), plan.floor, plan.chunk_rows)
+    return drift_partial(frames, plan.scope, seed=(0, index))
+
+
+@tollgate_task
+def merge_drift(plan: DriftPlan, partials: list[DriftPartial]) -> tuple[DriftCheck, pd.DataFrame]:
+    """The drift check of the whole window (overall and per segment) from the parts' partials, and the report
+    sample."""
+    return merge_partials(partials, plan.scope)

@@ -130,14 +130,19 @@ def join_labels(log: pd.DataFrame, labels: pd.DataFrame, as_of: float) -> pd.Dat
     return out[out["label"].notna()]
 
 
+def merge_joined(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Labelled rows of consecutive log parts, in order, de-duplicated by prediction id (the first one kept)."""
+    kept = [p for p in parts if len(p)]
+    if not kept:
+        return pd.DataFrame(columns=["prediction_id", "model_version", "role", "ts", "score", "label"])
+    joined = pd.concat(kept, ignore_index=True).drop_duplicates("prediction_id", keep="first")
+    return joined.reset_index(drop=True)
+
+
 def join_log_frames(frames: Iterable[pd.DataFrame], labels: pd.DataFrame, as_of: float) -> pd.DataFrame:
     """The labelled rows of a stream of log frames, de-duplicated by prediction id: memory follows the labelled
     rows, not the log."""
-    parts = [j for j in (join_labels(f, labels, as_of) for f in frames) if len(j)]
-    if not parts:
-        return pd.DataFrame(columns=["prediction_id", "model_version", "role", "ts", "score", "label"])
-    joined = pd.concat(parts, ignore_index=True).drop_duplicates("prediction_id", keep="first")
-    return joined.reset_index(drop=True)
+    return merge_joined(join_labels(f, labels, as_of) for f in frames)
 
 
 def parse_every(text: str | float | None) -> float | None:
@@ -342,28 +347,52 @@ def ingest_labels(ctx: Context, release: Release, path: str) -> dict[str, int]:
     return {"changed": changed, "total": total}
 
 
+@dataclass(frozen=True)
+class JoinPlan:
+    """A backfill's label join: the log parts (each joined by one `join_part`, in process or on a Dask worker),
+    the label store, the time labels must have matured by, and the windowing of the metrics."""
+
+    parts: list[str]
+    store: str
+    as_of: float
+    chunk_rows: int
+    windowing: Windowing
+
+
 @tollgate_task
-def compute_live_metrics(
+def plan_live_metrics(
     ctx: Context,
-    release: Release,
     as_of: float | None,
     by: str = "prediction-time",
     every: str | float | None = None,
     chunks: int | None = None,
-) -> LiveMetrics:
-    """Live metrics over matured labels for every version and role in the log (champion, canary, shadow),
-    under the release's objective; the log is streamed frame by frame and only labelled rows are kept."""
-    from tollgate.predlog import compact, iter_log_frames
+) -> JoinPlan:
+    """The log parts to join (sealed segments converted first; none while no label is stored) and the windowing."""
+    from tollgate.predlog import compact, log_parts
 
     windowing = Windowing(by, parse_every(every), chunks)
     model = ctx.config.project.registered_model
     log_dir, store = ctx.paths.model_log(model), ctx.paths.model_labels(model) / STORE
     compact(log_dir)
-    if not store.exists():
-        return LiveMetrics([], windowing)
+    parts = [str(p) for p in log_parts(log_dir)] if store.exists() else []
     when = time.time() if as_of is None else as_of
-    joined = join_log_frames(iter_log_frames(log_dir), pd.read_parquet(store), when)
-    return live_metrics(joined, release.objective, release.config.dataset, windowing)
+    return JoinPlan(parts, str(store), when, ctx.config.compute.chunk_rows, windowing)
+
+
+@tollgate_task
+def join_part(plan: JoinPlan, index: int) -> pd.DataFrame:
+    """The labelled rows of the plan's part `index` (read `chunk_rows` rows at a time): only they stay in memory."""
+    from tollgate.predlog import part_frames
+
+    frames = part_frames(Path(plan.parts[index]), chunk_rows=plan.chunk_rows)
+    return join_log_frames(frames, pd.read_parquet(plan.store), plan.as_of)
+
+
+@tollgate_task
+def merge_live_metrics(plan: JoinPlan, release: Release, joined: list[pd.DataFrame]) -> LiveMetrics:
+    """Live metrics over the parts' labelled rows for every version and role in the log (champion, canary, shadow),
+    under the release's objective."""
+    return live_metrics(merge_joined(joined), release.objective, release.config.dataset, plan.windowing)
 
 
 @tollgate_task

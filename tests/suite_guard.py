@@ -98,11 +98,17 @@ def _leaked() -> list[psutil.Process]:
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(SESSION_MARK) == _MARK:
+            if proc.environ().get(SESSION_MARK) == _MARK and not _ends_with_me(proc, me):
                 found.append(proc)
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def _ends_with_me(proc: psutil.Process, me: int) -> bool:
+    """multiprocessing's resource tracker of this very process (a Dask LocalCluster started in process leaves one):
+    it exits when this process does, so it is no leak. Under xdist the workers' trackers ended with them."""
+    return proc.ppid() == me and "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
 
 
 def _describe(proc: psutil.Process) -> str:

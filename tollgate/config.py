@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -279,6 +280,31 @@ class BatchConfig(_Strict):
     max_reject_share: float = Field(default=0.01, ge=0, le=1)  # a chunk with more rows failing the rules fails the run
 
 
+DASK_ADDRESS = re.compile(r"local:[1-9][0-9]*|(tcp|tls)://[^\s/:]+:[0-9]+")
+
+
+class ComputeConfig(_Strict):
+    """Where the steps over the prediction log's parts run (drift_check's statistics, backfill's label join): in
+    this process, or fanned out over Dask workers by prefect-dask's DaskTaskRunner, one task per part. The
+    results are the same either way: partial counts and joins merge exactly."""
+
+    # "": in this process; "local:N": a Dask LocalCluster of N worker processes started for the run and stopped
+    # after it; "tcp://host:port": an existing Dask scheduler (its workers must run this project's code)
+    dask_address: str = ""
+    chunk_rows: int = Field(default=250_000, ge=1_000)  # rows of one log part in memory at a time (bounds memory)
+
+    @field_validator("dask_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip()
+        if value and not DASK_ADDRESS.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a Dask address: use '' (in process), 'local:N' (N local worker processes) "
+                "or 'tcp://host:port' (an existing scheduler)"
+            )
+        return value
+
+
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
     # Delivery is tried after the action it reports: each attempt waits at most timeout_s; a failure is recorded.
@@ -410,6 +436,7 @@ class TollgateConfig(_Strict):
     rollout: RolloutConfig
     serving: ServingConfig = ServingConfig()
     batch: BatchConfig = BatchConfig()
+    compute: ComputeConfig = ComputeConfig()
     alerts: AlertsConfig = AlertsConfig()
     generation: GenerationConfig | None = None
     servers: ServersConfig = ServersConfig()

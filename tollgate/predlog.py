@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import pandas as pd
 from tollgate.procs import pid_alive
 
 FEATURE_PREFIX = "f."
+DEFAULT_CHUNK_ROWS = 250_000  # compute.chunk_rows: rows of one log part in memory at a time
 _SEGMENT_SEQ = itertools.count(1)
 BASE_COLUMNS = [
     "prediction_id",
@@ -256,23 +257,42 @@ def compact(folder: Path) -> list[Path]:
     return done
 
 
-def iter_log_frames(folder: Path, since: float | None = None) -> Iterator[pd.DataFrame]:
-    """The log as a stream of frames (one per Parquet part or live segment), rows at or after `since`."""
+def log_parts(folder: Path) -> list[Path]:
+    """The log's parts in order: sealed Parquet parts and JSONL segments not yet converted."""
     if not folder.exists():
-        return
-    for path in sorted([*folder.glob("seg-*.parquet"), *folder.glob("seg-*.jsonl")]):
+        return []
+    return sorted([*folder.glob("seg-*.parquet"), *folder.glob("seg-*.jsonl")])
+
+
+def part_frames(path: Path, since: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """One log part as frames of at most `chunk_rows` rows (a Parquet part in record batches; a JSONL segment,
+    bounded by serving.log_rotate_rows, whole), every BASE_COLUMNS column present, rows at or after `since`.
+    A segment converted to Parquet between listing and reading is read from its part; a vanished one is empty."""
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".jsonl":
         try:
-            frame = pd.read_parquet(path) if path.suffix == ".parquet" else records_to_frame(_segment_records(path))
+            frames: Iterable[pd.DataFrame] = [records_to_frame(_segment_records(path))]
         except FileNotFoundError:
-            part = path.with_name(path.name.split(".")[0] + ".parquet")  # converted between listing and reading
-            if not part.exists():
-                continue
-            frame = pd.read_parquet(part)
+            path = path.with_name(path.name.split(".")[0] + ".parquet")
+            if not path.exists():
+                return
+    if path.suffix == ".parquet":
+        frames = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+    for frame in frames:
         frame = with_base_columns(frame)
         if since is not None and len(frame):
             frame = frame[frame["ts"] >= since]
         if len(frame):
             yield frame
+
+
+def iter_log_frames(
+    folder: Path, since: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """The log as a stream of frames (each part in chunks of at most `chunk_rows` rows), rows at or after `since`."""
+    for path in log_parts(folder):
+        yield from part_frames(path, since, chunk_rows)
 
 
 def read_log(folder: Path, since: float | None = None) -> pd.DataFrame:

@@ -16,7 +16,9 @@ import pytest
 from flows.backfill import ground_truth_backfill
 from flows.deploy import deploy_model
 from flows.drift import drift_check
-from tasks.ground_truth import labels_from_period
+from flows.fan_out import over_parts
+from tasks.drift import drift_of_part, load_production_release, merge_partials, plan_drift
+from tasks.ground_truth import join_part, labels_from_period, merge_live_metrics, plan_live_metrics
 from tasks.reporting import evidently_verdicts
 from tests.helpers import bundled_config
 from tests.integration.live import Traffic, running_gateway, train
@@ -30,7 +32,8 @@ COVARIATE = {"monthly_charges", "last_login_days", "usage_gb"}
 @pytest.fixture(scope="module")
 def world(live_stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     sink = Sink()
-    with running_gateway(live_stack, "monitoring-churn") as gw:
+    # the log is sealed every 1,500 rows: each replayed period spans several parts (the Dask tests fan out over them)
+    with running_gateway(live_stack, "monitoring-churn", log_rotate_rows=1500) as gw:
         ctx = gw["ctx"].with_config(alerts={"webhook_url": sink.url}, rollout={"auto_approve": True})
         v1 = train(ctx, monitoring={"live_degraded_at": 0.7})
         deploy_model(version=v1.version, config=ctx)
@@ -79,6 +82,25 @@ def test_covariate_drift_is_found_on_the_shifted_features_only(covariate: dict[s
     assert result["alerts"] == {"delivered": 1, "failed": [], "webhook": True}
 
 
+def test_the_drift_check_on_dask_workers_equals_the_one_in_process(
+    world: dict[str, Any], covariate: dict[str, Any]
+) -> None:
+    """compute.dask_address local:2 (issue 14): the covariate window's log parts fanned out over a Dask
+    LocalCluster by prefect-dask give the very check the flow made in process: verdicts, statistics, sample."""
+    ctx, window = world["ctx"], covariate["result"]["window"]
+    plan = plan_drift.fn(ctx, load_production_release.fn(ctx), None, window["start"], window["end"])
+    assert len(plan.parts) > 2
+    here = merge_partials(over_parts("", drift_of_part, len(plan.parts), plan=plan), plan.scope)
+    there = merge_partials(over_parts("local:2", drift_of_part, len(plan.parts), plan=plan), plan.scope)
+    assert here[0].summary() == {k: covariate["result"][k] for k in here[0].summary()}
+    assert there[0].summary() == here[0].summary()
+    assert there[0].overall.rows_table() == here[0].overall.rows_table()
+    assert {k: r.rows_table() for k, r in there[0].segments.items()} == {
+        k: r.rows_table() for k, r in here[0].segments.items()
+    }
+    pd.testing.assert_frame_equal(there[1], here[1])
+
+
 def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:
     result = _drift(world, _period("segment_shift"))
     assert "region=south" in result["segments"]
@@ -104,6 +126,20 @@ def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(
     assert again["ingested"]["changed"] == 0
     assert again["verdict"]["status"] == first["verdict"]["status"]
     assert again["verdict"]["labelled"] == first["verdict"]["labelled"]
+
+
+def test_the_label_join_on_dask_workers_equals_the_one_in_process(
+    world: dict[str, Any], concept: dict[str, Any]
+) -> None:
+    """compute.dask_address local:2 (issue 14): backfill's join of the stored labels to every log part, fanned out
+    over a Dask LocalCluster, gives the same labelled rows and live metrics, per version, role, segment, window."""
+    ctx = world["ctx"]
+    release = load_production_release.fn(ctx)
+    plan = plan_live_metrics.fn(ctx, None, chunks=3)
+    here = merge_live_metrics.fn(plan, release, over_parts("", join_part, len(plan.parts), plan=plan))
+    there = merge_live_metrics.fn(plan, release, over_parts("local:2", join_part, len(plan.parts), plan=plan))
+    assert len(plan.parts) > 1 and len(here.rows) > 3
+    assert there.to_dict() == here.to_dict()
 
 
 def test_severe_degradation_rolls_back_to_the_previous_release(
