@@ -138,3 +138,14 @@ def test_numeric_segment_through_bins_and_task_types(config_dir: Path) -> None:
 
     cfg = load_config(_edit(config_dir, regression), "dev", environ={}).config
     assert cfg.model.task == "regression" and cfg.gates.maximums == {"rmse": 0.5}
+
+
+def test_compute_dask_address_is_checked_and_named(project_root: Path) -> None:
+    path = project_root / "configs" / "pipeline.yaml"
+    assert load_config(path, "dev").config.compute.dask_address == ""  # in process
+    for good in ("local:2", "tcp://10.0.0.5:8786"):
+        cfg = load_config(path, "dev", environ={"TOLLGATE__COMPUTE__DASK_ADDRESS": good}).config
+        assert cfg.compute.dask_address == good
+    for bad in ("local:0", "dask://x", "tcp://host", "local"):
+        with pytest.raises(ConfigError, match=r"compute\.dask_address.*not a Dask address"):
+            load_config(path, "dev", environ={"TOLLGATE__COMPUTE__DASK_ADDRESS": bad})
