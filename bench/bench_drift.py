@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import OUT, project_config
+from bench.common import OUT, project_config, record_results
 
 NEEDS_STACK = False
 COLUMNS = [f"x{i:02d}" for i in range(20)]
@@ -130,6 +130,15 @@ def main(stack: object = None) -> None:
     print(
         f"  {streamed['rows']:,} rows streamed in {streamed['seconds']:.1f} s, peak RSS {streamed['peak_mb']:.0f} MB "
         f"(target < 2048 MB, ratio {streamed['peak_mb'] / 2048:.2f}); drifted {streamed['drifted']}"
+    )
+    record_results(
+        {
+            "drift_1m_tollgate_s": ours_s,
+            "drift_1m_evidently_s": evidently_s,
+            "drift_1m_same_verdicts": 1.0 if same else 0.0,
+            "drift_10m_stream_s": streamed["seconds"],
+            "drift_10m_stream_peak_rss_mb": streamed["peak_mb"],
+        }
     )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "drift.json").write_text(

@@ -11,7 +11,7 @@ from flows.fan_out import over_parts
 from tasks.actions import act_on_performance, confirm_action
 from tasks.alerts import deliver_alerts
 from tasks.drift import load_production_release
-from tasks.ground_truth import ingest_labels, join_part, judge_live_performance, merge_live_metrics, plan_live_metrics
+from tasks.ground_truth import ingest_labels, join_parts, judge_live_performance, merge_live_metrics, plan_live_metrics
 from tasks.reporting import record_live_metrics
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
@@ -35,7 +35,8 @@ def ground_truth_backfill(
     ingested = ingest_labels(ctx, release, labels) if labels else {"changed": 0, "total": 0}
     # measure: the labelled rows of each log part (here, or on Dask workers: compute.dask_address), merged in order
     plan = plan_live_metrics(ctx, as_of, by, every, chunks)
-    joined = over_parts(ctx.config.compute.dask_address, join_part, len(plan.parts), plan=plan)
+    compute = ctx.config.compute
+    joined = over_parts(compute.dask_address, join_parts, len(plan.parts), compute.parts_per_task, plan=plan)
     live = merge_live_metrics(plan, release, joined)
     verdict = judge_live_performance(live.rows, release)
     # record

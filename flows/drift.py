@@ -9,7 +9,7 @@ from prefect import flow
 from flows.fan_out import over_parts
 from tasks.actions import act_on_drift
 from tasks.alerts import deliver_alerts
-from tasks.drift import drift_of_part, load_production_release, merge_drift, plan_drift
+from tasks.drift import drift_of_parts, load_production_release, merge_drift, plan_drift
 from tasks.reporting import evidently_report, record_drift
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
@@ -32,7 +32,8 @@ def drift_check(
     release = load_production_release(ctx)
     # measure: one partial per log part (here, or on Dask workers: compute.dask_address), merged exactly
     plan = plan_drift(ctx, release, window_hours, since, until, by)
-    partials = over_parts(ctx.config.compute.dask_address, drift_of_part, len(plan.parts), plan=plan)
+    compute = ctx.config.compute
+    partials = over_parts(compute.dask_address, drift_of_parts, len(plan.parts), compute.parts_per_task, plan=plan)
     check, sample = merge_drift(plan, partials)
     evidently = evidently_report(ctx, release, sample)
     # record

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,11 @@ import pandas as pd
 from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig, MonitoringConfig
 from tollgate.context import Context
-from tollgate.release import Release, load_release
 from tollgate.segments import segment_groups
 from tollgate.stats import bin_counts, jensen_shannon, ks_pvalue, ks_statistic, proportions, psi_from_proportions
+
+if TYPE_CHECKING:  # the release module loads MLflow: a Dask worker running drift_of_parts never needs it
+    from tollgate.release import Release
 
 SCORE = "__score__"  # the accumulator's name for the prediction column (score, or the predicted class)
 CLOCKS = {"prediction-time": "ts", "event-time": "event_ts"}  # a window's clock -> the log column it reads
@@ -394,6 +396,13 @@ class DriftScope:
     monitoring: MonitoringConfig
     window: LogWindow
 
+    @property
+    def columns(self) -> list[str]:
+        """The log columns a check reads: who answered and when, the prediction, the profiled features and the
+        segment columns."""
+        names = [*self.profile["features"], *self.dataset.segments]
+        return ["role", "model_version", "ts", "event_ts", "score", "decision", *(f"f.{n}" for n in names)]
+
     @classmethod
     def of(cls, release: Release, window: LogWindow) -> DriftScope:
         cfg = release.config
@@ -425,9 +434,20 @@ class DriftPartial:
         """Accumulate one frame of the version's in-window rows."""
         self.overall.add(frame)
         _add_segments(frame, scope.dataset, self.segments)
-        self._keep(frame.assign(_key=rng.random(len(frame))), scope.monitoring.report_sample_rows)
+        self._keep(frame, rng.random(len(frame)), scope.monitoring.report_sample_rows)
 
-    def _keep(self, keyed: pd.DataFrame, rows: int) -> None:
+    def _keep(self, frame: pd.DataFrame, keys: np.ndarray, rows: int) -> None:
+        """Keep the `rows` rows with the smallest keys of the sample and `frame` (keyed by `keys`), copying only
+        rows that can enter: under the full sample's largest key, and at most `rows` of the frame."""
+        if len(self.sample) >= rows:
+            under = keys < self.sample["_key"].to_numpy().max()
+            frame, keys = frame[under], keys[under]
+        if len(keys) > rows:
+            smallest = np.sort(np.argpartition(keys, rows - 1)[:rows])
+            frame, keys = frame.iloc[smallest], keys[smallest]
+        if not len(keys):
+            return
+        keyed = frame.assign(_key=keys)
         self.sample = keyed if self.sample.empty else pd.concat([self.sample, keyed])
         self.sample = self.sample.nsmallest(rows, "_key")
 
@@ -437,7 +457,8 @@ class DriftPartial:
         for key, acc in self.segments.items():
             acc.merge(other.segments[key])
         if not other.sample.empty:
-            self._keep(other.sample, scope.monitoring.report_sample_rows)
+            sample = other.sample
+            self._keep(sample.drop(columns="_key"), sample["_key"].to_numpy(), scope.monitoring.report_sample_rows)
         self.excluded += other.excluded
 
     def finish(self, scope: DriftScope) -> tuple[DriftCheck, pd.DataFrame]:
@@ -495,6 +516,8 @@ def drift_of_log(
 @tollgate_task(idempotent_io=True)
 def load_production_release(ctx: Context) -> Release:
     """The Production release with its own config and reference profile (not the working tree's)."""
+    from tollgate.release import load_release
+
     release = load_release(ctx.config, ctx.registry, stage="Production")
     release.file("reference_profile.json")
     return release
@@ -502,8 +525,8 @@ def load_production_release(ctx: Context) -> Release:
 
 @dataclass(frozen=True)
 class DriftPlan:
-    """A drift check's scope and the log parts it reads, each by one `drift_of_part` (in process or on a Dask
-    worker); `floor` lets a prediction-time window skip earlier rows as they are read."""
+    """A drift check's scope and the log parts it reads, a few at a time by `drift_of_parts` (in process or on a
+    Dask worker); `floor` lets a prediction-time window skip earlier rows as they are read."""
 
     scope: DriftScope
     parts: list[str]
@@ -533,13 +556,17 @@ def plan_drift(
 
 
 @tollgate_task
-def drift_of_part(plan: DriftPlan, index: int) -> DriftPartial:
-    """The partial drift counts and report sample of the plan's part `index`, read `chunk_rows` rows at a time
-    (its sample keys are drawn from a generator seeded by the index, so any runner draws the same sample)."""
+def drift_of_parts(plan: DriftPlan, first: int, last: int) -> DriftPartial:
+    """The partial drift counts and report sample of the plan's parts first..last-1, each read `chunk_rows` rows
+    at a time (a part's sample keys come from a generator seeded by its index, so any grouping of parts into
+    tasks, on any runner, draws the same sample)."""
     from tollgate.predlog import part_frames
 
-    frames = part_frames(Path(plan.parts[index]), plan.floor, plan.chunk_rows)
-    return drift_partial(frames, plan.scope, seed=(0, index))
+    total = DriftPartial.empty(plan.scope)
+    for index in range(first, last):
+        frames = part_frames(Path(plan.parts[index]), plan.floor, plan.chunk_rows, plan.scope.columns)
+        total.merge(drift_partial(frames, plan.scope, seed=(0, index)), plan.scope)
+    return total
 
 
 @tollgate_task

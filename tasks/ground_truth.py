@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +32,10 @@ from tasks.drift import clock_of, iso, times_of
 from tollgate.config import DatasetConfig, TollgateConfig
 from tollgate.context import Context
 from tollgate.objective import Objective, as_classes, higher_is_better
-from tollgate.release import Release
 from tollgate.segments import segment_groups
+
+if TYPE_CHECKING:  # the release module loads MLflow: a Dask worker running join_parts never needs it
+    from tollgate.release import Release
 
 STORE = "labels.parquet"
 METRIC_NAMES = {"auc": "AUC", "auc_ovr": "AUC (one-vs-rest)", "rmse": "RMSE"}
@@ -349,7 +351,7 @@ def ingest_labels(ctx: Context, release: Release, path: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class JoinPlan:
-    """A backfill's label join: the log parts (each joined by one `join_part`, in process or on a Dask worker),
+    """A backfill's label join: the log parts (joined a few at a time by `join_parts`, in process or on a Dask worker),
     the label store, the time labels must have matured by, and the windowing of the metrics."""
 
     parts: list[str]
@@ -380,12 +382,16 @@ def plan_live_metrics(
 
 
 @tollgate_task
-def join_part(plan: JoinPlan, index: int) -> pd.DataFrame:
-    """The labelled rows of the plan's part `index` (read `chunk_rows` rows at a time): only they stay in memory."""
+def join_parts(plan: JoinPlan, first: int, last: int) -> pd.DataFrame:
+    """The labelled rows of the plan's parts first..last-1 (each read `chunk_rows` rows at a time): only they stay
+    in memory."""
     from tollgate.predlog import part_frames
 
-    frames = part_frames(Path(plan.parts[index]), chunk_rows=plan.chunk_rows)
-    return join_log_frames(frames, pd.read_parquet(plan.store), plan.as_of)
+    labels = pd.read_parquet(plan.store)
+    parts = range(first, last)
+    return join_log_frames(
+        (f for i in parts for f in part_frames(Path(plan.parts[i]), chunk_rows=plan.chunk_rows)), labels, plan.as_of
+    )
 
 
 @tollgate_task

@@ -292,6 +292,8 @@ class ComputeConfig(_Strict):
     # after it; "tcp://host:port": an existing Dask scheduler (its workers must run this project's code)
     dask_address: str = ""
     chunk_rows: int = Field(default=250_000, ge=1_000)  # rows of one log part in memory at a time (bounds memory)
+    # log parts one Dask task reads: each task run costs orchestration (Prefect records it), so a task reads a few
+    parts_per_task: int = Field(default=4, ge=1)
 
     @field_validator("dask_address")
     @classmethod

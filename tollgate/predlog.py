@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -156,17 +156,19 @@ def _arrow_schema(frame: pd.DataFrame) -> Any:
     return schema.set(schema.get_field_index("proba"), pa.field("proba", pa.list_(pa.float64())))
 
 
-def with_base_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """A frame read from any log part with every BASE_COLUMNS column (missing ones, from older logs, as null)."""
-    missing = [c for c in BASE_COLUMNS if c not in frame.columns]
-    if not missing:
-        return frame
-    frame = frame.copy()
-    for c in missing:
-        frame[c] = pd.Series(
-            math.nan if c == "event_ts" else None, index=frame.index, dtype="float64" if c == "event_ts" else object
-        )
-    return frame
+def with_base_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A frame read from any log part with every BASE_COLUMNS column (missing ones, from older logs, as null);
+    with `columns`, exactly those columns (a feature a part lacks is null too)."""
+    wanted = BASE_COLUMNS if columns is None else list(columns)
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        frame = frame.copy()
+        for c in missing:
+            numeric = c == "event_ts"
+            frame[c] = pd.Series(
+                math.nan if numeric else None, index=frame.index, dtype="float64" if numeric else object
+            )
+    return frame if columns is None or list(frame.columns) == wanted else frame[wanted]
 
 
 def write_part(frame: pd.DataFrame, part: Path) -> Path:
@@ -264,12 +266,16 @@ def log_parts(folder: Path) -> list[Path]:
     return sorted([*folder.glob("seg-*.parquet"), *folder.glob("seg-*.jsonl")])
 
 
-def part_frames(path: Path, since: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def part_frames(
+    path: Path, since: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, columns: Sequence[str] | None = None
+) -> Iterator[pd.DataFrame]:
     """One log part as frames of at most `chunk_rows` rows (a Parquet part in record batches; a JSONL segment,
-    bounded by serving.log_rotate_rows, whole), every BASE_COLUMNS column present, rows at or after `since`.
-    A segment converted to Parquet between listing and reading is read from its part; a vanished one is empty."""
+    bounded by serving.log_rotate_rows, whole), rows at or after `since`. Every BASE_COLUMNS column is present,
+    or, when `columns` are named, only those (the ones a part lacks as nulls) and `ts`: a reader that needs a few
+    columns reads only them. A segment converted to Parquet between listing and reading is read from its part."""
     import pyarrow.parquet as pq
 
+    wanted = None if columns is None else list(dict.fromkeys(["ts", *columns]))
     if path.suffix == ".jsonl":
         try:
             frames: Iterable[pd.DataFrame] = [records_to_frame(_segment_records(path))]
@@ -278,9 +284,11 @@ def part_frames(path: Path, since: float | None = None, chunk_rows: int = DEFAUL
             if not path.exists():
                 return
     if path.suffix == ".parquet":
-        frames = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+        parquet = pq.ParquetFile(path)
+        present = None if wanted is None else [c for c in wanted if c in parquet.schema_arrow.names]
+        frames = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows, columns=present))
     for frame in frames:
-        frame = with_base_columns(frame)
+        frame = with_base_columns(frame, wanted)
         if since is not None and len(frame):
             frame = frame[frame["ts"] >= since]
         if len(frame):

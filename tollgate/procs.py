@@ -94,6 +94,19 @@ def group_rss_mb(pgid: int) -> float:
     return total / 2**20
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The kernel's high-water mark of a live process's resident memory (VmHWM in /proc/PID/status), in MB; None
+    when the process is gone or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def port_in_use(host: str, port: int) -> bool:
     """True when something accepts TCP connections on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -17,8 +17,8 @@ from flows.backfill import ground_truth_backfill
 from flows.deploy import deploy_model
 from flows.drift import drift_check
 from flows.fan_out import over_parts
-from tasks.drift import drift_of_part, load_production_release, merge_partials, plan_drift
-from tasks.ground_truth import join_part, labels_from_period, merge_live_metrics, plan_live_metrics
+from tasks.drift import drift_of_parts, load_production_release, merge_partials, plan_drift
+from tasks.ground_truth import join_parts, labels_from_period, merge_live_metrics, plan_live_metrics
 from tasks.reporting import evidently_verdicts
 from tests.helpers import bundled_config
 from tests.integration.live import Traffic, running_gateway, train
@@ -90,8 +90,8 @@ def test_the_drift_check_on_dask_workers_equals_the_one_in_process(
     ctx, window = world["ctx"], covariate["result"]["window"]
     plan = plan_drift.fn(ctx, load_production_release.fn(ctx), None, window["start"], window["end"])
     assert len(plan.parts) > 2
-    here = merge_partials(over_parts("", drift_of_part, len(plan.parts), plan=plan), plan.scope)
-    there = merge_partials(over_parts("local:2", drift_of_part, len(plan.parts), plan=plan), plan.scope)
+    here = merge_partials(over_parts("", drift_of_parts, len(plan.parts), 4, plan=plan), plan.scope)
+    there = merge_partials(over_parts("local:2", drift_of_parts, len(plan.parts), 1, plan=plan), plan.scope)
     assert here[0].summary() == {k: covariate["result"][k] for k in here[0].summary()}
     assert there[0].summary() == here[0].summary()
     assert there[0].overall.rows_table() == here[0].overall.rows_table()
@@ -136,8 +136,8 @@ def test_the_label_join_on_dask_workers_equals_the_one_in_process(
     ctx = world["ctx"]
     release = load_production_release.fn(ctx)
     plan = plan_live_metrics.fn(ctx, None, chunks=3)
-    here = merge_live_metrics.fn(plan, release, over_parts("", join_part, len(plan.parts), plan=plan))
-    there = merge_live_metrics.fn(plan, release, over_parts("local:2", join_part, len(plan.parts), plan=plan))
+    here = merge_live_metrics.fn(plan, release, over_parts("", join_parts, len(plan.parts), 4, plan=plan))
+    there = merge_live_metrics.fn(plan, release, over_parts("local:2", join_parts, len(plan.parts), 1, plan=plan))
     assert len(plan.parts) > 1 and len(here.rows) > 3
     assert there.to_dict() == here.to_dict()
 

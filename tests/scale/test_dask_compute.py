@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from flows.fan_out import over_parts
-from tasks.drift import DriftPlan, DriftScope, LogWindow, drift_of_part, merge_partials
+from tasks.drift import DriftPlan, DriftScope, LogWindow, drift_of_parts, merge_partials
 from tasks.profiling import reference_profile
 from tests.helpers import bundled_config
 from tollgate.predlog import log_parts, part_frames, records_to_frame, write_part
@@ -68,8 +68,10 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> DriftPlan:
     return DriftPlan(scope, [str(p) for p in log_parts(folder)], window.start, chunk_rows=1000)
 
 
-def _check(plan: DriftPlan, address: str) -> tuple[dict[str, Any], list[dict[str, Any]], pd.DataFrame]:
-    partials = over_parts(address, drift_of_part, len(plan.parts), plan=plan)
+def _check(
+    plan: DriftPlan, address: str, per_task: int = 1
+) -> tuple[dict[str, Any], list[dict[str, Any]], pd.DataFrame]:
+    partials = over_parts(address, drift_of_parts, len(plan.parts), per_task, plan=plan)
     check, sample = merge_partials(partials, plan.scope)
     reports = [check.overall, *check.segments.values()]
     rows = [{"scope": r.version, **f} for r in reports for f in r.rows_table()]
@@ -87,11 +89,12 @@ def test_a_part_read_in_chunks_equals_one_read(plan: DriftPlan) -> None:
 def test_drift_on_a_dask_local_cluster_equals_the_in_process_check(live_stack: dict[str, str], plan: DriftPlan) -> None:
     here, here_rows, here_sample = _check(plan, "")
     assert here["rows"] > 0 and here["detected"], "the later parts are shifted: the check must find drift"
-    there, there_rows, there_sample = _check(plan, "local:2")
+    there, there_rows, there_sample = _check(plan, "local:2", per_task=2)
     assert there == here
     assert there_rows == here_rows  # every statistic, threshold, verdict and count, exactly
     pd.testing.assert_frame_equal(there_sample.reset_index(drop=True), here_sample.reset_index(drop=True))
-    # and the chunk size changes nothing: one read per part draws the same keys in the same order
-    whole, whole_rows, whole_sample = _check(DriftPlan(plan.scope, plan.parts, plan.floor, chunk_rows=PART_ROWS), "")
+    # and the chunk size and the grouping change nothing: one read per part, all parts in one call
+    whole_plan = DriftPlan(plan.scope, plan.parts, plan.floor, chunk_rows=PART_ROWS)
+    whole, whole_rows, whole_sample = _check(whole_plan, "", per_task=PARTS)
     assert (whole, whole_rows) == (here, here_rows)
     pd.testing.assert_frame_equal(whole_sample.reset_index(drop=True), here_sample.reset_index(drop=True))

@@ -64,6 +64,16 @@ def test_a_value_on_an_edge_counts_in_the_bin_above_it() -> None:
     assert proportions(np.array([0, 0])).tolist() == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("n_edges", [0, 1, 19, 64, 65, 99])
+def test_bin_counts_equal_a_binary_search_per_value(n_edges: int) -> None:
+    """Counting by comparisons gives np.searchsorted's bins exactly: values on an edge go above it, NaN last."""
+    rng = np.random.default_rng(n_edges)
+    edges = np.linspace(-2, 2, n_edges).round(3)  # both paths: up to 64 edges by comparisons, more by search
+    values = np.concatenate([rng.normal(size=5000), edges, edges, [np.nan, np.inf, -np.inf, np.nan]])
+    expected = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    assert bin_counts(edges, values).tolist() == expected.tolist()
+
+
 # -- binned Kolmogorov-Smirnov ------------------------------------------------------------------------------
 def test_binned_ks_equals_scipy_when_every_value_has_its_own_bin() -> None:
     rng = np.random.default_rng(3)
