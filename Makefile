@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 CONFIG ?= configs/pipeline.yaml
 ENV ?= dev
 
-.PHONY: help bootstrap data repro demo test test-fast test-unit test-integration test-e2e lint format bench clean
+.PHONY: help bootstrap data engines repro demo test test-fast test-unit test-integration test-e2e test-scale lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,11 +35,18 @@ data: data/snapshot.parquet  ## (re)build the bundled training snapshot recorded
 demo: bootstrap data  ## run the whole lifecycle on the bundled dataset
 	$(TG) demo
 
+# The scale tier's engines: PostgreSQL's server programs (Debian's postgresql package, installed when initdb is
+# missing); the S3-compatible store (moto) and Dask come with the locked venv.
+engines:  ## install what the scale tier runs on (Debian's postgresql, if initdb is missing)
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(echo "installing Debian's postgresql (the scale tier's PostgreSQL) ..." && \
+		 (apt-get install -y -q postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)))
+
 # Two pytest-xdist workers, one test file each at a time (module fixtures stay in one worker); each worker starts
 # its own stack on its own free ports in its own temp state folder. Most of a test's time is spent waiting
 # (servers, rollout phases, leases), so two workers on two cores finish in about half the time.
 TEST_WORKERS ?= 2
-test: bootstrap data  ## run every test tier (unit, integration, e2e), TEST_WORKERS (2) at a time
+test: bootstrap data engines  ## run every test tier (unit, integration, e2e, scale), TEST_WORKERS (2) at a time
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: bootstrap data  ## the inner loop (~2 min): unit tests plus one end-to-end smoke path (train -> deploy -> predict)
@@ -53,6 +60,9 @@ test-integration: bootstrap data  ## flows against real servers on free ports
 
 test-e2e: bootstrap data  ## the lifecycle as a user runs it
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+test-scale: bootstrap data engines  ## the scale tier: Postgres + S3-compatible store + Dask, the whole loop through the CLI
+	$(VENV)/bin/pytest tests/scale $(PYTEST_ARGS)
 
 lint: bootstrap  ## ruff lint + format check, mypy, deptry (declared dependencies)
 	$(VENV)/bin/ruff check .

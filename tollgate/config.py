@@ -344,9 +344,54 @@ class ServersConfig(_Strict):
     # Remote servers (prod): when set, clients use these instead of the local stack's URLs.
     prefect_api_url: str | None = None
     mlflow_tracking_uri: str | None = None
-    prefect_database_url: str | None = None
-    mlflow_backend_store_uri: str | None = None
-    mlflow_artifacts_destination: str | None = None
+    # Where the servers `up` starts keep their state. backend sqlite: files under the state folder. postgres: Prefect
+    # and MLflow on the PostgreSQL server at postgres_url (postgresql://user@host:port, no password: libpq's and
+    # asyncpg's PGPASSWORD or ~/.pgpass give it), in databases <postgres_db_prefix>_prefect and _mlflow, which `up`
+    # creates when missing.
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_url: str | None = None
+    postgres_db_prefix: str = Field(default="tollgate", pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    # MLflow's artifact store (models, reports): the state folder by default, or s3://bucket/prefix. Clients reach
+    # it through the MLflow server; the server's AWS_* credentials come from the environment, never from here.
+    artifacts_uri: str | None = None
+    s3_endpoint_url: str | None = None  # an S3-compatible store (MinIO, moto): its endpoint URL
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme != "postgresql" or not url.hostname or url.path not in ("", "/"):
+            raise ValueError(f"{value!r}: use postgresql://user@host:port (no database: each server gets its own)")
+        if url.password is not None:
+            raise ValueError("holds a password: give it in PGPASSWORD or ~/.pgpass, never in a config file")
+        return value.rstrip("/")
+
+    @field_validator("artifacts_uri", "s3_endpoint_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is not None and urlsplit(value).password is not None:
+            raise ValueError("holds a credential: give it in the AWS_* environment variables, never in a config file")
+        return value
+
+    @model_validator(mode="after")
+    def _postgres_named(self) -> ServersConfig:
+        if self.backend == "postgres" and not self.postgres_url:
+            raise ValueError("servers.backend is postgres but servers.postgres_url is not set")
+        return self
+
+    def database_url(self, server: Literal["prefect", "mlflow"]) -> str | None:
+        """The database URL of a local server on the postgres backend (asyncpg for Prefect, psycopg2 for MLflow);
+        None on sqlite (each server's file under the state folder)."""
+        if self.backend != "postgres" or not self.postgres_url:
+            return None
+        driver = "postgresql+asyncpg" if server == "prefect" else "postgresql"
+        return f"{driver}{self.postgres_url.removeprefix('postgresql')}/{self.postgres_db_prefix}_{server}"
 
     @property
     def prefect_url(self) -> str:

@@ -149,3 +149,18 @@ def test_compute_dask_address_is_checked_and_named(project_root: Path) -> None:
     for bad in ("local:0", "dask://x", "tcp://host", "local"):
         with pytest.raises(ConfigError, match=r"compute\.dask_address.*not a Dask address"):
             load_config(path, "dev", environ={"TOLLGATE__COMPUTE__DASK_ADDRESS": bad})
+
+
+def test_the_postgres_backend_takes_no_password_and_names_one_database_per_server(project_root: Path) -> None:
+    path = project_root / "configs" / "pipeline.yaml"
+    env = {"TOLLGATE__SERVERS__BACKEND": "postgres", "TOLLGATE__SERVERS__POSTGRES_URL": "postgresql://tg@db:5432"}
+    servers = load_config(path, "dev", environ=env).config.servers
+    assert servers.database_url("prefect") == "postgresql+asyncpg://tg@db:5432/tollgate_prefect"
+    assert servers.database_url("mlflow") == "postgresql://tg@db:5432/tollgate_mlflow"
+    assert load_config(path, "dev", environ={}).config.servers.database_url("mlflow") is None  # sqlite
+    with pytest.raises(ConfigError, match=r"servers\.postgres_url.*PGPASSWORD"):
+        load_config(path, "dev", environ={**env, "TOLLGATE__SERVERS__POSTGRES_URL": "postgresql://tg:secret@db:5432"})
+    with pytest.raises(ConfigError, match=r"servers.*postgres_url is not set"):
+        load_config(path, "dev", environ={"TOLLGATE__SERVERS__BACKEND": "postgres"})
+    with pytest.raises(ConfigError, match=r"servers\.artifacts_uri.*AWS_"):
+        load_config(path, "dev", environ={"TOLLGATE__SERVERS__ARTIFACTS_URI": "s3://key:secret@bucket/x"})

@@ -90,8 +90,8 @@ def services(
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": servers.prefect_url,
         }
-        if servers.prefect_database_url:
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = servers.prefect_database_url
+        if (database := servers.database_url("prefect")) is not None:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
         env.update(prefect_server_auth_env(servers, paths))
         out.append(
             Service(
@@ -106,8 +106,9 @@ def services(
             )
         )
     if servers.mlflow_tracking_uri is None:
-        backend = servers.mlflow_backend_store_uri or f"sqlite:///{paths.mlflow_db}"
-        artifacts = servers.mlflow_artifacts_destination or str(paths.mlflow_artifacts)
+        backend = servers.database_url("mlflow") or f"sqlite:///{paths.mlflow_db}"
+        artifacts = servers.artifacts_uri or str(paths.mlflow_artifacts)
+        s3 = {"MLFLOW_S3_ENDPOINT_URL": servers.s3_endpoint_url} if servers.s3_endpoint_url else {}
         out.append(
             Service(
                 name="mlflow-server",
@@ -131,7 +132,7 @@ def services(
                 health_url=f"{servers.mlflow_url}/health",
                 ui_url=servers.mlflow_url,
                 # One process pair (~500 MB) instead of nine (~1.3 GB): no job runner needed.
-                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **mlflow_server_auth_env(servers, paths)},
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **s3, **mlflow_server_auth_env(servers, paths)},
                 marker="mlflow",
             )
         )

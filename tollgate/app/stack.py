@@ -41,6 +41,39 @@ class StackError(Exception):
     """A service could not be started, checked or stopped; the message names the service and its log."""
 
 
+def ensure_databases(servers: ServersConfig) -> list[str]:
+    """On the postgres backend, create the databases of the servers `up` starts that do not exist yet; returns
+    the names it created. StackError naming servers.postgres_url when the server cannot be reached."""
+    if servers.backend != "postgres" or servers.postgres_url is None:
+        return []
+    import psycopg2
+    from psycopg2 import sql
+
+    prefix = servers.postgres_db_prefix
+    wanted = [f"{prefix}_prefect"] if servers.prefect_api_url is None else []
+    wanted += [f"{prefix}_mlflow"] if servers.mlflow_tracking_uri is None else []
+    try:
+        conn = psycopg2.connect(f"{servers.postgres_url}/postgres", connect_timeout=10)
+    except psycopg2.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StackError(
+            f"servers.postgres_url {servers.postgres_url}: cannot connect ({reason}); "
+            "the password comes from PGPASSWORD or ~/.pgpass"
+        ) from None
+    created = []
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for name in wanted:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                    created.append(name)
+    finally:
+        conn.close()
+    return created
+
+
 def is_loopback(host: str) -> bool:
     """True when `host` names this machine only (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -109,6 +142,8 @@ class Stack:
     def _up(self) -> None:
         self.paths.ensure()
         self._prepare_auth()
+        for name in ensure_databases(self.servers):
+            self.say(f"postgres: created database {name} at {self.servers.postgres_url}")
         started: list[Service] = []
         try:
             ensure_admin_token(self.paths)
