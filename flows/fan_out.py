@@ -7,6 +7,7 @@ answer whichever way they ran, so the address changes where the work happens, ne
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from prefect import Flow, unmapped
@@ -55,4 +56,12 @@ def over_parts(address: str, task: Any, count: int, per_task: int, **shared: Any
         return [future.result() for future in futures]
 
     subflow = Flow(fan_out, name=f"fan_out-{task.name}", task_runner=dask_runner(address), validate_parameters=False)
-    return subflow()
+    before = dict(os.environ)
+    try:
+        return subflow()
+    finally:
+        # distributed's Nanny writes its workers' variables (OMP_NUM_THREADS, MALLOC_*, PYTHONHASHSEED) into this
+        # process's environment before it spawns them: put ours back, so no later child process inherits them
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        os.environ.update(before)

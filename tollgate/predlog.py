@@ -263,7 +263,11 @@ def log_parts(folder: Path) -> list[Path]:
     """The log's parts in order: sealed Parquet parts and JSONL segments not yet converted."""
     if not folder.exists():
         return []
-    return sorted([*folder.glob("seg-*.parquet"), *folder.glob("seg-*.jsonl")])
+    # JSONL first: a segment converted between the two listings is then found as its Parquet part, and listed once
+    segments = list(folder.glob("seg-*.jsonl"))
+    parts = list(folder.glob("seg-*.parquet"))
+    converted = {p.name.split(".")[0] for p in parts}
+    return sorted([*parts, *(s for s in segments if s.name.split(".")[0] not in converted)])
 
 
 def part_frames(
@@ -272,15 +276,24 @@ def part_frames(
     """One log part as frames of at most `chunk_rows` rows (a Parquet part in record batches; a JSONL segment,
     bounded by serving.log_rotate_rows, whole), rows at or after `since`. Every BASE_COLUMNS column is present,
     or, when `columns` are named, only those (the ones a part lacks as nulls) and `ts`: a reader that needs a few
-    columns reads only them. A segment converted to Parquet between listing and reading is read from its part."""
+    columns reads only them. A segment sealed or converted to Parquet between listing and reading is read from
+    where it went."""
     import pyarrow.parquet as pq
 
     wanted = None if columns is None else list(dict.fromkeys(["ts", *columns]))
+    frames: Iterable[pd.DataFrame] = []
     if path.suffix == ".jsonl":
-        try:
-            frames: Iterable[pd.DataFrame] = [records_to_frame(_segment_records(path))]
-        except FileNotFoundError:
-            path = path.with_name(path.name.split(".")[0] + ".parquet")
+        # the gateway may seal a live segment (rename to .sealed.jsonl) and compact() convert a sealed one to
+        # Parquet between listing and reading: follow it
+        stem = path.name.split(".")[0]
+        for candidate in dict.fromkeys([path, path.with_name(f"{stem}.sealed.jsonl")]):
+            try:
+                frames = [records_to_frame(_segment_records(candidate))]
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            path = path.with_name(f"{stem}.parquet")
             if not path.exists():
                 return
     if path.suffix == ".parquet":

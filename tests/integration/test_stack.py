@@ -110,9 +110,9 @@ def test_stale_pid_file_is_reported_and_removed(tmp_path: Path) -> None:
 
 def test_a_service_that_dies_on_start_names_its_log_and_nothing_is_left(tmp_path: Path) -> None:
     env = _isolated_env(tmp_path / "home")
-    env["TOLLGATE__SERVERS__MLFLOW_BACKEND_STORE_URI"] = "nosuchdb://nowhere"
     servers = _servers(env)
-    paths = StatePaths(tmp_path / "home")
+    paths = StatePaths(tmp_path / "home").ensure()
+    paths.mlflow_db.write_text("not a database\n")  # MLflow's server exits on it at start-up
     with pytest.raises(StackError, match=r"mlflow-server: exited during start-up. See its log: .*mlflow-server.log"):
         Stack(servers, paths, say=lambda _m: None).up()
     assert not any(paths.pids.iterdir())

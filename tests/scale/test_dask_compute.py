@@ -4,6 +4,7 @@ statistics, verdicts and the report sample; and a part read in small chunks give
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def test_a_part_read_in_chunks_equals_one_read(plan: DriftPlan) -> None:
 def test_drift_on_a_dask_local_cluster_equals_the_in_process_check(live_stack: dict[str, str], plan: DriftPlan) -> None:
     here, here_rows, here_sample = _check(plan, "")
     assert here["rows"] > 0 and here["detected"], "the later parts are shifted: the check must find drift"
+    environment = dict(os.environ)
     there, there_rows, there_sample = _check(plan, "local:2", per_task=2)
+    assert dict(os.environ) == environment, "the workers' variables stay out of this process's environment"
     assert there == here
     assert there_rows == here_rows  # every statistic, threshold, verdict and count, exactly
     pd.testing.assert_frame_equal(there_sample.reset_index(drop=True), here_sample.reset_index(drop=True))

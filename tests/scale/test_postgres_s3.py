@@ -173,6 +173,15 @@ def test_the_whole_loop_on_postgres_s3_and_dask(scale_stack: dict[str, Any], tmp
     fanned = _query(pg, f"{prefix}_prefect", "SELECT name FROM flow WHERE name LIKE 'fan_out-%' ORDER BY name")
     assert [r[0] for r in fanned] == ["fan_out-drift_of_parts", "fan_out-join_parts"]
 
+    # status names where the state is (and never the password)
+    state = user.json("status")["state"]
+    assert state == {
+        "prefect": f"postgresql+asyncpg{pg.url.removeprefix('postgresql')}/{prefix}_prefect",
+        "mlflow": f"{pg.url}/{prefix}_mlflow",
+        "artifacts": f"s3://{store.bucket}/mlflow",
+        "compute": "local:2",
+    }, state
+
     # rollback restores v1, served at once
     user.run("rollback")
     assert httpx.get(f"{url}/health").json()["champion"] == str(v1["version"])

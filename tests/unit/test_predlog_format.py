@@ -159,3 +159,22 @@ def test_a_field_sent_with_two_json_types_still_compacts_to_parquet(tmp_path: Pa
     assert frame["f.event_time"].tolist() == ["2026-01-01T00:00:00", "1767225600"]
     assert frame["f.x"].tolist() == [1.5, 1.5]
     frame.to_parquet(tmp_path / "ok.parquet")  # one Arrow type per column
+
+
+def test_a_segment_sealed_or_converted_between_listing_and_reading_is_still_read(tmp_path: Path) -> None:
+    """A reader lists the live segment; the gateway seals it (rotation), then compaction turns it into Parquet:
+    the rows are read from wherever the segment went, once (the rollout's phase analysis once missed them)."""
+    from tollgate.predlog import _to_parquet, log_parts, part_frames
+
+    log = PredictionLog(tmp_path, fsync=False)
+    log.write([_rec(i, None, None, 1) for i in range(5)])
+    listed = log_parts(tmp_path)
+    assert [p.suffix for p in listed] == [".jsonl"]
+    log._rotate()  # sealed: seg-...sealed.jsonl
+    assert sum(len(f) for f in part_frames(listed[0])) == 5
+    sealed = next(tmp_path.glob("*.sealed.jsonl"))
+    _to_parquet(sealed)  # converted: seg-....parquet
+    assert sum(len(f) for f in part_frames(listed[0])) == 5
+    assert sum(len(f) for f in part_frames(sealed)) == 5
+    assert len(read_log(tmp_path)) == 5 and [p.suffix for p in log_parts(tmp_path)] == [".parquet", ".jsonl"]
+    log.close()

@@ -25,6 +25,22 @@ def stack_of(ctx: Context) -> Stack:
     return Stack(ctx.config.servers, ctx.paths, config_path=ctx.loaded.path, env=ctx.env)
 
 
+def state_of(ctx: Context) -> dict[str, str]:
+    """Where the stack keeps its state and runs its heavy steps, as `status` shows it (no credential in it)."""
+    servers, paths = ctx.config.servers, ctx.paths
+    local_mlflow = servers.mlflow_tracking_uri is None
+    return {
+        "prefect": f"remote {servers.prefect_api_url}"
+        if servers.prefect_api_url
+        else servers.database_url("prefect") or f"sqlite under {paths.prefect_home}",
+        "mlflow": f"remote {servers.mlflow_tracking_uri}"
+        if not local_mlflow
+        else servers.database_url("mlflow") or f"sqlite {paths.mlflow_db}",
+        "artifacts": (servers.artifacts_uri or str(paths.mlflow_artifacts)) if local_mlflow else "the MLflow server's",
+        "compute": ctx.config.compute.dask_address or "in process",
+    }
+
+
 def code_root(ctx: Context) -> Path:
     """The folder with flows/ and deployments/prefect.yaml: the config's project when it has them (a clone or
     copy of this repository), else the code Tollgate runs from (a config kept elsewhere)."""
@@ -100,10 +116,12 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
                 "rollouts": rollouts,
                 "state_folder_exposed": named if exposed <= len(named) else [*named, f"... {exposed} in all"],
                 "state_folder": str(ctx.paths.home),
+                "state": state_of(ctx),
             }
         )
     else:
         print(table(services, SERVICE_COLUMNS))
+        print("state: " + "; ".join(f"{k} {v}" for k, v in state_of(ctx).items()))
         if restarts:
             print(f"gateway restarted by its supervisor {restarts} times ({ctx.paths.gateway_restarts})")
         if problems:
