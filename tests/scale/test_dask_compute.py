@@ -5,6 +5,10 @@ statistics, verdicts and the report sample; and a part read in small chunks give
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from tasks.drift import DriftPlan, DriftScope, LogWindow, drift_of_parts, merge_
 from tasks.profiling import reference_profile
 from tests.helpers import bundled_config
 from tollgate.predlog import log_parts, part_frames, records_to_frame, write_part
+from tollgate.procs import free_port
 
 T0 = 1_767_225_600.0
 PARTS, PART_ROWS = 6, 3000
@@ -101,3 +106,47 @@ def test_drift_on_a_dask_local_cluster_equals_the_in_process_check(live_stack: d
     whole, whole_rows, whole_sample = _check(whole_plan, "", per_task=PARTS)
     assert (whole, whole_rows) == (here, here_rows)
     pd.testing.assert_frame_equal(whole_sample.reset_index(drop=True), here_sample.reset_index(drop=True))
+
+
+def test_drift_on_an_existing_dask_cluster_equals_the_in_process_check(
+    live_stack: dict[str, str], plan: DriftPlan
+) -> None:
+    """compute.dask_address tcp://host:port: the README's commands (`dask scheduler`, `dask worker ... --nworkers 2
+    --nthreads 1`) started here, and the check fanned out to that cluster gives the in-process result."""
+    from distributed import Client
+
+    dask = str(Path(sys.executable).parent / "dask")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    started = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
+    try:
+        time.sleep(1)
+        started.append(
+            subprocess.Popen(
+                [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=90)
+        here = _check(plan, "")
+        there = _check(plan, address, per_task=3)
+        assert there[:2] == here[:2]
+        pd.testing.assert_frame_equal(there[2].reset_index(drop=True), here[2].reset_index(drop=True))
+    finally:
+        for proc in reversed(started):
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
