@@ -1,12 +1,17 @@
 """Admin routes behind the Bearer token: reload, rollback, preflight, lease, state. Every /admin/ path checks the
 token first (403 when no token is configured, 401 when it is missing or wrong), and each refusal is counted. A
 route that takes a JSON body acts on one only when it is declared `Content-Type: application/json` (as
-tollgate.gateway_client sends it), else 415; an empty body (the defaults) needs no type."""
+tollgate.gateway_client sends it), else 415; an empty body (the defaults) needs no type.
+
+With several replicas (serving/replicas.py) a reload, rollback or lease renewal is passed on to every other replica
+before it is answered (502 naming a replica that did not take it), and /admin/state sums them all."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +19,7 @@ import orjson
 
 from serving.http import Handler, Request, Response, invalid_json, json_response, not_json
 from serving.metrics import GatewayMetrics
+from serving.replicas import Replicas, failures, from_sibling, summed
 from serving.scoring import SmokeFailed
 from tollgate.provenance import UntrustedRelease
 from tollgate.registry import Registry, RegistryError, VersionInfo, rollback_release
@@ -32,6 +38,7 @@ class Admin:
         metrics: GatewayMetrics,
         preflight: Callable[[VersionInfo], None],
         lease: Callable[[str, float], dict[str, Any]],
+        replicas: Replicas | None = None,
     ):
         self.token = token
         self.disabled_hint = disabled_hint
@@ -41,6 +48,7 @@ class Admin:
         self.metrics = metrics
         self.preflight = preflight  # load + smoke-test a rollback target before the registry moves
         self.lease = lease  # hold a challenger for a while (serving/lease.py)
+        self.replicas = replicas  # this process's siblings behind the same port, if any
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/admin/reload"): self._reload,
             ("POST", "/admin/rollback"): self._rollback,
@@ -70,12 +78,27 @@ class Admin:
         self.metrics.refusal("content_type")
         return not_json(request)
 
+    async def _siblings(self, request: Request, body: bytes = b"") -> tuple[list[dict[str, Any]], str | None]:
+        """Pass this request on to the other replicas (not when it came from one): their answers, and what failed."""
+        if self.replicas is None or from_sibling(request.headers):
+            return [], None
+        answers = await self.replicas.tell(request.method, request.path, body)
+        return answers, failures(answers)
+
+    def _not_everywhere(self, what: str, failed: str, state: dict[str, Any]) -> Response:
+        self.metrics.error("reload")
+        return json_response(502, {"error": f"{what} on this replica, but not on every replica: {failed}", **state})
+
     async def _reload(self, request: Request) -> Response:
         try:
-            return json_response(200, await self.reload())
+            state = await self.reload()
         except Exception as exc:
             self.metrics.error("untrusted_release" if isinstance(exc, UntrustedRelease) else "reload")
             return json_response(502, {"error": f"reload failed, still serving {self.describe()}: {exc}"})
+        answers, failed = await self._siblings(request)
+        if failed:
+            return self._not_everywhere("reloaded", failed, state)
+        return json_response(200, {**state, **_replica_rows(state, answers, self.replicas)})
 
     async def _rollback(self, request: Request) -> Response:
         """Registry transition + ledger (the same core function as the rollback flow), then swap at once: the
@@ -106,7 +129,11 @@ class Admin:
             self.metrics.error("untrusted_release")
             return json_response(409, {"error": str(exc)})
         state = await self.reload()
-        return json_response(200, {"from": before, "to": after, "served": state["champion"] == after, **state})
+        answers, failed = await self._siblings(dataclasses.replace(request, path="/admin/reload"))
+        if failed:
+            return self._not_everywhere(f"rolled back v{before} -> v{after} in the registry and", failed, state)
+        served = state["champion"] == after and all(a["body"].get("champion") == after for a in answers)
+        return json_response(200, {"from": before, "to": after, "served": served, **state})
 
     async def _preflight(self, request: Request) -> Response:
         """Load + smoke-test a version before a promotion moves the registry; changes nothing."""
@@ -148,7 +175,47 @@ class Admin:
             return json_response(422, {"detail": errors})
         if untyped := self._untyped(request, raw):
             return untyped
-        return json_response(200, self.lease(version, float(until_s)))
+        held = self.lease(version, float(until_s))
+        answers, failed = await self._siblings(request, raw)
+        if failed:
+            return self._not_everywhere("lease renewed", failed, held)
+        return json_response(200, {**held, "held": held["held"] and all(a["body"].get("held") for a in answers)})
 
     async def _state(self, request: Request) -> Response:
-        return json_response(200, {**self.describe(), **self.metrics.state()})
+        own = {**self.describe(), **self.metrics.state(), "pid": os.getpid()}
+        answers, failed = await self._siblings(request)
+        if self.replicas is None or from_sibling(request.headers):
+            return json_response(200, own)
+        bodies = [own, *(a["body"] for a in answers if a["ok"])]
+        rows = _replica_rows(own, answers, self.replicas)
+        return json_response(200, {**own, **summed(bodies), **rows, **({"replicas_failed": failed} if failed else {})})
+
+
+SERVED = ("champion", "challenger", "mode", "share")
+
+
+def _replica_rows(own: dict[str, Any], answers: list[dict[str, Any]], replicas: Replicas | None) -> dict[str, Any]:
+    """Each replica's port and what it serves (this one's first), and whether they all serve the same; {} with
+    one process."""
+    if replicas is None:
+        return {}
+    rows = [{"replica": replicas.index, "port": replicas.ports[replicas.index], "ok": True, **_served(own)}]
+    for a in answers:
+        rows.append(
+            {"replica": a["replica"], "port": replicas.ports[a["replica"]], "ok": a["ok"], **_served(a.get("body"))}
+        )
+    rows.sort(key=lambda r: r["replica"])
+    agree = all(r["ok"] for r in rows) and len({tuple(r.get(k) for k in SERVED) for r in rows}) == 1
+    return {"replicas": rows, "replicas_agree": agree}
+
+
+def _served(body: dict[str, Any] | None) -> dict[str, Any]:
+    """What one replica's answer says it serves (and its pid and prediction count, from /admin/state)."""
+    if body is None:
+        return {}
+    out = {k: body.get(k) for k in SERVED}
+    if "pid" in body:
+        out["pid"] = body["pid"]
+    if "predictions" in body:
+        out["predictions"] = sum(int(n) for n in body["predictions"].values())
+    return out

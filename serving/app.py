@@ -32,6 +32,7 @@ from serving.http import HttpApp, Limit, Receive, Request, Response, Scope, Send
 from serving.lease import Leases
 from serving.metrics import CONTENT_TYPE, GatewayMetrics
 from serving.release import ReleaseStore, Routing
+from serving.replicas import Replicas
 from serving.schema import long_strings
 from serving.shadow import ShadowScorer
 from tollgate.config import TollgateConfig
@@ -80,8 +81,15 @@ def validate_records(records: list[Any], single: bool, routing: Routing) -> list
 class Gateway:
     """The ASGI application."""
 
-    def __init__(self, cfg: TollgateConfig, paths: StatePaths, store: ReleaseStore | None = None):
+    def __init__(
+        self,
+        cfg: TollgateConfig,
+        paths: StatePaths,
+        store: ReleaseStore | None = None,
+        replicas: Replicas | None = None,
+    ):
         self.cfg = cfg
+        self.replicas = replicas
         self.paths = paths
         self.store = store or ReleaseStore(
             cfg, Registry(cfg.servers.mlflow_url, cfg.project.registered_model, paths.ledger)
@@ -103,6 +111,7 @@ class Gateway:
             self.metrics,
             self.preflight,
             self.lease,
+            replicas,
         )
         self.leases = Leases()
         self.unavailable: str | None = None  # why a process that could load nothing serves nothing
@@ -201,9 +210,13 @@ class Gateway:
         lease_s = challenger.config.rollout.lease_s
         why = f"rollout lease lapsed: no controller renewed it within its lease (rollout.lease_s {lease_s:g} s)"
         log.error("v%s: %s; back to champion-only", challenger.version, why)
+        if self.replicas is not None and self.replicas.index != 0:
+            return  # replica 0 notes it in the registry and passes the reload on; the lapsed deadline stays
         await asyncio.get_running_loop().run_in_executor(None, self._stop_rollout, challenger.version, why)
         self.leases.forget(challenger.version)
         await self.reload()
+        if self.replicas is not None:
+            await self.replicas.tell("POST", "/admin/reload")
 
     def _stop_rollout(self, version: str, why: str) -> None:
         """Set the Staging version's rollout off and note why in the ledger (runs in an executor thread)."""
@@ -270,10 +283,14 @@ class Gateway:
 
 
 def run_uvicorn(
-    app: Any, cfg: TollgateConfig, sock: socket.socket | None = None, count: Callable[[str], None] | None = None
+    app: Any,
+    cfg: TollgateConfig,
+    sock: socket.socket | None = None,
+    count: Callable[[str], None] | None = None,
+    own: socket.socket | None = None,
 ) -> None:
     """Run `app` under uvicorn until SIGINT/SIGTERM: on servers.host:servers.gateway_port, or on `sock`, a
-    listening socket a supervisor holds open; with the header deadline, the header size limit and the connection
+    listening socket a supervisor holds open (and on `own`, a replica's own port, when given); with the header deadline, the header size limit and the connection
     cap of serving.* (serving/connections.py), their refusals counted by `count` (GatewayMetrics.refusal)."""
     import uvicorn
 
@@ -300,12 +317,20 @@ def run_uvicorn(
     # The socket object, never its bare descriptor: uvicorn's `fd=` reopens a descriptor as AF_UNIX, so the
     # event loop treats the TCP connections it accepts as Unix ones and never sets TCP_NODELAY on them; each
     # answer (headers, then body) then waited ~40 ms for the client's delayed ACK (issue 37).
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    sockets = [s for s in (sock, own) if s is not None]
+    uvicorn.Server(config).run(sockets=sockets or None)
 
 
-def serve(cfg: TollgateConfig, paths: StatePaths, sock: socket.socket | None = None) -> None:
+def serve(
+    cfg: TollgateConfig,
+    paths: StatePaths,
+    sock: socket.socket | None = None,
+    replicas: Replicas | None = None,
+    own: socket.socket | None = None,
+) -> None:
     """Run the gateway in the foreground on servers.host:servers.gateway_port (or on the listening socket `sock`
-    a supervisor holds open) until SIGINT/SIGTERM."""
+    a supervisor holds open) until SIGINT/SIGTERM; as one of several replicas (serving/replicas.py) also on its
+    own port's socket `own`."""
     paths.ensure()
-    gateway = Gateway(cfg, paths)
-    run_uvicorn(gateway, cfg, sock, gateway.metrics.refusal)
+    gateway = Gateway(cfg, paths, replicas=replicas)
+    run_uvicorn(gateway, cfg, sock, gateway.metrics.refusal, own)

@@ -268,6 +268,13 @@ class ServingConfig(_Strict):
     # Score with the ONNX form of a release when it passed parity at registration (tollgate/compiled.py); off:
     # the sklearn pipeline always (the gateway, the shadow scorer and batch inference alike).
     compiled_scoring: bool = True
+    # Serving processes behind servers.gateway_port (`tollgate serve --supervise`, what `tollgate up` runs): each
+    # accepts on the one port, writes its own prediction-log segments and is restarted on its own; admin changes
+    # reach every replica before they are answered (serving/replicas.py). More than 1 needs the supervisor.
+    replicas: int = Field(default=1, ge=1, le=64)
+    # Replica i's own port (its /metrics, and where its siblings reach it) is this + i; 0: one the OS picks,
+    # listed by /admin/state and `tollgate status`
+    replica_base_port: int = Field(default=0, ge=0, le=65535)
 
 
 class BatchConfig(_Strict):

@@ -67,12 +67,17 @@ def records(n: int, offset: int = 0, source: pd.DataFrame | None = None) -> list
 
 @contextmanager
 def running_gateway(
-    live_stack: dict[str, str], name: str, supervise: bool = False, log_rotate_rows: int | None = None
+    live_stack: dict[str, str],
+    name: str,
+    supervise: bool = False,
+    log_rotate_rows: int | None = None,
+    replicas: int = 1,
 ) -> Iterator[dict[str, Any]]:
     """A real gateway process serving the registered model `name` on a free port. Yields its url, process,
     registry and `ctx`: the Context variant the test's flows run with (this model, this gateway, small rollouts).
     The gateway process gets the same settings through its environment (it is a child process);
-    `log_rotate_rows` seals its prediction log into a Parquet part every that many rows."""
+    `log_rotate_rows` seals its prediction log into a Parquet part every that many rows; `replicas` > 1 runs that
+    many serving processes under the supervisor."""
     port = free_port()
     serving: dict[str, Any] = {"rollout_max_wait_s": 120.0}
     env = {
@@ -83,6 +88,9 @@ def running_gateway(
     if log_rotate_rows is not None:
         serving["log_rotate_rows"] = log_rotate_rows
         env["TOLLGATE__SERVING__LOG_ROTATE_ROWS"] = str(log_rotate_rows)
+    if replicas > 1:
+        serving["replicas"] = replicas
+        env["TOLLGATE__SERVING__REPLICAS"] = str(replicas)
     ctx = model_context(name, servers={"gateway_port": port}, rollout=TEST_ROLLOUT, serving=serving)
     ctx.paths.logs.mkdir(parents=True, exist_ok=True)
     stderr = (ctx.paths.logs / f"gateway-{name}.log").open("ab")  # a file, not a pipe nobody drains

@@ -4,6 +4,7 @@ monitoring signals read at scrape time, and the shipped Prometheus files in step
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,6 +186,7 @@ def test_admin_state_keeps_its_keys(gateway: Gateway) -> None:
         "shadow_disagreed": 0,
         "batches": 0,
         "batch_rows": 0,
+        "pid": os.getpid(),  # which serving process answered (one of several replicas: serving/replicas.py)
     }
 
 

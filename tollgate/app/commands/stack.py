@@ -104,6 +104,7 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
     healthy = all(r["healthy"] for r in services)
     problems = consistency(ctx) if healthy else []
     rollouts = rollouts_of(ctx) if healthy else []
+    gateway = gateway_of(ctx) if healthy and any(r["service"] == "gateway" for r in services) else {}
     orphaned = [r for r in rollouts if r["orphaned"]]
     exposed, named = ctx.paths.exposed()
     if args.json:
@@ -117,11 +118,14 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
                 "state_folder_exposed": named if exposed <= len(named) else [*named, f"... {exposed} in all"],
                 "state_folder": str(ctx.paths.home),
                 "state": state_of(ctx),
+                "gateway": gateway,
             }
         )
     else:
         print(table(services, SERVICE_COLUMNS))
         print("state: " + "; ".join(f"{k} {v}" for k, v in state_of(ctx).items()))
+        if gateway:
+            print(_gateway_text(gateway))
         if restarts:
             print(f"gateway restarted by its supervisor {restarts} times ({ctx.paths.gateway_restarts})")
         if problems:
@@ -151,6 +155,37 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK if healthy and not problems and not orphaned else EXIT_NO
 
 
+def gateway_of(ctx: Context) -> dict[str, Any]:
+    """The gateway's /admin/state, summed over its replicas (each listed with its own port); {} when the gateway
+    is not part of this stack or does not answer (the services table says so)."""
+    from tollgate.gateway_client import GatewayError
+
+    client = ctx.gateway()
+    try:
+        return client.state()
+    except GatewayError as exc:
+        warn(f"could not read the gateway's state: {exc}")
+        return {}
+    finally:
+        client.close()
+
+
+def _gateway_text(state: dict[str, Any]) -> str:
+    predictions = sum(state.get("predictions", {}).values())
+    errors = ", ".join(f"{k} {n}" for k, n in sorted(state.get("errors", {}).items())) or "none"
+    line = f"gateway: {predictions} predictions, errors: {errors}"
+    replicas = state.get("replicas")
+    if not replicas:
+        return line
+    each = "; ".join(
+        f"replica {r['replica']} port {r['port']}: "
+        + (f"pid {r.get('pid')}, {r.get('predictions', 0)} predictions" if r["ok"] else "NOT ANSWERING")
+        for r in replicas
+    )
+    agree = "" if state.get("replicas_agree") else " (REPLICAS DISAGREE on what they serve)"
+    return f"{line}, summed over {len(replicas)} replicas{agree}\n  {each}"
+
+
 def rollouts_of(ctx: Context) -> list[dict[str, Any]]:
     """The configured model's rollouts in flight (tasks/controller.py), as dicts; [] when Prefect cannot say."""
     from tasks.controller import rollouts_in_flight
@@ -167,6 +202,11 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
         from tollgate.app.supervise import supervise_gateway
 
         return supervise_gateway(ctx)
+    if ctx.config.serving.replicas > 1:
+        raise UserError(
+            f"serving.replicas is {ctx.config.serving.replicas}: several serving processes need the supervisor that "
+            "forks them (tollgate serve --supervise, what tollgate up runs)"
+        )
     from serving.app import serve as serve_gateway
 
     serve_gateway(ctx.config, ctx.paths)
