@@ -15,11 +15,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench.common import BIN, OUT, SAMPLE_FEATURES, BenchStack, ensure_wrk, record_results, wait_http
+from tollgate.gateway_client import GatewayClient
 from tollgate.procs import free_port
+from tollgate.secrets import admin_token
 
 DURATION_S = 15
 CONNECTIONS = (16, 64)
@@ -126,6 +129,7 @@ def main(st: BenchStack) -> None:
         gateway = st.ctx.gateway()
         state = gateway.state()
         gateway.close()
+        replicas = replicas_pair(st, wrk, gateway_script)
     sequential = sequential_pair(st)
     print("\nserving benchmark: single-record POSTs, wrk -t1, same machine, one run")
     print(f"{'conns':>5}  {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
@@ -143,6 +147,13 @@ def main(st: BenchStack) -> None:
         f"gateway logged shadow predictions during the run: {state['shadow_compared']} compared, "
         f"mean batch {state['batch_rows'] / max(state['batches'], 1):.1f} rows"
     )
+    one, two = replicas["single"], replicas["replicas2"]
+    print(
+        f"\n64 connections, {DURATION_S} s each, one after the other: the stack's gateway (1 serving process) "
+        f"{one['rps']:.1f} req/s, p99 {one['p99_ms']:.1f} ms; serving.replicas 2 on the same release "
+        f"{two['rps']:.1f} req/s, p99 {two['p99_ms']:.1f} ms: {two['rps'] / one['rps']:.2f}x "
+        f"(both serve {replicas['serving']})"
+    )
     sup, plain = sequential["supervised"], sequential["plain"]
     ratio = sup["p50_ms"] / plain["p50_ms"]
     print(
@@ -155,13 +166,19 @@ def main(st: BenchStack) -> None:
     )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving.json").write_text(
-        json.dumps({**{str(k): v for k, v in results.items()}, "sequential": sequential}, indent=2)
+        json.dumps(
+            {**{str(k): v for k, v in results.items()}, "sequential": sequential, "replicas": replicas}, indent=2
+        )
     )
     figures = {
         "serving_c1_p50_ms": sup["p50_ms"],
         "serving_c1_p99_ms": sup["p99_ms"],
         "serving_c1_p50_plain_ms": plain["p50_ms"],
         "serving_supervised_over_plain": ratio,
+        "replicas1_c64_rps": one["rps"],
+        "replicas2_c64_rps": two["rps"],
+        "replicas2_c64_p99_ms": two["p99_ms"],
+        "replicas2_over_single_c64": two["rps"] / one["rps"],
     }
     for conns, pair in results.items():
         g, m = pair["gateway"], pair["mlflow"]
@@ -209,6 +226,39 @@ def sequential_latency(urls: dict[str, str]) -> dict[str, dict[str, float]]:
         }
         for name, t in times.items()
     }
+
+
+def replicas_pair(st: BenchStack, wrk: str, script: Path) -> dict[str, Any]:
+    """wrk at 64 connections against the stack's gateway (one serving process) and, right after it, against a
+    supervised gateway with serving.replicas 2 on another port, serving the same release; the challenger's lease
+    renewed on both first, so both score the same shadow (or, if it lapsed earlier in the run, neither does)."""
+    port = free_port()
+    env = {**st.child_env(), "TOLLGATE__SERVERS__GATEWAY_PORT": str(port), "TOLLGATE__SERVING__REPLICAS": "2"}
+    print(f"starting a gateway with serving.replicas 2 on port {port} ...", flush=True)
+    proc = _start([sys.executable, "-m", "tollgate.app.cli", "serve", "--supervise"], env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 120)
+        served = set()
+        for base in (st.gateway_url, url):
+            client = GatewayClient(base, admin_token(st.ctx.config, st.ctx.paths))
+            client.lease(st.challenger, 600)
+            state = client.state()
+            served.add(f"v{state['champion']} + {state['mode']} v{state['challenger']}")
+            client.close()
+        subprocess.run(
+            [wrk, "-t1", "-c64", "-d5s", "-s", str(script), f"{url}/predict"], capture_output=True, check=True
+        )
+        print(f"wrk, 64 connections, {DURATION_S} s each: 1 serving process, then 2 replicas ...", flush=True)
+        single = run_wrk(wrk, f"{st.gateway_url}/predict", script, 64)
+        two = run_wrk(wrk, f"{url}/predict", script, 64)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return {"single": single, "replicas2": two, "serving": " / ".join(sorted(served))}
 
 
 def sequential_pair(st: BenchStack) -> dict[str, dict[str, float]]:
