@@ -244,7 +244,8 @@ def replicas_pair(st: BenchStack, wrk: str, script: Path) -> dict[str, Any]:
             client = GatewayClient(base, admin_token(st.ctx.config, st.ctx.paths))
             client.lease(st.challenger, 600)
             state = client.state()
-            served.add(f"v{state['champion']} + {state['mode']} v{state['challenger']}")
+            shadow = f" + v{state['challenger']} in {state['mode']}" if state["challenger"] else ", no challenger"
+            served.add(f"v{state['champion']}{shadow}")
             client.close()
         subprocess.run(
             [wrk, "-t1", "-c64", "-d5s", "-s", str(script), f"{url}/predict"], capture_output=True, check=True
