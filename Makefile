@@ -35,12 +35,17 @@ data: data/snapshot.parquet  ## (re)build the bundled training snapshot recorded
 demo: bootstrap data  ## run the whole lifecycle on the bundled dataset
 	$(TG) demo
 
-# The scale tier's engines: PostgreSQL's server programs (Debian's postgresql package, installed when initdb is
-# missing); the S3-compatible store (moto) and Dask come with the locked venv.
-engines:  ## install what the scale tier runs on (Debian's postgresql, if initdb is missing)
+# The test tiers' engines: PostgreSQL's server programs (Debian's postgresql package, installed when initdb is
+# missing) for the scale tier, and Debian's chromium (when missing) to open the release report the way a reader
+# does; the S3-compatible store (moto) and Dask come with the locked venv.
+engines:  ## install what the test tiers run on (Debian's postgresql and chromium, when missing)
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(echo "installing Debian's postgresql (the scale tier's PostgreSQL) ..." && \
 		 (apt-get install -y -q postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)))
+	@command -v chromium >/dev/null 2>&1 || \
+		(echo "installing Debian's chromium (opens the release report in the tests) ..." && \
+		 (apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null)))
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures stay in one worker); each worker starts
 # its own stack on its own free ports in its own temp state folder. Most of a test's time is spent waiting

@@ -22,6 +22,8 @@ from tasks.deployment import (
     wait_for_traffic,
 )
 from tasks.gates import GateVerdict
+from tasks.pictures import log_phase_plots
+from tasks.release_report import publish_release_report
 from tasks.rollout import phase_plan
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
 
@@ -43,14 +45,17 @@ def deploy_model(version: str, config: str | Context = DEFAULT_CONFIG, env: str 
             window = start_phase(ctx, version, phase, share, run_id)
             wait_for_traffic(ctx, version, window, needed, run_id)
             phases.append(analyze_phase(ctx, version, champion, window))
+            log_phase_plots(ctx, version, champion, phase, window.since, phases[-1])  # failing phases too
             enforce_phase(ctx, version, phases[-1], phase, run_id)
         # approve
         gate = load_gate_verdict(ctx, version)
-        evidence = evidence_markdown(version, champion, gate, phases, ctx.config.rollout, released_policy)
+        report = publish_release_report(ctx, version)  # the pictures, linked from the approval form
+        evidence = evidence_markdown(version, champion, gate, phases, ctx.config.rollout, released_policy, report)
         approval = request_approval(ctx, version, evidence)
         store_approval(ctx, version, approval, gate, phases, evidence)
         enforce_approval(ctx, version, approval, run_id)
         # promote, then smoke test (automatic rollback on failure)
         promote_to_production(ctx, version, approval, run_id)
         verify_release(ctx, version, run_id)
+        publish_release_report(ctx, version)  # again, with the approval and the promotion in it
     return {"version": version, "replaced": champion, "approved_by": approval.approver}

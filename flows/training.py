@@ -13,6 +13,7 @@ from tasks.compiling import compile_model
 from tasks.data import DataVersion, pin_data_version
 from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
+from tasks.pictures import log_version_plots
 from tasks.profiling import profile_reference
 from tasks.registry import promote_version
 from tasks.tracking import (
@@ -111,6 +112,8 @@ def training_pipeline(
         verdict = gate_challenger(ctx, holdout, scored.outputs, evaluation["overall"], baseline)
     with steps.step("record_verdict"):
         record_verdict(ctx, registered, verdict, run_id)
+    with steps.step("plots"):  # a rejected version gets its pictures too: they show why
+        log_version_plots(ctx, registered.run_id, registered.version, holdout, scored.outputs, verdict, baseline)
     log_timings(ctx, registered.run_id, {k: v for k, v in steps.items() if k not in record.timings})
     enforce_verdict(verdict, registered.version)
     # promote

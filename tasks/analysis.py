@@ -129,11 +129,19 @@ def evidence_markdown(
     phases: list[GateVerdict],
     policy: RolloutConfig | None = None,
     released: RolloutConfig | None = None,
+    report: str | None = None,
 ) -> str:
-    """The evidence shown on the approval form: the promotion gate's failures, every phase check, and where the
-    release's own rollout policy differs from the one this environment applies (evidence only)."""
+    """The evidence shown on the approval form: a link to the release report with its pictures (`report`, when it
+    could be built), the promotion gate's failures, every phase check, and where the release's own rollout policy
+    differs from the one this environment applies (evidence only)."""
     replacing = f"v{champion}" if champion else "no version: the first release"
     lines = [f"### Promote v{version} to Production (replacing {replacing})?", ""]
+    if report:
+        lines += [
+            f"**[Release report with pictures]({report})** (gate forest plot, curves, shadow and canary evidence; "
+            f"offline copy: `tollgate report {version} --out v{version}.html`)",
+            "",
+        ]
     if policy is not None and released is not None:
         ours, theirs = policy.model_dump(), released.model_dump()
         differ = [k for k in ours if ours[k] != theirs.get(k)]

@@ -15,6 +15,7 @@ import pandas as pd
 from tasks.common import tollgate_task
 from tasks.drift import DriftCheck
 from tasks.ground_truth import LiveMetrics, LiveVerdict
+from tasks.pictures import log_drift_plots, log_live_plots
 from tasks.tracking import artifact_key
 from tollgate.config import TollgateConfig
 from tollgate.context import Context
@@ -112,7 +113,7 @@ def log_monitoring_run(
         mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name) as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        mlflow.set_tags({"tollgate.model_version": release.version, **tags})
+        mlflow.set_tags({"tollgate.model": release.model_name, "tollgate.model_version": release.version, **tags})
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN (no data) is not a metric
         for name, body in files.items():
             if isinstance(body, Path):
@@ -154,6 +155,7 @@ def store_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport)
     tags["tollgate.window"] = f"{check.window.by} {check.window.label}"
     files = {"drift.json": body, "report.html": Path(evidently.html)}
     run_id = log_monitoring_run(release, f"drift-v{release.version}", tags, drift_metrics(check), files)
+    log_drift_plots(release, run_id, body)
     create_table_artifact(
         key=artifact_key("drift", model),
         table=overall.rows_table(),
@@ -187,6 +189,7 @@ def store_live_metrics(release: Release, live: LiveMetrics, verdict: LiveVerdict
     files = {"live_metrics.json": {"verdict": verdict.to_dict(), **live.to_dict()}}
     metrics = live_metric_values(live, verdict.metric)
     run_id = log_monitoring_run(release, f"live-v{release.version}", tags, metrics, files)
+    log_live_plots(release, run_id, live.rows, verdict.metric)
     table = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in live.rows]
     create_table_artifact(
         key=artifact_key("live-metrics", release.model_name),

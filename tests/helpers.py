@@ -87,3 +87,39 @@ def copy_project(dst: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], cwd=dst, check=True)
     return dst
+
+
+def open_in_chromium(page: Path, screenshot: Path) -> str:
+    """Open a local HTML file in Debian's headless Chromium (`make engines` installs it) and take a screenshot;
+    returns what the page logged. Fails naming any console message of level error or a resource that did not load
+    (the release report must open offline, whole)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: `make engines` (part of `make test`) installs Debian's"
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",  # root in a container has no user namespace for the sandbox
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                f"--screenshot={screenshot}",
+                "--window-size=1200,3000",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    said = proc.stderr
+    console = [line for line in said.splitlines() if "CONSOLE" in line or "Failed to load resource" in line]
+    assert proc.returncode == 0 and screenshot.exists(), f"chromium exit {proc.returncode}:\n{said[-2000:]}"
+    assert console == [], "\n".join(console)
+    return said

@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,11 +31,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
 from tasks.validation import read_table
 from tests.fixtures.sklearn_tables import Example, build_one
-from tests.helpers import ROOT
+from tests.helpers import ROOT, open_in_chromium
 from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.app.worker_runs import new_log_lines
 from tollgate.config import TollgateConfig, load_config
@@ -231,6 +233,32 @@ def retrain_on_the_worker(
     return run, answers
 
 
+TASK_PLOTS = {
+    "binary": {"roc", "precision_recall", "calibration"},
+    "multiclass": {"confusion_matrix", "roc_per_class"},
+    "regression": {"predicted_vs_actual", "residuals_vs_predicted", "residual_histogram"},
+}
+
+
+def plot_names(client: MlflowClient, run_id: str, folder: str = "plots") -> set[str]:
+    """The PNG plots under a run's plots/ folder (and its phase subfolders), by path without plots/ and .png."""
+    found = set()
+    for item in client.list_artifacts(run_id, folder):
+        if item.is_dir:
+            found |= plot_names(client, run_id, item.path)
+        elif item.path.endswith(".png"):
+            found.add(item.path.removeprefix("plots/").removesuffix(".png"))
+    return found
+
+
+def assert_self_contained(page: str, live: bool) -> None:
+    """A release report: every picture inline, no external URL in any attribute, the live section when expected."""
+    assert page.startswith("<!doctype html>") and page.count('src="data:image/png;base64,') >= 3
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I), "an external reference"
+    assert "<script" not in page.lower() and "could not be read" not in page
+    assert ('alt="Live ' in page) == live, "the live section"
+
+
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat()
 
@@ -368,6 +396,20 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
     assert math.isclose(filled["verdict"]["value"], overall[primary], abs_tol=TOL), (filled["verdict"], overall)
 
     assert backfilled.lstrip().startswith("{"), f"backfill --json printed more than its JSON:\n{backfilled[:500]}"
+
+    # the pictures (issue 35): each version's run lists its task type's plots, the retrained one (gated against
+    # the first, then shadow and canary) the gate's forest plot and its phases' too; each report is one file
+    client = MlflowClient(live_stack["mlflow"])
+    for v, extra in ((version, set()), (new, {"gate_forest", "shadow/shadow_checks", "canary/canary_checks"})):
+        run_id = client.get_model_version(model, v).run_id
+        assert TASK_PLOTS[task] | extra <= plot_names(client, run_id), (v, plot_names(client, run_id))
+        out = tmp_path / f"report-v{v}.html"
+        said = user.run("report", v, "--out", str(out)).stdout
+        assert said.startswith(f"wrote {out}"), said
+        assert_self_contained(out.read_text(), live=v == version)
+    shot = tmp_path / f"report-v{new}.png"
+    open_in_chromium(tmp_path / f"report-v{new}.html", shot)  # the way a reviewer opens it: offline, no error
+    assert shot.stat().st_size > 50_000, "the screenshot of the report is (nearly) empty"
     assert "Traceback" not in (tmp_path / "gateway.log").read_text()
     wall = time.perf_counter() - started
     record_property("wall_s", round(wall, 1))

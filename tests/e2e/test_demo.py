@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from mlflow import MlflowClient
 
+from tests.e2e.sklearn_path import TASK_PLOTS, plot_names
 from tests.helpers import ROOT
 from tollgate import ledger
 from tollgate.app.commands.history import consistency
@@ -79,6 +80,11 @@ def test_demo_lifecycle(live_stack: dict[str, str]) -> None:
     assert client.get_model_version_by_alias(model, "champion").version == v2
     assert "challenger" not in reg.aliases() and disagreements(reg) == []
     assert "Gate verdict" in (client.get_model_version(model, v2).description or "")
+    # every version of the demo has its pictures on its run (the bundled binary model: curves, and the gate's
+    # forest plot against the version it was gated on)
+    for v in (v1, v2, v3):
+        names = plot_names(client, client.get_model_version(model, v).run_id)
+        assert TASK_PLOTS["binary"] <= names and (v == v1 or "gate_forest" in names), (v, names)
     assert consistency(ctx) == []
     _tamper_and_verify(ctx.paths.ledger, v3)
 

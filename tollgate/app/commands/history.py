@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tollgate import ledger
-from tollgate.app.commands.base import EXIT_NO, EXIT_OK, JSON, Command, arg, print_json, require_stack, table
+from tollgate.app.commands.base import (
+    EXIT_NO,
+    EXIT_OK,
+    JSON,
+    Command,
+    UserError,
+    arg,
+    print_json,
+    require_stack,
+    table,
+    warn,
+)
 from tollgate.context import Context
 from tollgate.gateway_client import GatewayError
 
@@ -87,7 +99,40 @@ def history(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def report(ctx: Context, args: argparse.Namespace) -> int:
+    """Write one version's release report (a self-contained HTML file)."""
+    from tasks.release_report import gather, render
+
+    require_stack(ctx)
+    out = Path(args.out or f"{ctx.config.project.registered_model}-v{args.version}.html")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: name the file to write, e.g. {out / f'v{args.version}.html'}")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    parts = gather(ctx, args.version)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render(parts))
+    tmp.replace(out)  # a reader never sees half a report
+    pictures = sum(len(v) for v in parts.pictures.values()) + len(parts.live)
+    print(
+        f"wrote {out} ({out.stat().st_size // 1024} KiB, {pictures} pictures): {parts.model} v{parts.version}, {parts.stage}"
+    )
+    for problem in parts.problems:
+        warn(f"not in the report: {problem}")
+    return EXIT_OK
+
+
 COMMANDS = [
+    Command(
+        "report",
+        "a self-contained HTML release report of one version: model card, data, gate forest plot and curves, "
+        "shadow/canary evidence, approval, ledger, live metric and drift",
+        report,
+        (
+            arg("version", help="the registered version (a number)"),
+            arg("--out", help="the file to write (default: <registered_model>-v<VERSION>.html here)"),
+        ),
+    ),
     Command(
         "history",
         "the promotion ledger: every stage transition, who, when, why, evidence run",
