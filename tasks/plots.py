@@ -62,11 +62,14 @@ def _sample(n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, MAX_SCATTER, replace=False))
 
 
-def _models(challenger: np.ndarray, champion: np.ndarray | None, names: tuple[str, str]) -> list[tuple[str, Any, str]]:
-    out = [(names[0], challenger, CHALLENGER)]
-    if champion is not None:
-        out.append((names[1], champion, CHAMPION))
-    return out
+def _models(
+    challenger: np.ndarray, champion: np.ndarray | None, names: tuple[str, str]
+) -> list[tuple[str, Any, str, str]]:
+    """(name, outputs, colour, line style) per model, the champion first so the challenger is drawn on top of it,
+    dashed: two models that answer alike still show as two lines."""
+    if champion is None:
+        return [(names[0], challenger, CHALLENGER, "-")]
+    return [(names[1], champion, CHAMPION, "-"), (names[0], challenger, CHALLENGER, "--")]
 
 
 # -- binary ------------------------------------------------------------------------------------------------
@@ -81,11 +84,11 @@ def roc(
 
     fig, ax = _figure()
     data: dict[str, Any] = {}
-    for name, scores, color in _models(p1, champion, names):
+    for name, scores, color, style in _models(p1, champion, names):
         fpr, tpr, _ = roc_curve(y, scores)
         auc = float(roc_auc_score(y, scores))
         fpr, tpr = _thin(fpr, tpr)
-        ax[0, 0].plot(fpr, tpr, color=color, label=f"{name} (AUC {auc:.4f})")
+        ax[0, 0].plot(fpr, tpr, color=color, linestyle=style, label=f"{name} (AUC {auc:.4f})")
         data[name] = {"auc": auc, "fpr": fpr.tolist(), "tpr": tpr.tolist()}
     ax[0, 0].plot([0, 1], [0, 1], color=GREY, linestyle=":", label="chance")
     ax[0, 0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the gate's holdout")
@@ -104,11 +107,11 @@ def precision_recall(
 
     fig, ax = _figure()
     data: dict[str, Any] = {"positive_rate": float(np.mean(y))}
-    for name, scores, color in _models(p1, champion, names):
+    for name, scores, color, style in _models(p1, champion, names):
         precision, recall, _ = precision_recall_curve(y, scores)
         ap = float(average_precision_score(y, scores))
         recall, precision = _thin(recall, precision)
-        ax[0, 0].plot(recall, precision, color=color, label=f"{name} (AP {ap:.4f})")
+        ax[0, 0].plot(recall, precision, color=color, linestyle=style, label=f"{name} (AP {ap:.4f})")
         data[name] = {"average_precision": ap, "recall": recall.tolist(), "precision": precision.tolist()}
     ax[0, 0].axhline(data["positive_rate"], color=GREY, linestyle=":", label="no skill")
     ax[0, 0].set(xlabel="recall", ylabel="precision", title="Precision-recall on the gate's holdout", ylim=(0, 1.02))
@@ -131,11 +134,11 @@ def calibration(
     top.plot([0, 1], [0, 1], color=GREY, linestyle=":", label="perfectly calibrated")
     data: dict[str, Any] = {}
     edges = np.linspace(0, 1, 41)
-    for name, scores, color in _models(p1, champion, names):
+    for name, scores, color, style in _models(p1, champion, names):
         observed, predicted = calibration_curve(y, scores, n_bins=bins, strategy="uniform")
-        top.plot(predicted, observed, marker="o", color=color, label=name)
+        top.plot(predicted, observed, marker="o", color=color, linestyle=style, label=name)
         counts, _ = np.histogram(scores, bins=edges)
-        bottom.stairs(counts, edges, color=color, label=name)
+        bottom.stairs(counts, edges, color=color, linestyle=style, label=name)
         data[name] = {"predicted": predicted.tolist(), "observed": observed.tolist(), "histogram": counts.tolist()}
     data["histogram_edges"] = edges.tolist()
     top.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration", xlim=(0, 1))
@@ -294,11 +297,16 @@ def forest(checks: Sequence[Any], metric: str, title: str = "Gate: challenger mi
     if margin is not None:
         axis.axvline(margin, color=FAIL, linestyle="--")
         title = f"{title}\n(dashed red line: the non-inferiority margin, {margin:+g})"
-    labels = [f"{c.scope} (n={c.n})" + ("  FAIL" if c.status == "fail" else "") for c in rows]
+    labels = [f"{_short(c.scope)} (n={c.n})" + ("  FAIL" if c.status == "fail" else "") for c in rows]
     axis.set_yticks(range(len(rows)), labels[::-1], fontsize="small")
     axis.set_ylim(-0.6, len(rows) - 0.4)
     axis.set(xlabel=f"improvement in {metric} (positive = challenger better), with its interval", title=title)
     return Plot("gate_forest", "Gate forest plot", _png(fig), data)
+
+
+def _short(text: str, width: int = 32) -> str:
+    """A label cut to `width` characters (an ellipsis says it was cut); the data keeps the whole name."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def score_distributions(challenger: np.ndarray, champion: np.ndarray | None, names: tuple[str, str]) -> Plot:
@@ -308,9 +316,8 @@ def score_distributions(challenger: np.ndarray, champion: np.ndarray | None, nam
     edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=40)
     fig, ax = _figure()
     data: dict[str, Any] = {"edges": edges.tolist()}
-    for name, scores, color in reversed(_models(challenger, champion, names)):  # the challenger on top, dashed
+    for name, scores, color, style in _models(challenger, champion, names):
         counts, _ = np.histogram(np.asarray(scores, float).ravel(), bins=edges)
-        style = "--" if color == CHALLENGER and champion is not None else "-"
         ax[0, 0].stairs(counts, edges, color=color, label=name, linestyle=style, linewidth=1.6)
         data[name] = counts.tolist()
     ax[0, 0].set(xlabel="score", ylabel="rows", title="Score distributions on the same rows")

@@ -407,6 +407,12 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
         said = user.run("report", v, "--out", str(out)).stdout
         assert said.startswith(f"wrote {out}"), said
         assert_self_contained(out.read_text(), live=v == version)
+    monitoring = client.get_experiment_by_name(f"{cfg.project.name}-monitoring")
+    assert monitoring is not None
+    for monitor, picture in (("ground_truth", "live_metric"), ("drift", "drift_per_feature")):
+        query = f"tags.`tollgate.monitor` = '{monitor}' and tags.`tollgate.model` = '{model}'"
+        runs = client.search_runs([monitoring.experiment_id], query)
+        assert runs and all(picture in plot_names(client, r.info.run_id) for r in runs), (monitor, len(runs))
     shot = tmp_path / f"report-v{new}.png"
     open_in_chromium(tmp_path / f"report-v{new}.html", shot)  # the way a reviewer opens it: offline, no error
     assert shot.stat().st_size > 50_000, "the screenshot of the report is (nearly) empty"

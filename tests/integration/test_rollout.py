@@ -118,6 +118,10 @@ def test_shadow_canary_approval_production_then_rollback(gateway: dict[str, Any]
     with Traffic(gateway["url"]) as traffic:
         thread, out = _deploy_in_thread(ctx, v2.version)
         _wait_paused(v2.version, thread)
+        # the approver's pictures are there before the decision: the report the form links to, the phases' plots
+        run_id = reg.get(v2.version).run_id
+        assert [a.path for a in reg.client.list_artifacts(run_id, "report")] == ["report/release_report.html"]
+        assert {a.path for a in reg.client.list_artifacts(run_id, "plots/canary")} >= {"plots/canary/canary_checks.png"}
         with pytest.raises(ApprovalError, match=r"not on rollout\.approvers"):
             answer_approval(ctx, v2.version, "mallory", "x", True, "not on the list")
         with pytest.raises(ApprovalError, match="wrong secret for 'alice'"):

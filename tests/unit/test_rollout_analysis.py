@@ -155,6 +155,9 @@ def test_phase_plan_and_evidence_come_from_the_policy_and_the_verdicts(shadow_lo
     text = evidence_markdown(CHALLENGER, CHAMPION, gate, [verdict])
     assert "replacing v3" in text and "- fail x: r" in text
     assert "| shadow agreement | 0.7500 | 0.8 | fail |" in text
+    assert "Release report" not in text  # none could be built: no link
+    linked = evidence_markdown(CHALLENGER, CHAMPION, gate, [verdict], report="http://mlflow/#/runs/r/report.html")
+    assert linked.splitlines()[2].startswith("**[Release report with pictures](http://mlflow/#/runs/r/report.html)**")
 
 
 @pytest.mark.parametrize(
