@@ -37,6 +37,19 @@ REPORT_DIR = "report"
 REPORT_FILE = "release_report.html"
 PNG = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("training", "shadow", "canary")
+# The order a reviewer reads them in: the gate first, then the curves; anything else after, by name.
+ORDER = (
+    "gate_forest",
+    "roc",
+    "precision_recall",
+    "calibration",
+    "confusion_matrix",
+    "roc_per_class",
+    "predicted_vs_actual",
+    "residuals_vs_predicted",
+    "residual_histogram",
+    "score_distributions",
+)
 
 
 @dataclass
@@ -69,7 +82,7 @@ def _titles(client: mlflow.MlflowClient, run_id: str, folder: str, dst: Path) ->
 
 def run_pictures(client: mlflow.MlflowClient, run_id: str, folder: str) -> list[tuple[str, bytes]]:
     """The PNGs directly under a run's artifact `folder`, as (title, bytes); anything that is not a PNG is left out."""
-    out = []
+    found = []
     with tempfile.TemporaryDirectory() as tmp:
         titles = _titles(client, run_id, folder, Path(tmp))
         for item in client.list_artifacts(run_id, folder):
@@ -78,8 +91,9 @@ def run_pictures(client: mlflow.MlflowClient, run_id: str, folder: str) -> list[
             data = Path(client.download_artifacts(run_id, item.path, tmp)).read_bytes()
             if data.startswith(PNG):
                 name = Path(item.path).stem
-                out.append((titles.get(name, name), data))
-    return out
+                rank = ORDER.index(name) if name in ORDER else len(ORDER)
+                found.append((rank, name, titles.get(name, name), data))
+    return [(title, data) for _, _, title, data in sorted(found)]
 
 
 def gather(ctx: Context, version: str) -> ReportParts:
