@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 from tasks.common import StepTimes
 from tasks.compiling import compile_model
 from tasks.data import DataVersion, pin_data_version
+from tasks.estimation import fit_estimator
 from tasks.evaluation import evaluate_model, score_holdout
 from tasks.gates import GateVerdict, enforce_verdict, gate_challenger
 from tasks.pictures import log_version_plots
@@ -85,6 +86,8 @@ def training_pipeline(
         compiled = compile_model(trained.model, holdout, cfg.features, objective, scored.outputs)
     with steps.step("evaluate"):
         evaluation = evaluate_model(holdout, scored.outputs, cfg.dataset, objective)
+    with steps.step("estimator"):  # binary: the calibration map that estimates live AUC before labels arrive
+        estimator = fit_estimator(holdout, scored.outputs, cfg.dataset, objective)
     with steps.step("profile"):
         profile = profile_reference(frame, holdout, scored.outputs, ctx)
     # log + register
@@ -99,6 +102,7 @@ def training_pipeline(
         describe_suite(cfg.dataset),
         {**steps, **inner},
         compiled,
+        estimator,
     )
     with steps.step("log_run"):
         run = log_training_run(ctx, record, run_id)

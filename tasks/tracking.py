@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.common import tollgate_task
 from tasks.data import DataVersion
+from tasks.estimation import ESTIMATOR_FILE, estimator_metrics
 from tasks.gates import GateVerdict
 from tasks.model_card import model_card
 from tollgate.compiled import Compiled
@@ -53,6 +54,7 @@ class RunRecord:
     suite: dict[str, Any]
     timings: dict[str, float]
     compiled: Compiled | None = None  # the ONNX form and its parity (tasks/compiling.py); None: not attempted
+    estimator: dict[str, Any] | None = None  # the performance estimator (tasks/estimation.py); None: not fitted
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
                 **segment_metrics(evaluation),
                 **timing_metrics(timings),
                 **{k: v for k, v in parity.items() if v is not None},
+                **estimator_metrics(record.estimator),
             }
         )
         dataset = training_dataset(frame, data, cfg.dataset.target)
@@ -228,6 +231,8 @@ def log_run(ctx: Context, record: RunRecord, flow_run_id: str | None) -> LoggedR
                 min(cfg.monitoring.report_sample_rows, len(frame)), random_state=cfg.model.seed
             )
             sample.to_parquet(folder / "reference_sample.parquet", index=False)
+            if record.estimator is not None:
+                _write_json(folder, ESTIMATOR_FILE, record.estimator)
             if compiled is not None:
                 _write_json(folder, "compiled.json", {**compiled.report, "scoring": scoring_path(compiled)})
                 if compiled.onnx is not None:

@@ -18,6 +18,7 @@ from flows.deploy import deploy_model
 from flows.drift import drift_check
 from flows.fan_out import over_parts
 from tasks.drift import drift_of_parts, load_production_release, merge_partials, plan_drift
+from tasks.estimation import estimate_now
 from tasks.ground_truth import join_parts, labels_from_period, merge_live_metrics, plan_live_metrics
 from tasks.reporting import evidently_verdicts
 from tests.helpers import bundled_config
@@ -25,6 +26,7 @@ from tests.integration.live import Traffic, running_gateway, train
 from tests.integration.monitoring_support import ROWS, Sink, prefect_events, replay
 from tests.integration.monitoring_support import period as _period
 from tollgate import ledger
+from tollgate.predlog import read_log
 
 COVARIATE = {"monthly_charges", "last_login_days", "usage_gb"}
 
@@ -99,6 +101,39 @@ def test_the_drift_check_on_dask_workers_equals_the_one_in_process(
         k: r.rows_table() for k, r in here[0].segments.items()
     }
     pd.testing.assert_frame_equal(there[1], here[1])
+
+
+def _estimated_and_realized(world: dict[str, Any], window: dict[str, Any], period: pd.DataFrame) -> tuple[Any, float]:
+    """The champion's estimated AUC over a replayed window (from the log alone), and the AUC its labels give."""
+    from sklearn.metrics import roc_auc_score
+
+    ctx, v1 = world["ctx"], world["v1"].version
+    result = estimate_now(ctx, since=window["start"], until=window["end"] + 1e-3)
+    (row,) = [
+        r
+        for r in result["rows"]
+        if (r["model_version"], r["role"], r["scope"], r["window"]) == (v1, "champion", "overall", "all")
+    ]
+    logged = read_log(ctx.paths.model_log(world["gw"]["name"]), window["start"])
+    logged = logged[(logged["ts"] <= window["end"]) & (logged["model_version"] == v1)]
+    truth = logged.merge(period, left_on="entity_id", right_on="customer_id", validate="one_to_one")
+    assert row["n"] == len(truth) == ROWS, (row, len(truth))
+    return row, float(roc_auc_score(truth["churned"], truth["score"]))
+
+
+def test_the_estimated_auc_follows_covariate_shift_and_misses_concept_shift(
+    world: dict[str, Any], covariate: dict[str, Any], concept: dict[str, Any]
+) -> None:
+    """Issue 36: the release's calibration map (fitted on the gate's holdout) estimates the live AUC of a window
+    before its labels arrive: inside the 95% interval under covariate shift, confidently wrong under concept shift
+    (what the reconciliation with the labels is for)."""
+    release = load_production_release.fn(world["ctx"])
+    body = release.file("estimator.json")
+    assert body["method"] and len(body["calibration"]["x"]) > 2 and body["quality"]["check_rows"] > 100
+    moved, realized = _estimated_and_realized(world, covariate["result"]["window"], _period("covariate_drift"))
+    assert moved["low"] <= realized <= moved["high"], (moved, realized)
+    wrong, realized = _estimated_and_realized(world, concept["drift"]["window"], _period("concept_drift"))
+    assert realized < wrong["low"], (wrong, realized)  # the scores did not move, the truth did
 
 
 def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:

@@ -131,7 +131,53 @@ def _print_backfill(result: dict[str, Any]) -> None:
     print(f"Production v{v['version']}: {v['status']} ({v['reason']}); action: {result['action']}")
 
 
+def estimate(ctx: Context, args: argparse.Namespace) -> int:
+    from tasks.ground_truth import parse_every
+
+    since, until = _bounds(args)
+    try:
+        every = parse_every(args.every)
+    except ValueError as exc:
+        raise UserError(f"--every: {exc}") from None
+    require_stack(ctx)
+    from tasks.estimation import estimate_now
+    from tollgate.registry import RegistryError
+
+    try:
+        result = estimate_now(ctx, since, until, every)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print_json(_no_nan(result), indent=None)
+        return EXIT_OK
+    print(f"estimated live AUC of {result['model']} from {result['rows_read']} logged predictions ({result['method']})")
+    for version, how in result["estimators"].items():
+        if how != "calibration map":
+            print(f"  v{version}: no estimate: {how}")
+    shown = [r for r in result["rows"] if r["scope"] == "overall"]
+    for r in shown:
+        value = "n/a: " + r["why"] if r["auc"] is None else f"{r['auc']:.4f}  95% [{r['low']:.4f}, {r['high']:.4f}]"
+        print(f"  v{r['model_version']:<4} {r['role']:<9} {r['window']:<42} {r['n']:>7} predictions  AUC {value}")
+    segments = len({r["scope"] for r in result["rows"]} - {"overall"})
+    if segments:
+        print(f"  ... and {segments} segment values per window: --json lists them")
+    print("estimates assume P(label | score) is what the holdout showed: a concept shift is invisible to them")
+    return EXIT_OK
+
+
 COMMANDS = [
+    Command(
+        "estimate",
+        "estimated live AUC from the prediction log alone, before labels arrive (binary models): per version, "
+        "role, window and segment, with a 95% interval",
+        estimate,
+        (
+            arg("--since", default=None, help="window start: ISO 8601 (UTC unless it says) or epoch seconds"),
+            arg("--until", default=None, help="window end (default now): ISO 8601 or epoch seconds"),
+            arg("--every", default=None, help="also per fixed window of prediction time: 1h, 1d, 7d, 90m, ..."),
+            arg("--json", action="store_true", help="print the result as one JSON object, nothing else"),
+        ),
+    ),
     Command(
         "drift",
         "run drift_check now: the log window vs the Production release's reference; alert on drift",
