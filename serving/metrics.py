@@ -77,7 +77,9 @@ class SignalsCollector(Collector):
         self.paths = paths
         self.model = model
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+    def _families(
+        self,
+    ) -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tollgate_drift_detected", "1 when the latest drift check of the model detected drift", labels=["model"]
@@ -93,6 +95,12 @@ class SignalsCollector(Collector):
             CounterMetricFamily(
                 "tollgate_gateway_restarts", "Restarts of the serving process by its supervisor (this state folder)"
             ),
+            GaugeMetricFamily(
+                "tollgate_estimated_auc",
+                "The Production champion's AUC estimated from the prediction log before labels arrive (tollgate "
+                "estimate): the estimate and its 95% interval's bounds",
+                labels=["model", "bound"],
+            ),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -102,13 +110,16 @@ class SignalsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """The families with their current values."""
         signals = read_signals(self.paths, self.model)
-        drift, degraded, failures, restarts = self._families()
+        drift, degraded, failures, restarts, estimated = self._families()
         drift.add_metric([self.model], _flag(signals.get("drift_detected")))
         degraded.add_metric([self.model], 1.0 if signals.get("live_status") in DEGRADED_STATUSES else 0.0)
         failures.add_metric([self.model], float(len(alert_failures(self.paths, self.model))))
         path = self.paths.gateway_restarts
         restarts.add_metric([], float(sum(1 for _ in path.open()) if path.exists() else 0))
-        return (drift, degraded, failures, restarts)
+        for bound, key in (("estimate", "estimated_auc"), ("low", "estimated_auc_low"), ("high", "estimated_auc_high")):
+            if isinstance(signals.get(key), int | float):
+                estimated.add_metric([self.model, bound], float(signals[key]))
+        return (drift, degraded, failures, restarts, estimated)
 
 
 def _totals(metric: Counter) -> dict[tuple[str, ...], float]:

@@ -176,3 +176,28 @@ def estimate_now(
         "estimators": {v: ("calibration map" if isinstance(m, Calibration) else m) for v, m in maps.items()},
         "rows": rows,
     }
+
+
+def record_estimate(ctx: Context, result: dict[str, Any]) -> dict[str, float] | None:
+    """Keep the Production champion's whole-span estimate as the model's signals (`tollgate status`, `/metrics`
+    tollgate_estimated_auc); the values recorded, or None when there is no such estimate."""
+    from tollgate.signals import record_signals
+
+    production = ctx.registry.one("Production")
+    if production is None:
+        return None
+    mine = [
+        r
+        for r in result["rows"]
+        if (r["model_version"], r["role"], r["scope"], r["window"])
+        == (production.version, "champion", "overall", "all")
+    ]
+    if not mine or mine[0]["auc"] is None:
+        return None
+    values = {
+        "estimated_auc": mine[0]["auc"],
+        "estimated_auc_low": mine[0]["low"],
+        "estimated_auc_high": mine[0]["high"],
+    }
+    record_signals(ctx.paths, ctx.config.project.registered_model, **values)
+    return values

@@ -140,13 +140,14 @@ def estimate(ctx: Context, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"--every: {exc}") from None
     require_stack(ctx)
-    from tasks.estimation import estimate_now
+    from tasks.estimation import estimate_now, record_estimate
     from tollgate.registry import RegistryError
 
     try:
         result = estimate_now(ctx, since, until, every)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+    result["signals"] = record_estimate(ctx, result)  # the champion's estimate, for status and /metrics
     if args.json:
         print_json(_no_nan(result), indent=None)
         return EXIT_OK
