@@ -254,11 +254,7 @@ def replicas_pair(st: BenchStack, wrk: str, script: Path) -> dict[str, Any]:
         single = run_wrk(wrk, f"{st.gateway_url}/predict", script, 64)
         two = run_wrk(wrk, f"{url}/predict", script, 64)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc, 30)
     return {"single": single, "replicas2": two, "serving": " / ".join(sorted(served))}
 
 
@@ -273,8 +269,13 @@ def sequential_pair(st: BenchStack) -> dict[str, dict[str, float]]:
         wait_http(f"http://127.0.0.1:{port}/health", 120)
         return sequential_latency({"supervised": st.gateway_url, "plain": f"http://127.0.0.1:{port}"})
     finally:
-        plain.terminate()
-        try:
-            plain.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(plain.pid, signal.SIGKILL)
+        _stop(plain, 20)
+
+
+def _stop(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """SIGTERM a server of the benchmark's; its whole process group SIGKILLed if it is not gone in `wait_s`."""
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -11,7 +11,7 @@ import httpx
 import psutil
 
 from flows.deploy import deploy_model
-from tests.integration.live import Traffic, running_gateway, train
+from tests.integration.live import Traffic, running_gateway, train, wait_for
 from tests.integration.test_supervision import Load
 from tollgate.app.supervise import restart_count
 from tollgate.predlog import log_parts, read_log
@@ -22,6 +22,13 @@ AUTO = {"rollout": {"auto_approve": True}}
 def _own(state: dict) -> dict[int, str]:  # type: ignore[type-arg]
     """Replica index -> its own URL, from a summed /admin/state."""
     return {r["replica"]: f"http://127.0.0.1:{r['port']}" for r in state["replicas"]}
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _served(urls: dict[int, str]) -> set[tuple[str, str | None, str]]:
@@ -60,13 +67,7 @@ def test_two_replicas_share_the_port_the_log_and_every_change(live_stack: dict[s
         restarts = ctx.paths.gateway_restarts.read_text().splitlines()
         assert len(restarts) == before + 1 and json.loads(restarts[-1])["replica"] == 1
         assert "killed by SIGKILL" in restarts[-1]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{urls[1]}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_for(lambda: _healthy(urls[1]), 30, "the killed replica serving again on its own port")
         state = client.state()
         assert {r["replica"]: r["pid"] for r in state["replicas"]}[1] != pids[1]
 
