@@ -11,6 +11,7 @@ from flows.fan_out import over_parts
 from tasks.actions import act_on_performance, confirm_action
 from tasks.alerts import deliver_alerts
 from tasks.drift import load_production_release
+from tasks.estimation import reconcile_estimates
 from tasks.ground_truth import ingest_labels, join_parts, judge_live_performance, merge_live_metrics, plan_live_metrics
 from tasks.reporting import record_live_metrics
 from tollgate.context import DEFAULT_CONFIG, Context, as_context
@@ -39,6 +40,7 @@ def ground_truth_backfill(
     joined = over_parts(compute.dask_address, join_parts, len(plan.parts), compute.parts_per_task, plan=plan)
     live = merge_live_metrics(plan, release, joined)
     verdict = judge_live_performance(live.rows, release)
+    reconciled = reconcile_estimates(ctx, release, live.rows, by)  # estimated vs realized: concept shift?
     # record
     run_id = record_live_metrics(release, live, verdict)
     # act (signals file, tollgate.performance.degraded, rollback when severe), then notify
@@ -51,5 +53,6 @@ def ground_truth_backfill(
         "action": action,
         "alerts": alerts,
         "monitoring_run_id": run_id,
+        "reconciliation": reconciled,
         **live.to_dict(),
     }

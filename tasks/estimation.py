@@ -149,6 +149,7 @@ def estimate_now(
     with its own release's map; segments are the Production release's (else the Staging one's)."""
     from tollgate.predlog import read_log
     from tollgate.registry import RegistryError
+    from tollgate.signals import read_signals
 
     model = ctx.config.project.registered_model
     log = read_log(ctx.paths.model_log(model), since)
@@ -166,6 +167,13 @@ def estimate_now(
         except Exception as exc:  # a version the registry no longer has, or one whose files fail their digests
             maps[version] = f"v{version}: its release cannot be loaded ({type(exc).__name__}: {exc})"
     rows = estimate_rows(log, maps, ds, every)
+    signals = read_signals(ctx.paths, model)
+    if signals.get("concept_shift"):  # the labels showed the estimate wrong for this version: say so on every row
+        flagged = str(signals.get("concept_shift_version"))
+        note = f"unreliable: concept shift since {signals.get('concept_shift_since')}"
+        for r in rows:
+            if r["model_version"] == flagged:
+                r["unreliable"] = note
     return {
         "model": model,
         "method": METHOD,
@@ -201,3 +209,91 @@ def record_estimate(ctx: Context, result: dict[str, Any]) -> dict[str, float] | 
     }
     record_signals(ctx.paths, ctx.config.project.registered_model, **values)
     return values
+
+
+def logged_scores(ctx: Context, version: str, role: str, clock: str, start: float, end: float) -> np.ndarray:
+    """The logged scores of one version and role with `clock` ('ts' or 'event_ts') in [start, end], read a few
+    columns at a time (memory bounded by compute.chunk_rows) and de-duplicated by prediction id."""
+    from tollgate.predlog import log_parts, part_frames
+
+    folder = ctx.paths.model_log(ctx.config.project.registered_model)
+    since = start if clock == "ts" else None
+    columns = ["prediction_id", "model_version", "role", "score", "event_ts"]
+    kept: list[pd.DataFrame] = []
+    for path in log_parts(folder):
+        for frame in part_frames(path, since, ctx.config.compute.chunk_rows, columns):
+            t = frame[clock].astype(float)
+            mine = frame[
+                (frame["model_version"].astype(str) == version) & (frame["role"] == role) & (t >= start) & (t <= end)
+            ]
+            kept.append(mine[["prediction_id", "score"]])
+    if not kept:
+        return np.array([])
+    return pd.concat(kept).drop_duplicates("prediction_id")["score"].to_numpy(dtype=float)
+
+
+def reconcile(
+    ctx: Context, release: Release, rows: list[dict[str, Any]], by: str = "prediction-time"
+) -> dict[str, Any]:
+    """Check the estimates against the labels a backfill brought: for the Production champion's whole span and
+    each of its windows (overall scope), the AUC estimated from its logged scores next to the realized one, and
+    whether the realized value fell inside the estimate's 95% interval. The first window (in time) it did not
+    sets the model's `concept_shift` signal: later estimates of this version are marked unreliable."""
+    from tollgate.signals import record_signals
+
+    metric = release.objective.primary
+    calibration = release_calibration(release)
+    if metric != "auc" or isinstance(calibration, str):
+        return {
+            "checked": [],
+            "concept_shift": None,
+            "why": calibration if isinstance(calibration, str) else f"{metric}: not estimated",
+        }
+    clock = "ts" if by == "prediction-time" else "event_ts"
+    mine = [
+        r
+        for r in rows
+        if (str(r["model_version"]), r["role"], r["scope"]) == (release.version, "champion", "overall")
+        and r.get(metric) is not None
+    ]
+    checked = []
+    for r in sorted(mine, key=lambda r: (r["window"] != "all", float(r["start"]))):
+        est = estimate_auc(
+            calibration, logged_scores(ctx, release.version, "champion", clock, float(r["start"]), float(r["end"]))
+        )
+        realized = float(r[metric])
+        inside = None if math.isnan(est.value) or math.isnan(realized) else est.covers(realized)
+        checked.append(
+            {
+                "window": r["window"],
+                "labelled": int(r["n"]),
+                "estimated": est.to_dict(),
+                "realized": realized,
+                "inside": inside,
+            }
+        )
+    missed = [c for c in checked if c["inside"] is False]
+    windows = [c for c in missed if c["window"] != "all"] or missed  # the first fixed window, else the whole span
+    shift = None
+    if windows:
+        first = windows[0]
+        shift = {
+            "version": release.version,
+            "since": first["window"],
+            "realized": first["realized"],
+            "estimated": first["estimated"]["value"],
+        }
+        record_signals(
+            ctx.paths,
+            release.model_name,
+            concept_shift=1,
+            concept_shift_version=release.version,
+            concept_shift_since=first["window"],
+        )
+    return {"checked": checked, "concept_shift": shift, "why": ""}
+
+
+@tollgate_task
+def reconcile_estimates(ctx: Context, release: Release, rows: list[dict[str, Any]], by: str) -> dict[str, Any]:
+    """The backfill's reconciliation of estimates with the labels (see `reconcile`)."""
+    return reconcile(ctx, release, rows, by)

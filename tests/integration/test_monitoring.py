@@ -134,6 +134,12 @@ def test_the_estimated_auc_follows_covariate_shift_and_misses_concept_shift(
     assert moved["low"] <= realized <= moved["high"], (moved, realized)
     wrong, realized = _estimated_and_realized(world, concept["drift"]["window"], _period("concept_drift"))
     assert realized < wrong["low"], (wrong, realized)  # the scores did not move, the truth did
+    # when the labels came (the concept period's backfill), the estimate was checked against them: concept shift
+    reconciled = concept["first"]["reconciliation"]
+    (whole,) = reconciled["checked"]
+    assert whole["inside"] is False and whole["realized"] < whole["estimated"]["low"], whole
+    assert reconciled["concept_shift"]["version"] == world["v1"].version
+    assert wrong.get("unreliable", "").startswith("unreliable: concept shift since")  # flagged from then on
 
 
 def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:

@@ -129,6 +129,12 @@ def _print_backfill(result: dict[str, Any]) -> None:
         for r in series:
             print(f"    {r['window']:<42} {int(r['n']):>6} labelled  {metric} {_value(r[metric])}")
     print(f"Production v{v['version']}: {v['status']} ({v['reason']}); action: {result['action']}")
+    shift = (result.get("reconciliation") or {}).get("concept_shift")
+    if shift:
+        print(
+            f"CONCEPT SHIFT of v{shift['version']} since {shift['since']}: realized {metric} {_value(shift['realized'])} "
+            f"outside the estimate from the scores ({_value(shift['estimated'])}); its estimates are unreliable from now on"
+        )
 
 
 def estimate(ctx: Context, args: argparse.Namespace) -> int:
@@ -158,7 +164,8 @@ def estimate(ctx: Context, args: argparse.Namespace) -> int:
     shown = [r for r in result["rows"] if r["scope"] == "overall"]
     for r in shown:
         value = "n/a: " + r["why"] if r["auc"] is None else f"{r['auc']:.4f}  95% [{r['low']:.4f}, {r['high']:.4f}]"
-        print(f"  v{r['model_version']:<4} {r['role']:<9} {r['window']:<42} {r['n']:>7} predictions  AUC {value}")
+        flag = f"  {r['unreliable'].upper()}" if r.get("unreliable") else ""
+        print(f"  v{r['model_version']:<4} {r['role']:<9} {r['window']:<42} {r['n']:>7} predictions  AUC {value}{flag}")
     segments = len({r["scope"] for r in result["rows"]} - {"overall"})
     if segments:
         print(f"  ... and {segments} segment values per window: --json lists them")
