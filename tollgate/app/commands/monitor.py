@@ -177,7 +177,7 @@ COMMANDS = [
     Command(
         "estimate",
         "estimated live AUC from the prediction log alone, before labels arrive (binary models): per version, "
-        "role, window and segment, with a 95% interval",
+        "role, window and segment, with its 95 percent interval",
         estimate,
         (
             arg("--since", default=None, help="window start: ISO 8601 (UTC unless it says) or epoch seconds"),
