@@ -407,6 +407,15 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
         said = user.run("report", v, "--out", str(out)).stdout
         assert said.startswith(f"wrote {out}"), said
         assert_self_contained(out.read_text(), live=v == version)
+    # the estimated AUC before labels (issue 36): a binary model's replayed window, from the log alone
+    estimated = last_json(user.run("estimate", "--json").stdout)
+    if task == "binary":
+        whole = next(
+            r for r in estimated["rows"] if (r["model_version"], r["scope"], r["window"]) == (version, "overall", "all")
+        )
+        assert whole["auc"] is not None and whole["low"] <= whole["auc"] <= whole["high"], whole
+    else:
+        assert "binary models only" in estimated["estimators"][version], estimated["estimators"]
     monitoring = client.get_experiment_by_name(f"{cfg.project.name}-monitoring")
     assert monitoring is not None
     for monitor, picture in (("ground_truth", "live_metric"), ("drift", "drift_per_feature")):
