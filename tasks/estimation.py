@@ -58,9 +58,9 @@ def estimator_body(y: np.ndarray, scores: np.ndarray, objective: Objective, seed
 
 def estimator_metrics(body: dict[str, Any] | None) -> dict[str, float]:
     """The estimator's quality as MLflow metrics of the training run."""
-    quality = (body or {}).get("quality") or {}
-    out = {f"estimator_{k}": float(quality[k]) for k in ("estimated_auc", "realized_auc", "abs_error")}
-    return {k: v for k, v in out.items() if math.isfinite(v)}
+    quality = (body or {}).get("quality") or {}  # none for a model estimation is not built for
+    out = {f"estimator_{k}": quality.get(k) for k in ("estimated_auc", "realized_auc", "abs_error")}
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 @tollgate_task

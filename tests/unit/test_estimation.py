@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from tasks.estimation import estimate_rows  # imports Prefect (tasks.common): at collection, not in a test
 from tests.helpers import bundled_config
 from tollgate.estimation import Calibration, estimate_auc, expected_auc, fit_calibration, simulated_aucs
+from tollgate.objective import Objective
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -108,3 +109,18 @@ def test_estimate_rows_per_version_role_window_and_segment(calibration: Calibrat
     assert estimate_rows(log, {"3": calibration}, ds, every=6 * 3600, draws=50) == [
         r for r in rows if r["model_version"] == "3"
     ]
+
+
+def test_a_model_estimation_is_not_built_for_records_why_and_logs_no_metric() -> None:
+    from tasks.estimation import estimator_body, estimator_metrics
+
+    body = estimator_body(np.array([0, 1, 2] * 10), np.ones((30, 3)) / 3, Objective("multiclass", (0, 1, 2)))
+    assert body["method"] is None and "binary models only" in body["why"]
+    assert estimator_metrics(body) == {} and estimator_metrics(None) == {}
+    y, scores = _world(400, 0.0, 1.5, np.random.default_rng(5))
+    binary = estimator_body(y, scores, Objective("binary"))
+    assert set(estimator_metrics(binary)) == {
+        "estimator_estimated_auc",
+        "estimator_realized_auc",
+        "estimator_abs_error",
+    }
