@@ -103,12 +103,12 @@ def report(ctx: Context, args: argparse.Namespace) -> int:
     """Write one version's release report (a self-contained HTML file)."""
     from tasks.release_report import gather, render
 
-    require_stack(ctx)
     out = Path(args.out or f"{ctx.config.project.registered_model}-v{args.version}.html")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: name the file to write, e.g. {out / f'v{args.version}.html'}")
     if not out.parent.exists():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    require_stack(ctx)  # after the usage checks: a wrong --out is said without asking the stack anything
     parts = gather(ctx, args.version)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(render(parts))
