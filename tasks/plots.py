@@ -158,7 +158,7 @@ def confusion(y: np.ndarray, proba: np.ndarray, labels: Sequence[Any]) -> Plot:
     totals = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, totals, out=np.zeros((k, k)), where=totals > 0)
     fig, ax = _figure(1, 2, width=11, height=4.8)
-    names = [str(v) for v in labels]
+    names = [_text(v) for v in labels]
     for axis, matrix, title, fmt in ((ax[0, 0], counts, "counts", "d"), (ax[0, 1], normalised, "share of true", ".2f")):
         axis.imshow(matrix, cmap="Blues")
         axis.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names)
@@ -187,7 +187,7 @@ def roc_per_class(y: np.ndarray, proba: np.ndarray, labels: Sequence[Any]) -> Pl
         fpr, tpr, _ = roc_curve(truth, proba[:, code])
         auc = float(roc_auc_score(truth, proba[:, code]))
         fpr, tpr = _thin(fpr, tpr)
-        ax[0, 0].plot(fpr, tpr, label=f"{label} vs rest (AUC {auc:.4f})")
+        ax[0, 0].plot(fpr, tpr, label=f"{_text(label)} vs rest (AUC {auc:.4f})")
         data[str(label)] = {"auc": auc, "fpr": fpr.tolist(), "tpr": tpr.tolist()}
     ax[0, 0].plot([0, 1], [0, 1], color=GREY, linestyle=":")
     ax[0, 0].set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC per class")
@@ -306,7 +306,13 @@ def forest(checks: Sequence[Any], metric: str, title: str = "Gate: challenger mi
 
 def _short(text: str, width: int = 32) -> str:
     """A label cut to `width` characters (an ellipsis says it was cut); the data keeps the whole name."""
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
+    return _text(text if len(text) <= width else text[: width - 1] + "\u2026")
+
+
+def _text(value: Any) -> str:
+    """A value from the data as literal text: matplotlib reads text between two `$` as math (a segment or class
+    named "$5 plan" or "a$b$c" would be typeset, or fail to parse and lose the picture)."""
+    return str(value).replace("$", r"\$")
 
 
 def score_distributions(challenger: np.ndarray, champion: np.ndarray | None, names: tuple[str, str]) -> Plot:
@@ -370,7 +376,7 @@ def drift_per_feature(statistics: dict[str, float], thresholds: dict[str, float]
     for i, n in enumerate(names):
         if n in thresholds:
             axis.plot([thresholds[n]] * 2, [i - 0.4, i + 0.4], color=GREY, linestyle="--")
-    axis.set_yticks(range(len(names)), names, fontsize="small")
+    axis.set_yticks(range(len(names)), [_text(n) for n in names], fontsize="small")
     axis.invert_yaxis()
     axis.set(xlabel=f"{method} (dashed: the feature's threshold; red: drifted)", title="Drift per feature")
     data = {"statistics": statistics, "thresholds": thresholds}

@@ -128,3 +128,25 @@ def test_live_and_drift_pictures_carry_their_series_and_thresholds() -> None:
     drift = plots.drift_per_feature({"tenure": 0.05, "monthly": 0.41}, {"tenure": 0.2, "monthly": 0.2}, "psi")
     _drawn(drift, None)
     assert drift.data["thresholds"] == {"tenure": 0.2, "monthly": 0.2}
+
+
+def test_names_from_the_data_are_drawn_as_text_not_math() -> None:
+    """Segment and class names are the user's: "$" (mathtext to matplotlib), unicode and punctuation draw as-is."""
+    from types import SimpleNamespace
+
+    check = SimpleNamespace(
+        scope="plan=$5 \\frac{ a$ b",
+        check="auc_segment_harm",
+        status="pass",
+        n=300,
+        diff=0.01,
+        ci_low=-0.01,
+        ci_high=0.03,
+        threshold=-0.02,
+    )
+    _drawn(plots.forest([check], "auc"), None)
+    y = RNG.integers(0, 3, 300)
+    labels = ["$5", "São Paulo / Zürich", "50% off + €"]
+    confusion, per_class = plots.holdout_plots("multiclass", y, RNG.dirichlet(np.ones(3), 300), labels=labels)
+    assert confusion.data["labels"] == ["\\$5", "São Paulo / Zürich", "50% off + €"]
+    _drawn(per_class)
