@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.fan_out import over_parts
-from tasks.actions import act_on_performance, confirm_action
+from tasks.actions import act_on_concept_shift, act_on_performance, confirm_action
 from tasks.alerts import deliver_alerts
 from tasks.drift import load_production_release
 from tasks.estimation import reconcile_estimates
@@ -40,12 +40,13 @@ def ground_truth_backfill(
     joined = over_parts(compute.dask_address, join_parts, len(plan.parts), compute.parts_per_task, plan=plan)
     live = merge_live_metrics(plan, release, joined)
     verdict = judge_live_performance(live.rows, release)
-    reconciled = reconcile_estimates(ctx, release, live.rows, by)  # estimated vs realized: concept shift?
+    reconciled = reconcile_estimates(ctx, release, live.rows, by, joined)  # estimated vs realized: concept shift?
     # record
     run_id = record_live_metrics(release, live, verdict)
     # act (signals file, tollgate.performance.degraded, rollback when severe), then notify
     acted = act_on_performance(ctx, release, verdict, run_id, str(flow_run.id))
-    alerts = deliver_alerts(ctx, acted.alerts, acted.failed)
+    shifted = act_on_concept_shift(ctx, release, reconciled, run_id)  # its own alert; triggers nothing
+    alerts = deliver_alerts(ctx, acted.alerts + shifted.alerts, acted.failed + shifted.failed)
     action = confirm_action(acted)  # a failed rollback fails the run, after people were told
     return {
         "ingested": ingested,

@@ -96,10 +96,10 @@ class SignalsCollector(Collector):
                 "tollgate_gateway_restarts", "Restarts of the serving process by its supervisor (this state folder)"
             ),
             GaugeMetricFamily(
-                "tollgate_estimated_auc",
-                "The Production champion's AUC estimated from the prediction log before labels arrive (tollgate "
-                "estimate): the estimate and its 95% interval's bounds",
-                labels=["model", "bound"],
+                "tollgate_estimated_metric",
+                "The Production champion's primary metric (auc, auc_ovr or rmse) estimated from the prediction log "
+                "before labels arrive (tollgate estimate, drift_check): the estimate and its 95% interval's bounds",
+                labels=["model", "metric", "bound"],
             ),
         )
 
@@ -116,9 +116,10 @@ class SignalsCollector(Collector):
         failures.add_metric([self.model], float(len(alert_failures(self.paths, self.model))))
         path = self.paths.gateway_restarts
         restarts.add_metric([], float(sum(1 for _ in path.open()) if path.exists() else 0))
-        for bound, key in (("estimate", "estimated_auc"), ("low", "estimated_auc_low"), ("high", "estimated_auc_high")):
-            if isinstance(signals.get(key), int | float):
-                estimated.add_metric([self.model, bound], float(signals[key]))
+        metric = str(signals.get("estimated_metric", ""))
+        for bound, key in (("estimate", "estimated_value"), ("low", "estimated_low"), ("high", "estimated_high")):
+            if metric in ("auc", "auc_ovr", "rmse") and isinstance(signals.get(key), int | float):
+                estimated.add_metric([self.model, metric, bound], float(signals[key]))
         return (drift, degraded, failures, restarts, estimated)
 
 

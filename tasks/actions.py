@@ -6,6 +6,7 @@ tasks.alerts to deliver afterwards."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tasks.alerts import Alert, emit_all
 from tasks.common import tollgate_task
@@ -20,6 +21,7 @@ DRIFT_DETECTED = "tollgate.drift.detected"
 PERFORMANCE_DEGRADED = "tollgate.performance.degraded"
 ROLLBACK_AUTOMATIC = "tollgate.rollback.automatic"
 ROLLBACK_FAILED = "tollgate.rollback.failed"
+CONCEPT_SHIFT = "tollgate.estimate.concept_shift"
 LIVE_STATUSES = ("ok", "degraded", "severe")  # the verdicts the signals file holds ("insufficient" keeps the last)
 
 
@@ -95,6 +97,53 @@ def performance_action(
     text = f"{model}: rolled back v{done['from']} -> v{done['to']}"
     after = Alert(ROLLBACK_AUTOMATIC, model, text, {**payload, "from": done["from"], "to": done["to"]})
     return Acted("rolled_back", [*alerts, after], failed + emit_all(ctx.paths, [after]))
+
+
+def concept_shift_action(ctx: Context, release: Release, reconciled: dict[str, Any], run_id: str) -> Acted:
+    """tollgate.estimate.concept_shift when the backfill's labels showed the estimates wrong (its own alert: it
+    triggers nothing; the estimates of that version are marked unreliable until another version serves)."""
+    shift = reconciled.get("concept_shift")
+    if not shift:
+        return Acted("none")
+    how = "outside the estimate's 95% interval" if shift.get("interval_missed") else "calibration map no longer holds"
+    text = (
+        f"{release.model_name} v{shift['version']}: concept shift since {shift['since']}: realized "
+        f"{shift['metric']} {shift['realized']:.4f}, estimated {shift['estimated']:.4f} ({how}); its estimates are "
+        "unreliable from now on, until a retrained version serves"
+    )
+    alerts = [Alert(CONCEPT_SHIFT, release.model_name, text, {**shift, "monitoring_run_id": run_id})]
+    return Acted("concept_shift", alerts, emit_all(ctx.paths, alerts))
+
+
+def estimated_drop_action(ctx: Context, release: Release, estimated: dict[str, Any], run_id: str) -> Acted:
+    """The estimate worse than live_degraded_at for monitoring.estimated_drop_windows drift windows in a row:
+    tollgate.performance.degraded marked `estimated` (the same alert and retrain trigger as a realized drop).
+    Never a rollback: only realized metrics roll back."""
+    verdict = estimated.get("verdict") or {}
+    if verdict.get("status") != "degraded":
+        return Acted("none")
+    model, metric = release.model_name, verdict["metric"]
+    flag = f"; {verdict['unreliable']}" if verdict.get("unreliable") else ""
+    reason = (
+        f"estimated live {metric} {verdict['value']:.4f} (95% [{verdict['low']:.4f}, {verdict['high']:.4f}]) worse "
+        f"than {verdict['threshold']} for {verdict['consecutive']} drift windows in a row, from the prediction log "
+        f"before labels arrive{flag}"
+    )
+    payload = {**verdict, "estimated": True, "status": "degraded", "reason": reason, "monitoring_run_id": run_id}
+    alerts = [Alert(PERFORMANCE_DEGRADED, model, f"{model} v{release.version} (ESTIMATED): {reason}", payload)]
+    return Acted("alerted", alerts, emit_all(ctx.paths, alerts))
+
+
+@tollgate_task
+def act_on_estimate(ctx: Context, release: Release, estimated: dict[str, Any], run_id: str) -> Acted:
+    """The estimated-drop signal's event emitted; the alert to deliver afterwards."""
+    return estimated_drop_action(ctx, release, estimated, run_id)
+
+
+@tollgate_task
+def act_on_concept_shift(ctx: Context, release: Release, reconciled: dict[str, Any], run_id: str) -> Acted:
+    """The concept-shift alert's event emitted; the alert to deliver afterwards."""
+    return concept_shift_action(ctx, release, reconciled, run_id)
 
 
 @tollgate_task

@@ -130,15 +130,25 @@ def phase_plots(verdict: GateVerdict, log: pd.DataFrame, phase: str, version: st
     return [phase_checks(verdict.checks, phase), distributions]
 
 
-def live_plot(rows: list[dict[str, Any]], metric: str, lines: dict[str, float], entries: Sequence[LedgerEntry]) -> Plot:
+def live_plot(
+    rows: list[dict[str, Any]],
+    metric: str,
+    lines: dict[str, float],
+    entries: Sequence[LedgerEntry],
+    estimated: dict[str, list[tuple[float, float]]] | None = None,
+) -> Plot:
     """The live primary metric per window for every version and role in a backfill's rows (overall scope; the
-    whole period when it was not windowed), with reference `lines` and the ledger's promotions and rollbacks."""
+    whole period when it was not windowed), with reference `lines`, the ledger's promotions and rollbacks, and
+    `estimated` series (name -> [(window start, estimate)], the drift checks' estimates before labels, drawn
+    dashed) next to the realized ones."""
     overall = [r for r in rows if r["scope"] == "overall"]
     use = [r for r in overall if r["window"] != "all"] or overall
     series: dict[str, list[tuple[float, float]]] = {}
     for r in use:
         series.setdefault(f"v{r['model_version']} {r['role']}", []).append((float(r["start"]), float(r[metric])))
+    series |= estimated or {}
     starts = [float(r["start"]) for r in use] + [float(r["end"]) for r in use]
+    starts += [t for points in (estimated or {}).values() for t, _ in points]
     return live_series(metric, series, lines, ledger_events(entries, min(starts, default=0), max(starts, default=0)))
 
 

@@ -352,7 +352,8 @@ def live_series(
     for name, points in series.items():
         if points:
             xs, ys = zip(*sorted(points), strict=True)
-            axis.plot([when(x) for x in xs], ys, marker="o", label=name)
+            dashed = "estimated" in name  # an estimate before labels, next to the realized values
+            axis.plot([when(x) for x in xs], ys, marker="x" if dashed else "o", ls="--" if dashed else "-", label=name)
     for i, (name, value) in enumerate(lines.items()):
         axis.axhline(value, linestyle="--" if i else ":", color=(GREY, "#bcbd22", FAIL, "#9467bd")[i % 4], label=name)
     for epoch, label in events:

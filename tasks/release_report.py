@@ -30,6 +30,7 @@ from tasks.pictures import PLOTS_DIR, drift_plots, live_plot, release_lines
 from tasks.plots import Plot
 from tollgate import ledger
 from tollgate.context import Context
+from tollgate.keys import key_part
 from tollgate.ledger import LedgerEntry
 from tollgate.release import Release, load_release
 
@@ -163,26 +164,44 @@ def _live(
     parts: ReportParts, client: mlflow.MlflowClient, release: Release, project: str, entries: list[LedgerEntry]
 ) -> None:
     """The live section: the newest backfill whose rows include this version (promotions and rollbacks of every
-    version marked), the newest drift check of it."""
+    version marked) with the drift checks' estimates of it before labels, and the newest drift check of it."""
     metric = release.objective.primary
     try:
+        drift_runs = _monitoring_runs(client, project, parts.model, "drift")
+        estimated = {f"v{parts.version} champion (estimated)": _estimates(drift_runs, parts.version, metric)}
+        estimated = {k: v for k, v in estimated.items() if v}
+        rows: list[dict[str, Any]] = []
         for run in _monitoring_runs(client, project, parts.model, "ground_truth"):
             body = _json_artifact(client, run.info.run_id, "monitoring/live_metrics.json")
-            rows = body.get("rows", [])
-            if any(str(r.get("model_version")) == parts.version for r in rows):
-                parts.live.append(live_plot(rows, metric, release_lines(release, metric), entries))
+            if any(str(r.get("model_version")) == parts.version for r in body.get("rows", [])):
+                rows = body["rows"]
                 parts.live_note = (
                     f"labels joined by the backfill of {_when(run.info.start_time)} (run {run.info.run_id})"
                 )
                 break
-        for run in _monitoring_runs(client, project, parts.model, "drift"):
-            if run.data.tags.get("tollgate.model_version") == parts.version:
-                parts.live += drift_plots(_json_artifact(client, run.info.run_id, "monitoring/drift.json"))
-                window = run.data.tags.get("tollgate.window", "")
-                parts.live_note += f"; drift of the window {window} checked at {_when(run.info.start_time)}"
-                break
+        if rows or estimated:
+            parts.live.append(live_plot(rows, metric, release_lines(release, metric), entries, estimated))
+            if estimated:
+                parts.live_note += ("; " if parts.live_note else "") + "dashed: estimated from the log before labels"
+        drift_runs = [r for r in drift_runs if r.data.tags.get("tollgate.model_version") == parts.version]
+        for run in drift_runs[:1]:  # the newest
+            parts.live += drift_plots(_json_artifact(client, run.info.run_id, "monitoring/drift.json"))
+            window = run.data.tags.get("tollgate.window", "")
+            parts.live_note += f"; drift of the window {window} checked at {_when(run.info.start_time)}"
     except Exception as exc:
         parts.problems.append(f"live section: {type(exc).__name__}: {exc}")
+
+
+def _estimates(runs: list[Any], version: str, metric: str) -> list[tuple[float, float]]:
+    """(window start, estimate) of the drift checks of `version` that estimated its metric (issue 36)."""
+    key = f"estimated_{key_part(metric)}"
+    return [
+        (r.data.metrics["estimated_window_start"], r.data.metrics[key])
+        for r in runs
+        if r.data.tags.get("tollgate.model_version") == version
+        and key in r.data.metrics
+        and "estimated_window_start" in r.data.metrics
+    ]
 
 
 def _when(ms: int | None) -> str:

@@ -139,8 +139,11 @@ def drift_metrics(check: DriftCheck) -> dict[str, float]:
     return metrics
 
 
-def store_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport) -> str:
-    """A monitoring run in MLflow (metrics, the Evidently HTML, the JSON report) and Prefect artifacts."""
+def store_drift(
+    release: Release, check: DriftCheck, evidently: EvidentlyReport, estimated: dict[str, Any] | None = None
+) -> str:
+    """A monitoring run in MLflow (metrics, the Evidently HTML, the JSON report, the window's estimates) and
+    Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     overall, model = check.overall, release.model_name
@@ -153,8 +156,19 @@ def store_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport)
     tags = {"tollgate.monitor": "drift", "tollgate.release_run_id": release.run_id}
     tags["tollgate.drift_detected"] = str(check.detected).lower()
     tags["tollgate.window"] = f"{check.window.by} {check.window.label}"
-    files = {"drift.json": body, "report.html": Path(evidently.html)}
-    run_id = log_monitoring_run(release, f"drift-v{release.version}", tags, drift_metrics(check), files)
+    files: dict[str, Any] = {"drift.json": body, "report.html": Path(evidently.html)}
+    metrics = drift_metrics(check)
+    verdict = (estimated or {}).get("verdict") or {}
+    if verdict.get("status") not in (None, "none"):
+        name = key_part(verdict["metric"])
+        metrics |= {f"estimated_{name}": verdict["value"], f"estimated_{name}_low": verdict["low"]}
+        metrics |= {f"estimated_{name}_high": verdict["high"], "estimated_below_windows": verdict["consecutive"]}
+        if check.window.start is not None:  # where the report's live picture places the estimate
+            metrics["estimated_window_start"] = check.window.start
+        tags["tollgate.estimated_status"] = verdict["status"]
+    if estimated:
+        files["estimate.json"] = {"verdict": verdict, "rows": estimated.get("rows", [])}
+    run_id = log_monitoring_run(release, f"drift-v{release.version}", tags, metrics, files)
     log_drift_plots(release, run_id, body)
     create_table_artifact(
         key=artifact_key("drift", model),
@@ -201,9 +215,11 @@ def store_live_metrics(release: Release, live: LiveMetrics, verdict: LiveVerdict
 
 # -- tasks (not retried: each creates an MLflow run) -----------------------------------------------------------
 @tollgate_task
-def record_drift(release: Release, check: DriftCheck, evidently: EvidentlyReport) -> str:
-    """Record the drift check (MLflow monitoring run, Prefect artifacts); returns the run id."""
-    return store_drift(release, check, evidently)
+def record_drift(
+    release: Release, check: DriftCheck, evidently: EvidentlyReport, estimated: dict[str, Any] | None = None
+) -> str:
+    """Record the drift check and the window's estimates (MLflow monitoring run, Prefect artifacts); the run id."""
+    return store_drift(release, check, evidently, estimated)
 
 
 @tollgate_task

@@ -201,6 +201,11 @@ class MonitoringConfig(_Strict):
     # lower for auc/auc_ovr, higher for rmse.
     live_degraded_at: float
     live_severe_at: float
+    # The same threshold on the primary metric *estimated* from the prediction log before labels arrive (issue 36,
+    # drift_check): worse than live_degraded_at for this many consecutive drift windows raises the degraded signal
+    # marked "estimated" (alert, guarded retrain trigger). An estimate never rolls back, however far it falls: only
+    # realized metrics (labels) do.
+    estimated_drop_windows: int = Field(default=3, ge=1)
     min_labelled_rows: int = Field(ge=1)
     retrain_cooldown_hours: float = Field(ge=0)
     max_retrains_per_week: int = Field(ge=0)

@@ -40,7 +40,7 @@ from tests.helpers import ROOT, open_in_chromium
 from tollgate.app.stack import DeploymentTarget, apply_deployments
 from tollgate.app.worker_runs import new_log_lines
 from tollgate.config import TollgateConfig, load_config
-from tollgate.objective import Objective
+from tollgate.objective import PRIMARY, Objective
 from tollgate.paths import StatePaths
 from tollgate.predlog import read_log
 from tollgate.procs import free_port
@@ -407,15 +407,13 @@ def user_path(name: str, live_stack: dict[str, str], tmp_path: Path, record_prop
         said = user.run("report", v, "--out", str(out)).stdout
         assert said.startswith(f"wrote {out}"), said
         assert_self_contained(out.read_text(), live=v == version)
-    # the estimated AUC before labels (issue 36): a binary model's replayed window, from the log alone
+    # the estimated primary metric before labels (issue 36): the replayed window, from the log alone
     estimated = last_json(user.run("estimate", "--json").stdout)
-    if task == "binary":
-        whole = next(
-            r for r in estimated["rows"] if (r["model_version"], r["scope"], r["window"]) == (version, "overall", "all")
-        )
-        assert whole["auc"] is not None and whole["low"] <= whole["auc"] <= whole["high"], whole
-    else:
-        assert "binary models only" in estimated["estimators"][version], estimated["estimators"]
+    whole = next(
+        r for r in estimated["rows"] if (r["model_version"], r["scope"], r["window"]) == (version, "overall", "all")
+    )
+    assert whole["metric"] == estimated["metric"] == PRIMARY[task], whole
+    assert whole["estimate"] is not None and whole["low"] <= whole["estimate"] <= whole["high"], whole
     monitoring = client.get_experiment_by_name(f"{cfg.project.name}-monitoring")
     assert monitoring is not None
     for monitor, picture in (("ground_truth", "live_metric"), ("drift", "drift_per_feature")):

@@ -46,6 +46,13 @@ def test_demo_lifecycle(live_stack: dict[str, str]) -> None:
     assert Path(covariate["report"]).exists()
     concept = steps["backfill: concept period"]
     assert concept["status"] == "degraded" and concept["live_auc"] < concept["holdout_auc"]
+    # issue 36: the live AUC estimated from the log alone, before labels; then checked when the labels came
+    calm, moved = steps["estimate: normal period"], steps["estimate: covariate period"]
+    assert calm["version"] == moved["version"] == v1 and calm["low"] <= calm["value"] <= calm["high"]
+    assert moved["value"] < calm["value"], (calm, moved)  # the covariate period's estimate falls, no label yet
+    reconciled = steps["reconcile: concept period"]
+    assert reconciled["concept_shift"]["version"] == v1, reconciled
+    assert reconciled["realized"] < reconciled["estimated"]["low"]  # the labels fell below what the scores promised
     retrained = steps["retrain v2"]
     assert retrained["status"] == "deployed" and retrained["version"] == v2
     assert retrained["gate"]["passed"] and retrained["gate"]["failures"] == []

@@ -23,6 +23,7 @@ from flows.backfill import ground_truth_backfill
 from flows.deploy import deploy_model
 from flows.drift import drift_check
 from tasks.actions import (
+    CONCEPT_SHIFT,
     DRIFT_DETECTED,
     PERFORMANCE_DEGRADED,
     ROLLBACK_AUTOMATIC,
@@ -184,14 +185,17 @@ def test_severe_degradation_rolls_back_before_any_webhook_is_called(
 
     assert runs["none"]["verdict"]["status"] == "severe" and runs["none"]["verdict"]["labelled"] == ROWS
     assert runs["none"]["alerts"] == {"delivered": 0, "failed": [], "webhook": False}
+    # the same labels show v2's estimates wrong too (issue 36): that alert goes out last, after the rollback's
+    extra = [CONCEPT_SHIFT] if runs["none"]["reconciliation"]["concept_shift"] else []
     for name in ("closed", "slow"):
         assert runs[name]["verdict"] == runs["none"]["verdict"]
         failed = runs[name]["alerts"]["failed"]
-        assert [f["event"] for f in failed] == [PERFORMANCE_DEGRADED, ROLLBACK_AUTOMATIC]
+        assert [f["event"] for f in failed] == [PERFORMANCE_DEGRADED, ROLLBACK_AUTOMATIC, *extra]
         assert runs[name]["alerts"]["delivered"] == 0
     attempts = delivery_policy(ctx.config.alerts).attempts
-    assert sink.probes == [v1] * (2 * attempts)  # every post came after the rollback
-    assert len(alert_failures(ctx.paths, MODEL)) == failures + 4
+    told = 2 + len(extra)
+    assert sink.probes == [v1] * (told * attempts)  # every post came after the rollback
+    assert len(alert_failures(ctx.paths, MODEL)) == failures + 2 * told
     assert read_signals(ctx.paths, MODEL)["live_status"] == "severe"
 
     def seen(ev: list[dict[str, Any]]) -> bool:  # the retrain trigger every time, each failed delivery twice

@@ -72,7 +72,8 @@ def concept(world: dict[str, Any]) -> dict[str, Any]:
     labels_from_period(period, bundled_config()).to_csv(labels, index=False)
     before = len(world["sink"].bodies)
     first = ground_truth_backfill(labels=str(labels), config=world["ctx"])
-    return {"drift": drift, "labels": labels, "first": first, "events": world["sink"].events()[before:]}
+    posts = world["sink"].bodies[before:]
+    return {"drift": drift, "labels": labels, "first": first, "events": world["sink"].events()[before:], "posts": posts}
 
 
 def test_covariate_drift_is_found_on_the_shifted_features_only(covariate: dict[str, Any]) -> None:
@@ -130,6 +131,7 @@ def test_the_estimated_auc_follows_covariate_shift_and_misses_concept_shift(
     release = load_production_release.fn(world["ctx"])
     body = release.file("estimator.json")
     assert body["method"] and len(body["calibration"]["x"]) > 2 and body["quality"]["check_rows"] > 100
+    assert body["map_se"] > 0 and len(body["calibration"]["counts"]) == len(body["calibration"]["x"]) - 1
     moved, realized = _estimated_and_realized(world, covariate["result"]["window"], _period("covariate_drift"))
     assert moved["low"] <= realized <= moved["high"], (moved, realized)
     wrong, realized = _estimated_and_realized(world, concept["drift"]["window"], _period("concept_drift"))
@@ -138,8 +140,13 @@ def test_the_estimated_auc_follows_covariate_shift_and_misses_concept_shift(
     reconciled = concept["first"]["reconciliation"]
     (whole,) = reconciled["checked"]
     assert whole["inside"] is False and whole["realized"] < whole["estimated"]["low"], whole
+    assert whole["calibration"]["shifted"] and whole["calibration"]["rows"] == ROWS, whole  # the labels vs the map
     assert reconciled["concept_shift"]["version"] == world["v1"].version
     assert wrong.get("unreliable", "").startswith("unreliable: concept shift since")  # flagged from then on
+    # its own alert, after the realized drop's
+    assert concept["events"] == ["tollgate.performance.degraded", "tollgate.estimate.concept_shift"]
+    shift_post = [b for b in concept["posts"] if b["tollgate"]["event"] == "tollgate.estimate.concept_shift"]
+    assert len(shift_post) == 1 and "concept shift since" in shift_post[0]["text"], shift_post
 
 
 def test_segment_only_shift_is_caught_for_that_segment(world: dict[str, Any]) -> None:
@@ -160,7 +167,7 @@ def test_concept_drift_is_invisible_to_input_drift_but_caught_by_the_backfill(
     assert first["ingested"]["changed"] == ROWS
     assert first["verdict"]["status"] == "degraded" and first["verdict"]["labelled"] == ROWS
     assert first["action"] == "alerted"
-    assert concept["events"] == ["tollgate.performance.degraded"]
+    assert concept["events"][0] == "tollgate.performance.degraded"
     seg = {r["scope"] for r in first["rows"] if r["window"] == "all"}
     assert {"overall", "tier=gold", "region=south"} <= seg
     again = ground_truth_backfill(labels=str(concept["labels"]), config=world["ctx"])  # idempotent
@@ -198,7 +205,9 @@ def test_severe_degradation_rolls_back_to_the_previous_release(
     assert result["verdict"]["version"] == v2.version and result["verdict"]["status"] == "severe"
     assert result["action"] == "rolled_back"
     assert httpx.get(f"{gw['url']}/health").json()["champion"] == v1.version
-    assert world["sink"].events()[before:] == ["tollgate.performance.degraded", "tollgate.rollback.automatic"]
+    told = world["sink"].events()[before:]  # acting first, then v2's estimates found wrong by the same labels
+    assert told[:2] == ["tollgate.performance.degraded", "tollgate.rollback.automatic"], told
+    assert set(told[2:]) <= {"tollgate.estimate.concept_shift"}, told
     last = [
         e for e in ledger.read(Path(live_stack["home"]) / "ledger.jsonl", gw["name"]) if e.to_stage == "Production"
     ][-1]

@@ -49,6 +49,8 @@ def test_covariate_drift_moves_inputs_and_concept_drift_does_not() -> None:
     cov = generate(gen, "covariate_drift", production=True)
     concept = generate(gen, "concept_drift", production=True)
     assert cov["monthly_charges"].median() > 1.25 * base["monthly_charges"].median()
+    assert cov["last_login_days"].median() > 22 > base["last_login_days"].median()  # disengaged, and alike
+    assert cov["last_login_days"].std() < 0.5 * base["last_login_days"].std()
     assert abs(concept["monthly_charges"].median() / base["monthly_charges"].median() - 1) < 0.05
 
 

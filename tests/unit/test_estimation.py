@@ -1,18 +1,34 @@
-"""Estimated AUC before the labels arrive (issue 36) on synthetic worlds with a known truth: under covariate shift
-the realized AUC of a window falls inside the estimate's 95% interval; under concept shift it does not; the
-expected AUC equals scikit-learn's AUC when the probabilities are 0 or 1."""
+"""Estimated performance before the labels arrive (issue 36) on synthetic worlds with a known truth, per task:
+under covariate shift the realized metric of a window falls inside the estimate's 95% interval in >= 90% of
+windows; under concept shift it does not and the calibration check says the map no longer holds; with no shift
+the check stays quiet. The expected AUC equals scikit-learn's AUC when the probabilities are 0 or 1."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import mean_squared_error, roc_auc_score
 
 from tasks.estimation import estimate_rows  # imports Prefect (tasks.common): at collection, not in a test
 from tests.helpers import bundled_config
-from tollgate.estimation import Calibration, estimate_auc, expected_auc, fit_calibration, simulated_aucs
+from tollgate.config import LoadedConfig
+from tollgate.estimation import (
+    BinaryEstimator,
+    Calibration,
+    estimate_auc,
+    estimator_from_dict,
+    expected_auc,
+    fit_calibration,
+    fit_estimator_for,
+    simulated_aucs,
+)
 from tollgate.objective import Objective
+from tollgate.release import Release
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -94,33 +110,177 @@ def test_estimate_rows_per_version_role_window_and_segment(calibration: Calibrat
         }
     )
     ds = bundled_config().dataset.model_copy(update={"segments": ["plan"]})
-    rows = estimate_rows(log, {"3": calibration, "4": "v4 has no estimator.json"}, ds, every=6 * 3600, draws=50)
+    maps = {"3": BinaryEstimator(calibration), "4": "v4 has no estimator.json"}
+    rows = estimate_rows(log, maps, ds, "auc", every=6 * 3600, draws=50)  # type: ignore[arg-type]
     champion = [r for r in rows if r["model_version"] == "3"]
     assert {(r["scope"], r["window"].split("..")[0][:13]) for r in champion if r["scope"] == "overall"} == {
-        ("overall", "all"),
-        ("overall", "2023-11-14T22"),
-        ("overall", "2023-11-15T04"),
+        ("overall", "all"),  # 22:13 .. 10:13 the next day, in windows aligned to the epoch (as backfill's)
+        ("overall", "2023-11-14T18"),
+        ("overall", "2023-11-15T00"),
+        ("overall", "2023-11-15T06"),
     }
     assert {r["scope"] for r in champion} == {"overall", "plan=basic", "plan=premium"}
     whole = next(r for r in champion if (r["scope"], r["window"]) == ("overall", "all"))
-    assert whole["n"] == 1000 and whole["low"] < whole["auc"] < whole["high"]
+    assert whole["n"] == 1000 and whole["low"] < whole["estimate"] < whole["high"] and whole["metric"] == "auc"
     canary = [r for r in rows if r["model_version"] == "4"]
-    assert canary and all(r["auc"] is None and r["why"] == "v4 has no estimator.json" for r in canary)
-    assert estimate_rows(log, {"3": calibration}, ds, every=6 * 3600, draws=50) == [
+    assert canary and all(r["estimate"] is None and r["why"] == "v4 has no estimator.json" for r in canary)
+    assert estimate_rows(log, {"3": BinaryEstimator(calibration)}, ds, "auc", every=6 * 3600, draws=50) == [
         r for r in rows if r["model_version"] == "3"
     ]
 
 
-def test_a_model_estimation_is_not_built_for_records_why_and_logs_no_metric() -> None:
+def test_every_task_gets_an_estimator_whose_quality_is_logged() -> None:
     from tasks.estimation import estimator_body, estimator_metrics
 
-    body = estimator_body(np.array([0, 1, 2] * 10), np.ones((30, 3)) / 3, Objective("multiclass", (0, 1, 2)))
-    assert body["method"] is None and "binary models only" in body["why"]
-    assert estimator_metrics(body) == {} and estimator_metrics(None) == {}
-    y, scores = _world(400, 0.0, 1.5, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    y, scores = _world(400, 0.0, 1.5, rng)
     binary = estimator_body(y, scores, Objective("binary"))
     assert set(estimator_metrics(binary)) == {
         "estimator_estimated_auc",
         "estimator_realized_auc",
         "estimator_abs_error",
     }
+    y3, proba = _classes(600, 0.0, 1.0, rng)
+    multi = estimator_body(y3, proba, Objective("multiclass", (0, 1, 2)))
+    assert multi["quality"]["metric"] == "auc_ovr" and multi["quality"]["covered"] is not None
+    assert set(estimator_metrics(multi)) == {
+        "estimator_estimated_auc_ovr",
+        "estimator_realized_auc_ovr",
+        "estimator_abs_error",
+    }
+    yr, value = _values(600, 0.0, 1.0, rng)
+    reg = estimator_body(yr, value, Objective("regression"))
+    assert reg["metric"] == "rmse" and reg["quality"]["abs_error"] < 0.2
+    for body in (binary, multi, reg):  # stored as JSON, read back as the same estimator
+        again = estimator_from_dict(json.loads(json.dumps(body)))
+        assert again == estimator_from_dict(body) and again.metric == body["metric"]
+    assert estimator_metrics(None) == {}
+    with pytest.raises(ValueError, match="no calibration, calibrations or error_map"):
+        estimator_from_dict({"task": "binary"})
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+_W = np.array([[1.5, 0.0], [0.0, 1.5], [-1.0, -1.0]])
+
+
+def _classes(n: int, shift: float, sharpness: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(classes 0..2, the model's probabilities): the model learned softmax(W x); the world has sharpness * W x."""
+    x = rng.normal(shift, 1.0, (n, 2))
+    truth = _softmax(sharpness * (x @ _W.T))
+    y = (np.cumsum(truth, axis=1)[:, :-1] < rng.random(n)[:, None]).sum(axis=1)
+    return y, _softmax(x @ _W.T)
+
+
+def _values(n: int, shift: float, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, the model's predictions): errors grow with |x| (heteroscedastic); `noise` scales them."""
+    x = rng.normal(shift, 1.0, n)
+    return 2 * x + 1 + rng.normal(0, 1, n) * (0.5 + 0.5 * np.abs(x)) * noise, 2 * x + 1
+
+
+def _auc_ovr(y: np.ndarray, proba: np.ndarray) -> float:
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+
+
+def _rmse(y: np.ndarray, value: np.ndarray) -> float:
+    return float(np.sqrt(mean_squared_error(y, value)))
+
+
+WORLDS = {  # task: (world, realized metric, the world's concept-shift parameter)
+    "binary": (lambda n, shift, p, rng: _world(n, shift, 1.5 * p, rng), lambda y, s: float(roc_auc_score(y, s)), 0.2),
+    "multiclass": (_classes, _auc_ovr, 0.3),
+    "regression": (_values, _rmse, 1.6),
+}
+
+
+@pytest.mark.parametrize("task", sorted(WORLDS))
+def test_covariate_shift_is_covered_concept_shift_is_caught_no_shift_is_quiet(task: str) -> None:
+    world, realized_of, concept = WORLDS[task]
+    rng = np.random.default_rng(7)
+    estimator = fit_estimator_for(task, *world(3000, 0.0, 1.0, rng))  # the gate's holdout
+    covered, quiet = [], []
+    for k, shift in enumerate(np.linspace(-0.7, 0.7, 20)):  # (a) P(X) moves window by window; P(Y|X) stays
+        y, out = world(2000, shift, 1.0, rng)
+        covered.append(estimator.estimate(out, draws=100, seed=k).covers(realized_of(y, out)))
+        quiet.append(not estimator.calibration_check(out, y).shifted)
+    assert sum(covered) >= 18, covered  # >= 90% of 20 windows
+    assert all(quiet), quiet  # (c) the labels agree with the stored map: no concept shift called
+    for k in range(5):  # (b) P(Y|X) changes: the outputs do not move, the estimate misses, the check sees it
+        y, out = world(2000, 0.0, concept, rng)
+        estimate = estimator.estimate(out, draws=100, seed=k)
+        assert not estimate.covers(realized_of(y, out)), (estimate, realized_of(y, out))
+        assert estimator.calibration_check(out, y).shifted
+
+
+def test_the_calibration_check_allows_for_the_maps_own_error_on_large_windows() -> None:
+    """A map fitted on 2,400 holdout rows, checked on 20,000 labelled rows a window: its own fitting error must not
+    read as a concept shift where the window reaches scores the holdout had few of."""
+    rng = np.random.default_rng(8)
+    estimator = fit_estimator_for("binary", *_world(2400, 0.0, 1.5, rng))
+    calls = [estimator.calibration_check(*_world(20_000, shift, 1.5, rng)[::-1]) for shift in np.linspace(-1, 1, 10)]
+    assert not any(c.shifted for c in calls), [c.p_value for c in calls]
+    assert estimator.calibration_check(*_world(20_000, 0.0, 0.3, rng)[::-1]).shifted
+
+
+def _drift_window(world_shift: float, k: int, rng: np.random.Generator, estimator: Any) -> dict[str, Any]:
+    """estimate_now's result for one drift window of v1's champion traffic (the binary world, 1,000 rows)."""
+    _, scores = _world(1000, world_shift, 1.5, rng)
+    log = pd.DataFrame(
+        {"model_version": "1", "role": "champion", "ts": 1.7e9 + k * 3600 + np.arange(1000.0), "score": scores}
+    )
+    ds = bundled_config().dataset.model_copy(update={"segments": []})
+    return {"metric": "auc", "rows": estimate_rows(log, {"1": estimator}, ds, "auc", draws=50)}
+
+
+def test_an_estimated_drop_needs_n_windows_in_a_row_and_never_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(c) no shift: 20 windows, no estimated-drop signal; then a drop: `below` until the Nth window in a row,
+    `degraded` (the alert marked ESTIMATED, the retrain trigger's event) from then on; a rerun over a window
+    already counted does not count it twice; a good window resets the count. No severe, no rollback."""
+    from tasks.actions import PERFORMANCE_DEGRADED, estimated_drop_action
+    from tasks.estimation import estimated_verdict
+    from tollgate.context import Context
+    from tollgate.paths import StatePaths
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the event is not sent (a unit test has no server)
+    rng = np.random.default_rng(9)
+    estimator = fit_estimator_for("binary", *_world(5000, 0.0, 1.5, rng))
+    cfg = bundled_config()  # live_degraded_at 0.65, live_severe_at 0.55
+    cfg = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(update={"live_degraded_at": 0.78})})
+    release = Release(cfg.project.registered_model, "1", "run", "Production", {}, cfg, "http://unused")
+    ctx = Context(LoadedConfig(cfg, tmp_path / "pipeline.yaml", "dev", {}), StatePaths(tmp_path))
+    quiet = [estimated_verdict(ctx, release, _drift_window(0.0, k, rng, estimator), 1.7e9 + k) for k in range(20)]
+    assert {v["status"] for v in quiet} == {"ok"}, [round(v["value"], 3) for v in quiet]
+
+    def squeezed(k: int) -> dict[str, Any]:  # P(X) squeezed toward the middle: lower AUC, correctly estimated
+        _, scores = _world(1000, 0.0, 1.5, rng)
+        scores = 1 / (1 + np.exp(-(0.1 * np.log(scores / (1 - scores)))))
+        return {"metric": "auc", "rows": estimate_rows(_log(scores, k), {"1": estimator}, _ds(), "auc", draws=50)}
+
+    seen = [estimated_verdict(ctx, release, squeezed(k), 1.7e9 + 100 + k) for k in range(3)]
+    assert [v["status"] for v in seen] == ["below", "below", "degraded"], seen
+    assert [v["consecutive"] for v in seen] == [1, 2, 3] and all(v["value"] < 0.78 for v in seen)
+    again = estimated_verdict(ctx, release, squeezed(9), 1.7e9 + 102)  # the same window end: not counted again
+    assert again["consecutive"] == 3 and again["status"] == "degraded"
+    acted = estimated_drop_action(ctx, release, {"verdict": again}, "run-1")
+    assert acted.action == "alerted" and [a.event for a in acted.alerts] == [PERFORMANCE_DEGRADED]
+    assert [f["channel"] for f in acted.failed] == ["prefect-event"]  # recorded, as any event that cannot go out
+    assert acted.alerts[0].payload["estimated"] is True and "(ESTIMATED)" in acted.alerts[0].text
+    good = estimated_verdict(ctx, release, _drift_window(0.0, 50, rng, estimator), 1.7e9 + 200)
+    assert (good["status"], good["consecutive"]) == ("ok", 0)
+    assert estimated_drop_action(ctx, release, {"verdict": good}, "run-2").action == "none"
+
+
+def _log(scores: np.ndarray, k: int) -> pd.DataFrame:
+    n = len(scores)
+    return pd.DataFrame(
+        {"model_version": "1", "role": "champion", "ts": 1.7e9 + k * 3600 + np.arange(n * 1.0), "score": scores}
+    )
+
+
+def _ds() -> Any:
+    return bundled_config().dataset.model_copy(update={"segments": []})

@@ -165,9 +165,13 @@ def test_signals_are_read_at_scrape_time(gateway: Gateway) -> None:
     record_signals(gateway.paths, model, drift_detected=0, live_status="ok")
     cleared = _families(gateway)
     assert value(cleared, "tollgate_drift_detected") == 0 and value(cleared, "tollgate_live_metric_degraded") == 0
-    assert "tollgate_estimated_auc" not in cleared or not cleared["tollgate_estimated_auc"].samples  # none yet
-    record_signals(gateway.paths, model, estimated_auc=0.81, estimated_auc_low=0.79, estimated_auc_high=0.83)
-    estimated = {s.labels["bound"]: s.value for s in _families(gateway)["tollgate_estimated_auc"].samples}
+    assert "tollgate_estimated_metric" not in cleared or not cleared["tollgate_estimated_metric"].samples  # none yet
+    record_signals(
+        gateway.paths, model, estimated_metric="auc", estimated_value=0.81, estimated_low=0.79, estimated_high=0.83
+    )
+    samples = _families(gateway)["tollgate_estimated_metric"].samples
+    assert {s.labels["metric"] for s in samples} == {"auc"}
+    estimated = {s.labels["bound"]: s.value for s in samples}
     assert estimated == {"estimate": 0.81, "low": 0.79, "high": 0.83}
 
 

@@ -125,6 +125,22 @@ def test_live_and_drift_pictures_carry_their_series_and_thresholds() -> None:
     live = plots.live_series("auc", series, {"holdout": 0.81, "degraded below": 0.75}, [(1.7e9 + 1800, "v2 promoted")])
     _drawn(live, (800, 480))
     assert live.data["series"]["v1 champion"] == [[1.7e9, 0.80], [1.7e9 + 3600, 0.74]]
+    from tasks.pictures import live_plot
+
+    rows = [
+        {
+            "scope": "overall",
+            "window": "w",
+            "model_version": "1",
+            "role": "champion",
+            "start": 1.7e9,
+            "end": 1.7e9 + 3600,
+            "auc": 0.8,
+        }
+    ]
+    both = live_plot(rows, "auc", {}, [], {"v1 champion (estimated)": [(1.7e9 + 7200, 0.77)]})
+    _drawn(both, (800, 480))  # the estimate before labels drawn next to the realized value
+    assert both.data["series"] == {"v1 champion": [[1.7e9, 0.8]], "v1 champion (estimated)": [[1.7e9 + 7200, 0.77]]}
     drift = plots.drift_per_feature({"tenure": 0.05, "monthly": 0.41}, {"tenure": 0.2, "monthly": 0.2}, "psi")
     _drawn(drift, None)
     assert drift.data["thresholds"] == {"tenure": 0.2, "monthly": 0.2}

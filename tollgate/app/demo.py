@@ -128,11 +128,15 @@ def run_demo(ctx: Context, interactive: bool = False, say: Callable[[str], None]
     calm = drift_check(since=_replay(ctx, requests["none"]), config=ctx)
     outcome = "drift detected" if calm["detected"] else "no drift"
     summary.add("drift: normal period", outcome, {"rows": calm["rows"]}, **drift_facts(calm))
+    outcome, estimated = _estimate_line(calm["estimate"], None)
+    summary.add("estimate: normal period", outcome, None, **estimated)
 
     say("[4/8] a drifted period arrives (prices up, engagement down) ...")
     drifted = drift_check(since=_replay(ctx, requests["covariate_drift"]), config=ctx)
     outcome = f"{'ALERT' if drifted['alerted'] else 'no alert'}: {', '.join(drifted['drifted'])}"
     summary.add("drift: covariate period", outcome, {"report": drifted["report"]}, **drift_facts(drifted))
+    outcome, estimated = _estimate_line(drifted["estimate"], calm["estimate"])
+    summary.add("estimate: covariate period", outcome, None, **estimated)
 
     say("[5/8] a concept-drift period arrives; 30 days later its labels come in ...")
     _replay(ctx, requests["concept_drift"])
@@ -151,6 +155,8 @@ def run_demo(ctx: Context, interactive: bool = False, say: Callable[[str], None]
         labelled=v["labelled"],
         status=v["status"],
     )
+    outcome, estimated = _reconcile_line(live["reconciliation"])
+    summary.add("reconcile: concept period", outcome, None, **estimated)
 
     say(
         "[6/8] retraining (guarded) on the snapshot + labelled production rows: gate -> shadow -> canary -> approval ..."
@@ -213,3 +219,26 @@ def fresh_home(base: Path) -> Path:
     home = base / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     home.mkdir(parents=True, exist_ok=False)
     return home
+
+
+def _estimate_line(verdict: dict[str, Any], before: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """A drift window's estimated live metric (before any label), and how it moved from the window `before`."""
+    if verdict.get("status") in (None, "none"):
+        return f"no estimate: {verdict.get('why', '')}", {"status": "none", "value": None}
+    value, metric = verdict["value"], verdict["metric"]
+    outcome = f"estimated live {metric} {value:.3f} [{verdict['low']:.3f}, {verdict['high']:.3f}] before any label"
+    if before and before.get("status") not in (None, "none"):
+        outcome += f" ({value - before['value']:+.3f} on the normal period)"
+    return outcome, {k: verdict.get(k) for k in ("version", "metric", "value", "low", "high", "status", "consecutive")}
+
+
+def _reconcile_line(reconciled: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What the concept period's labels said of the estimate made before them."""
+    shift = reconciled.get("concept_shift")
+    checked = next((c for c in reconciled.get("checked", []) if c["window"] == "all"), None)
+    if checked is None:
+        return f"not reconciled: {reconciled.get('why') or 'no labelled window'}", {"concept_shift": None}
+    est, realized = checked["estimated"], checked["realized"]
+    outcome = f"estimated {est['value']:.3f} [{est['low']:.3f}, {est['high']:.3f}], realized {realized:.3f}: "
+    outcome += f"CONCEPT SHIFT since {shift['since']}, later estimates flagged unreliable" if shift else "consistent"
+    return outcome, {"concept_shift": shift, "realized": realized, "estimated": est}

@@ -147,6 +147,7 @@ def estimate(ctx: Context, args: argparse.Namespace) -> int:
         raise UserError(f"--every: {exc}") from None
     require_stack(ctx)
     from tasks.estimation import estimate_now, record_estimate
+    from tollgate.estimation import METHODS
     from tollgate.registry import RegistryError
 
     try:
@@ -157,27 +158,35 @@ def estimate(ctx: Context, args: argparse.Namespace) -> int:
     if args.json:
         print_json(_no_nan(result), indent=None)
         return EXIT_OK
-    print(f"estimated live AUC of {result['model']} from {result['rows_read']} logged predictions ({result['method']})")
+    metric = result["metric"]
+    print(
+        f"estimated live {metric} of {result['model']} from {result['rows_read']} logged predictions "
+        f"({result['method']})"
+    )
     for version, how in result["estimators"].items():
-        if how != "calibration map":
+        if how not in METHODS.values():
             print(f"  v{version}: no estimate: {how}")
     shown = [r for r in result["rows"] if r["scope"] == "overall"]
     for r in shown:
-        value = "n/a: " + r["why"] if r["auc"] is None else f"{r['auc']:.4f}  95% [{r['low']:.4f}, {r['high']:.4f}]"
+        est = r["estimate"]
+        value = "n/a: " + r["why"] if est is None else f"{est:.4f}  95% [{r['low']:.4f}, {r['high']:.4f}]"
         flag = f"  {r['unreliable'].upper()}" if r.get("unreliable") else ""
-        print(f"  v{r['model_version']:<4} {r['role']:<9} {r['window']:<42} {r['n']:>7} predictions  AUC {value}{flag}")
+        print(
+            f"  v{r['model_version']:<4} {r['role']:<9} {r['window']:<42} {r['n']:>7} predictions  "
+            f"{r['metric']} {value}{flag}"
+        )
     segments = len({r["scope"] for r in result["rows"]} - {"overall"})
     if segments:
         print(f"  ... and {segments} segment values per window: --json lists them")
-    print("estimates assume P(label | score) is what the holdout showed: a concept shift is invisible to them")
+    print("estimates assume P(label | output) is what the holdout showed: a concept shift is invisible to them")
     return EXIT_OK
 
 
 COMMANDS = [
     Command(
         "estimate",
-        "estimated live AUC from the prediction log alone, before labels arrive (binary models): per version, "
-        "role, window and segment, with its 95 percent interval",
+        "estimated live primary metric (auc, auc_ovr or rmse) from the prediction log alone, before labels "
+        "arrive: per version, role, window and segment, with its 95 percent interval",
         estimate,
         (
             arg("--since", default=None, help="window start: ISO 8601 (UTC unless it says) or epoch seconds"),
