@@ -47,12 +47,13 @@ engines:  ## install what the test tiers run on (Debian's postgresql and chromiu
 		 (apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
 		  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null)))
 
-# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one worker); each worker starts
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay in one worker), the longest tiers
+# handed out first (tests/suite_guard.py TIER_ORDER; --no-loadscope-reorder keeps that order); each worker starts
 # its own stack on its own free ports in its own temp state folder. Most of a test's time is spent waiting
 # (servers, rollout phases, leases), so two workers on two cores finish in about half the time.
 TEST_WORKERS ?= 2
 test: bootstrap data engines  ## run every test tier (unit, integration, e2e, scale), TEST_WORKERS (2) at a time
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: bootstrap data  ## the inner loop (~2 min): unit tests plus one end-to-end smoke path (train -> deploy -> predict)
 	$(VENV)/bin/pytest tests -m "unit or smoke" $(PYTEST_ARGS)
