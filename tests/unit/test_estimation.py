@@ -326,3 +326,16 @@ def _task_config(task: str, degraded_at: float) -> Any:
     monitoring = cfg.monitoring.model_copy(update={"live_degraded_at": degraded_at, "live_severe_at": severe})
     model = cfg.model.model_copy(update={"task": task})
     return cfg.model_copy(update={"model": model, "dataset": ds, "monitoring": monitoring})
+
+
+def test_the_drift_command_says_what_the_estimate_means() -> None:
+    from tollgate.app.commands.monitor import _estimate_text
+
+    verdict = {"metric": "auc", "value": 0.61, "low": 0.58, "high": 0.64, "threshold": 0.65, "needed": 3}
+    below = _estimate_text({**verdict, "status": "below", "consecutive": 2})
+    assert below.startswith("estimated live auc 0.6100 (95% [0.5800, 0.6400]") and "BELOW, 2 of 3 windows" in below
+    degraded = _estimate_text({**verdict, "status": "degraded", "consecutive": 3, "unreliable": "unreliable: x"})
+    assert "marked estimated (never a rollback)" in degraded and degraded.endswith("; unreliable: x")
+    assert _estimate_text({"status": "none", "why": "estimates follow prediction time"}).endswith(
+        "none (estimates follow prediction time)"
+    )

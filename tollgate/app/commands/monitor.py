@@ -54,8 +54,23 @@ def drift(ctx: Context, args: argparse.Namespace) -> int:
         print(f"  {window['excluded']} predictions without an event time were left out of this event-time window")
     print(f"  drifted features (overall): {', '.join(result['drifted']) or 'none'} (share {result['drift_share']:.0%})")
     print(f"  segments with drift: {', '.join(result['segments']) or 'none'}")
+    print(f"  {_estimate_text(result.get('estimate') or {})}")
     print(f"  Evidently report: {result['report']}; MLflow monitoring run {result['monitoring_run_id']}")
     return EXIT_NO if result["detected"] and args.fail_on_drift else EXIT_OK
+
+
+def _estimate_text(verdict: dict[str, Any]) -> str:
+    """The window's estimated live metric (before labels) and what it means against live_degraded_at."""
+    if verdict.get("status") in (None, "none"):
+        return f"estimated live metric: none ({verdict.get('why') or 'no estimate'})"
+    text = (
+        f"estimated live {verdict['metric']} {verdict['value']:.4f} (95% [{verdict['low']:.4f}, {verdict['high']:.4f}]"
+        f", from the log alone): {verdict['status'].upper()}, {verdict['consecutive']} of {verdict['needed']} windows "
+        f"in a row worse than {verdict['threshold']}"
+    )
+    if verdict["status"] == "degraded":
+        text += ": tollgate.performance.degraded raised, marked estimated (never a rollback)"
+    return text + (f"; {verdict['unreliable']}" if verdict.get("unreliable") else "")
 
 
 def _value(x: Any) -> str:
