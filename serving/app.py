@@ -37,7 +37,7 @@ from serving.schema import long_strings
 from serving.shadow import ShadowScorer
 from tollgate.config import TollgateConfig
 from tollgate.paths import StatePaths
-from tollgate.predlog import PredictionLog
+from tollgate.predlog import PredictionLog, configure_remote
 from tollgate.provenance import UntrustedRelease
 from tollgate.registry import ROLLOUT_MODE_TAG, ROLLOUT_OUTCOME_TAG, Registry, VersionInfo
 from tollgate.secrets import admin_token
@@ -136,8 +136,10 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         """Open the prediction log, start the batcher and shadow scorer, load what the registry says."""
+        model = self.cfg.project.registered_model
+        configure_remote(self.paths.model_log(model), self.cfg.serving.log_uri, self.cfg.servers.s3_endpoint_url, model)
         self.plog = PredictionLog(
-            self.paths.model_log(self.cfg.project.registered_model),
+            self.paths.model_log(model),
             self.cfg.serving.log_fsync,
             self.cfg.serving.log_rotate_rows,
         )

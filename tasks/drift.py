@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -544,9 +543,11 @@ def plan_drift(
     by: str = "prediction-time",
 ) -> DriftPlan:
     """The window of the check and the log parts to read (sealed segments are converted to Parquet first)."""
-    from tollgate.predlog import compact, log_parts
+    from tollgate.predlog import compact, configure_remote, log_parts
 
-    log_dir = ctx.paths.model_log(ctx.config.project.registered_model)
+    model, cfg = ctx.config.project.registered_model, ctx.config
+    log_dir = ctx.paths.model_log(model)
+    configure_remote(log_dir, cfg.serving.log_uri, cfg.servers.s3_endpoint_url, model)  # where sealed parts go
     compact(log_dir)
     window = drift_window(release, window_hours, since, until, by, time.time())
     # On prediction time the reader skips earlier rows itself; event time can be anything, so every row is read.
@@ -560,11 +561,11 @@ def drift_of_parts(plan: DriftPlan, first: int, last: int) -> DriftPartial:
     """The partial drift counts and report sample of the plan's parts first..last-1, each read `chunk_rows` rows
     at a time (a part's sample keys come from a generator seeded by its index, so any grouping of parts into
     tasks, on any runner, draws the same sample)."""
-    from tollgate.predlog import part_frames
+    from tollgate.predlog import as_part, part_frames
 
     total = DriftPartial.empty(plan.scope)
     for index in range(first, last):
-        frames = part_frames(Path(plan.parts[index]), plan.floor, plan.chunk_rows, plan.scope.columns)
+        frames = part_frames(as_part(plan.parts[index]), plan.floor, plan.chunk_rows, plan.scope.columns)
         total.merge(drift_partial(frames, plan.scope, seed=(0, index)), plan.scope)
     return total
 

@@ -370,11 +370,12 @@ def plan_live_metrics(
     chunks: int | None = None,
 ) -> JoinPlan:
     """The log parts to join (sealed segments converted first; none while no label is stored) and the windowing."""
-    from tollgate.predlog import compact, log_parts
+    from tollgate.predlog import compact, configure_remote, log_parts
 
     windowing = Windowing(by, parse_every(every), chunks)
     model = ctx.config.project.registered_model
     log_dir, store = ctx.paths.model_log(model), ctx.paths.model_labels(model) / STORE
+    configure_remote(log_dir, ctx.config.serving.log_uri, ctx.config.servers.s3_endpoint_url, model)
     compact(log_dir)
     parts = [str(p) for p in log_parts(log_dir)] if store.exists() else []
     when = time.time() if as_of is None else as_of
@@ -385,12 +386,12 @@ def plan_live_metrics(
 def join_parts(plan: JoinPlan, first: int, last: int) -> pd.DataFrame:
     """The labelled rows of the plan's parts first..last-1 (each read `chunk_rows` rows at a time): only they stay
     in memory."""
-    from tollgate.predlog import part_frames
+    from tollgate.predlog import as_part, part_frames
 
     labels = pd.read_parquet(plan.store)
     parts = range(first, last)
     return join_log_frames(
-        (f for i in parts for f in part_frames(Path(plan.parts[i]), chunk_rows=plan.chunk_rows)), labels, plan.as_of
+        (f for i in parts for f in part_frames(as_part(plan.parts[i]), chunk_rows=plan.chunk_rows)), labels, plan.as_of
     )
 
 

@@ -198,11 +198,13 @@ def labelled_production_rows(
 def retrain_snapshot(cfg: TollgateConfig, paths: StatePaths, snapshot: str) -> str:
     """The training snapshot plus labelled production rows, written under the state folder; returns its path."""
     from tasks.ground_truth import STORE
-    from tollgate.predlog import compact, read_log
+    from tollgate.predlog import compact, configure_remote, read_log
 
     ds = cfg.dataset
     base = conformed_table(snapshot, ds)
-    log_dir = paths.model_log(cfg.project.registered_model)
+    model = cfg.project.registered_model
+    log_dir = paths.model_log(model)
+    configure_remote(log_dir, cfg.serving.log_uri, cfg.servers.s3_endpoint_url, model)
     compact(log_dir)
     store = paths.model_labels(cfg.project.registered_model) / STORE
     extra = (

@@ -246,6 +246,10 @@ class ServingConfig(_Strict):
     max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     log_fsync: bool = True  # fsync each batch before answering (group commit)
     log_rotate_rows: int = Field(default=50_000, ge=100)
+    # Where the prediction log's sealed Parquet parts go (tollgate/predlog.py): None keeps them in the state folder;
+    # s3://bucket/prefix ships each one to <prefix>/<model>/ once written (servers.s3_endpoint_url for an
+    # S3-compatible store; credentials from AWS_* in the environment, never here). The live segment stays local.
+    log_uri: str | None = None
     admin_token_env: str = "TOLLGATE_ADMIN_TOKEN"
     smoke_requests: int = Field(default=20, ge=1)
     reload_timeout_s: float = Field(default=60, gt=0)
@@ -280,6 +284,23 @@ class ServingConfig(_Strict):
     # Replica i's own port (its /metrics, and where its siblings reach it) is this + i; 0: one the OS picks,
     # listed by /admin/state and `tollgate status`
     replica_base_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("log_uri")
+    @classmethod
+    def _an_s3_uri(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme != "s3" or not url.netloc or url.query:
+            raise ValueError(
+                f"{value!r}: use s3://bucket/prefix (the endpoint of an S3-compatible store goes in "
+                "servers.s3_endpoint_url)"
+            )
+        if url.password is not None or "@" in url.netloc:
+            raise ValueError("holds a credential: give it in the AWS_* environment variables, never in a config file")
+        return value.rstrip("/")
 
 
 class BatchConfig(_Strict):

@@ -12,11 +12,20 @@ answered: int, bool or text; float for regression), latency_ms, proba (multiclas
 tasks), event_ts (the request's own dataset.timestamp value as epoch seconds UTC, None when absent) and features
 (every schema column the request carried except the entity id and the target). Logs written before proba and
 event_ts existed read with both columns null.
+
+Sealed parts can live in an S3-compatible store (serving.log_uri, issue 14): the log folder's `remote.json` says
+where `compact()` ships each Parquet part once it is written (uploaded whole, then the local copy removed; a
+failed upload keeps it here), and every place parts were ever shipped to, which `log_parts` lists beside the local
+ones. A shipped part is named by a self-contained URI (s3://bucket/prefix/seg-....parquet, with the endpoint of an
+S3-compatible store as pyarrow's query parameters), so a Dask worker reads it with nothing but AWS_* credentials
+in its environment. The live segment, the only thing written per request, always stays local (fsync).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
 import os
 import threading
@@ -25,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -32,7 +42,10 @@ import pandas as pd
 
 from tollgate.procs import pid_alive
 
+log = logging.getLogger(__name__)
+
 FEATURE_PREFIX = "f."
+REMOTE_FILE = "remote.json"
 DEFAULT_CHUNK_ROWS = 250_000  # compute.chunk_rows: rows of one log part in memory at a time
 _SEGMENT_SEQ = itertools.count(1)
 BASE_COLUMNS = [
@@ -245,7 +258,8 @@ class PredictionLog:
 
 
 def compact(folder: Path) -> list[Path]:
-    """Convert sealed segments, and live ones whose gateway process is gone, to Parquet parts."""
+    """Convert sealed segments, and live ones whose gateway process is gone, to Parquet parts; then ship the
+    folder's Parquet parts to its remote store, if it has one (`set_remote`)."""
     done = []
     for segment in sorted(folder.glob("seg-*.jsonl")):
         if ".sealed." not in segment.name:
@@ -256,22 +270,126 @@ def compact(folder: Path) -> list[Path]:
             done.append(_to_parquet(segment))
         except FileNotFoundError:
             continue  # compacted by someone else meanwhile
+    ship(folder)
     return done
 
 
-def log_parts(folder: Path) -> list[Path]:
-    """The log's parts in order: sealed Parquet parts and JSONL segments not yet converted."""
+Part = Path | str  # a local part, or the URI of one shipped to a remote store
+
+
+def part_name(part: Part) -> str:
+    """seg-....parquet of a local path or a shipped part's URI."""
+    return part.name if isinstance(part, Path) else part.split("?")[0].rsplit("/", 1)[-1]
+
+
+def as_part(text: str) -> Part:
+    """A part as a plan carries it (text) back to what `part_frames` reads."""
+    return text if text.startswith("s3://") else Path(text)
+
+
+def log_parts(folder: Path) -> list[Part]:
+    """The log's parts in order: sealed Parquet parts (here, or shipped to a remote store) and JSONL segments not
+    yet converted."""
     if not folder.exists():
         return []
-    # JSONL first: a segment converted between the two listings is then found as its Parquet part, and listed once
+    # remote first, then JSONL, then local Parquet: a part shipped or a segment converted between two listings is
+    # then found where it went, and each is listed once (by its name's stem)
+    remote = [u for entry in read_remote(folder)["remotes"] for u in remote_parts(entry)]
     segments = list(folder.glob("seg-*.jsonl"))
     parts = list(folder.glob("seg-*.parquet"))
-    converted = {p.name.split(".")[0] for p in parts}
-    return sorted([*parts, *(s for s in segments if s.name.split(".")[0] not in converted)])
+    local = {p.name.split(".")[0] for p in parts}
+    shipped = {part_name(u).split(".")[0]: u for u in remote}
+    listed: list[Part] = [*parts, *(u for stem, u in shipped.items() if stem not in local)]
+    converted = local | set(shipped)
+    listed += [s for s in segments if s.name.split(".")[0] not in converted]
+    return sorted(listed, key=part_name)
+
+
+# -- the remote store of sealed parts (serving.log_uri) --------------------------------------------------------
+def _target(uri: str, endpoint: str | None) -> dict[str, str | None]:
+    return {"uri": uri.rstrip("/"), "endpoint": endpoint}
+
+
+def read_remote(folder: Path) -> dict[str, Any]:
+    """The folder's remote.json: {"upload_to": target or None, "remotes": every target parts were shipped to}."""
+    try:
+        body = json.loads((folder / REMOTE_FILE).read_text())
+    except (OSError, ValueError):
+        return {"upload_to": None, "remotes": []}
+    return {"upload_to": body.get("upload_to"), "remotes": list(body.get("remotes") or [])}
+
+
+def set_remote(folder: Path, uri: str | None, endpoint: str | None = None) -> None:
+    """Where this log's sealed parts go from now on (None: they stay here). Earlier targets stay listed, so parts
+    shipped there are still read."""
+    body = read_remote(folder)
+    target = _target(uri, endpoint) if uri else None
+    remotes = body["remotes"] + ([target] if target and target not in body["remotes"] else [])
+    if body == {"upload_to": target, "remotes": remotes}:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{REMOTE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"upload_to": target, "remotes": remotes}))
+    os.replace(tmp, folder / REMOTE_FILE)
+
+
+def configure_remote(folder: Path, log_uri: str | None, endpoint: str | None, model: str) -> None:
+    """set_remote from the config: serving.log_uri (s3://bucket/prefix, parts under <prefix>/<model>) and
+    servers.s3_endpoint_url."""
+    set_remote(folder, f"{log_uri}/{model}" if log_uri else None, endpoint if log_uri else None)
+
+
+def remote_uri(target: dict[str, Any], name: str = "") -> str:
+    """The URI of `name` under a target, carrying an S3-compatible store's endpoint as pyarrow's query parameters."""
+    uri = f"{target['uri']}/{name}" if name else target["uri"]
+    if target.get("endpoint"):
+        url = urlsplit(str(target["endpoint"]))
+        uri += f"?endpoint_override={url.netloc}&scheme={url.scheme or 'https'}"
+    return uri
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(uri)
+
+
+def remote_parts(target: dict[str, Any]) -> list[str]:
+    """The URIs of the parts shipped to one target."""
+    from pyarrow import fs
+
+    store, base = _fs(remote_uri(target))
+    infos = store.get_file_info(fs.FileSelector(base, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.base_name.startswith("seg-") and i.base_name.endswith(".parquet"))
+    return [remote_uri(target, n) for n in names]
+
+
+def ship(folder: Path) -> list[str]:
+    """Upload the folder's Parquet parts to its remote target (each object written whole), removing each local
+    copy after its upload; one that fails stays here, read from here, and is tried again next time."""
+    target = read_remote(folder)["upload_to"]
+    if not target:
+        return []
+    shipped = []
+    for part in sorted(folder.glob("seg-*.parquet")):
+        uri = remote_uri(target, part.name)
+        try:
+            store, key = _fs(uri)
+            with part.open("rb") as src, store.open_output_stream(key) as out:
+                while chunk := src.read(8 << 20):
+                    out.write(chunk)
+        except FileNotFoundError:
+            continue  # shipped by another process meanwhile
+        except Exception as exc:  # the store is down or refuses: the part stays here, nothing is lost
+            log.warning("prediction log part %s not shipped to %s: %s", part.name, target["uri"], exc)
+            break
+        part.unlink(missing_ok=True)
+        shipped.append(uri)
+    return shipped
 
 
 def part_frames(
-    path: Path, since: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, columns: Sequence[str] | None = None
+    path: Part, since: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, columns: Sequence[str] | None = None
 ) -> Iterator[pd.DataFrame]:
     """One log part as frames of at most `chunk_rows` rows (a Parquet part in record batches; a JSONL segment,
     bounded by serving.log_rotate_rows, whole), rows at or after `since`. Every BASE_COLUMNS column is present,
@@ -282,7 +400,12 @@ def part_frames(
 
     wanted = None if columns is None else list(dict.fromkeys(["ts", *columns]))
     frames: Iterable[pd.DataFrame] = []
-    if path.suffix == ".jsonl":
+    if isinstance(path, str):  # a part shipped to a remote store
+        store, key = _fs(path)
+        parquet = pq.ParquetFile(store.open_input_file(key))
+        present = None if wanted is None else [c for c in wanted if c in parquet.schema_arrow.names]
+        frames = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows, columns=present))
+    elif path.suffix == ".jsonl":
         # the gateway may seal a live segment (rename to .sealed.jsonl) and compact() convert a sealed one to
         # Parquet between listing and reading: follow it
         stem = path.name.split(".")[0]
@@ -296,7 +419,7 @@ def part_frames(
             path = path.with_name(f"{stem}.parquet")
             if not path.exists():
                 return
-    if path.suffix == ".parquet":
+    if isinstance(path, Path) and path.suffix == ".parquet":
         parquet = pq.ParquetFile(path)
         present = None if wanted is None else [c for c in wanted if c in parquet.schema_arrow.names]
         frames = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows, columns=present))

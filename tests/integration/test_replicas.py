@@ -14,7 +14,7 @@ from flows.deploy import deploy_model
 from tests.integration.live import Traffic, running_gateway, train, wait_for
 from tests.integration.test_supervision import Load
 from tollgate.app.supervise import restart_count
-from tollgate.predlog import log_parts, read_log
+from tollgate.predlog import log_parts, part_name, read_log
 
 AUTO = {"rollout": {"auto_approve": True}}
 
@@ -72,7 +72,7 @@ def test_two_replicas_share_the_port_the_log_and_every_change(live_stack: dict[s
         assert {r["replica"]: r["pid"] for r in state["replicas"]}[1] != pids[1]
 
         # both replicas wrote segments (a segment is named by its process), and the merged log has every acked row
-        writers = {p.name.split("-")[2] for p in log_parts(ctx.paths.model_log(gw["name"]))}
+        writers = {part_name(p).split("-")[2] for p in log_parts(ctx.paths.model_log(gw["name"]))}
         assert {str(pids[0]), str(pids[1])} <= writers, writers
         logged = set(read_log(ctx.paths.model_log(gw["name"]))["prediction_id"])
         missing = [p for p in load.acked if p not in logged]

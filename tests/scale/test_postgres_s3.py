@@ -77,6 +77,7 @@ def _env(home: Path, pg: Postgres, endpoint: str, bucket: str) -> dict[str, str]
         "TOLLGATE__SERVERS__POSTGRES_DB_PREFIX": f"t{uuid.uuid4().hex[:8]}",
         "TOLLGATE__SERVERS__ARTIFACTS_URI": f"s3://{bucket}/mlflow",
         "TOLLGATE__SERVERS__S3_ENDPOINT_URL": endpoint,
+        "TOLLGATE__SERVING__LOG_URI": f"s3://{bucket}/predlog",
         "TOLLGATE__COMPUTE__DASK_ADDRESS": "local:2",
         "TOLLGATE__ROLLOUT__AUTO_APPROVE": "true",
         "TOLLGATE__ROLLOUT__SHADOW_REQUESTS": "60",
@@ -125,7 +126,9 @@ def _replay(url: str, frame: pd.DataFrame, until: subprocess.Popen[str] | None =
             time.sleep(0.2)
 
 
-def test_the_whole_loop_on_postgres_s3_and_dask(scale_stack: dict[str, Any], tmp_path: Path) -> None:
+def test_the_whole_loop_on_postgres_s3_and_dask(
+    scale_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user, env, pg, store = scale_stack["user"], scale_stack["env"], scale_stack["pg"], scale_stack["s3"]
     prefix = env["TOLLGATE__SERVERS__POSTGRES_DB_PREFIX"]
     url = f"http://127.0.0.1:{env['TOLLGATE__SERVERS__GATEWAY_PORT']}"
@@ -156,8 +159,14 @@ def test_the_whole_loop_on_postgres_s3_and_dask(scale_stack: dict[str, Any], tmp
     # drift and backfill fan out over the log's parts on a Dask LocalCluster (compute.dask_address: local:2)
     drift = user.json("drift", "--since", str(t0))
     assert drift["rows"] > 0, drift
-    log = read_log(StatePaths(scale_stack["home"]).model_log(MODEL))
-    assert len(list(StatePaths(scale_stack["home"]).model_log(MODEL).glob("seg-*.parquet"))) > 2
+    # the log's sealed parts went to the bucket (serving.log_uri), and the Dask workers read them there
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    folder = StatePaths(scale_stack["home"]).model_log(MODEL)
+    shipped = [k for k in s3_keys(store) if k.startswith(f"predlog/{MODEL}/seg-") and k.endswith(".parquet")]
+    assert len(shipped) > 2 and not list(folder.glob("seg-*.parquet")), (shipped, sorted(os.listdir(folder)))
+    log = read_log(folder)
+    assert len(log) >= drift["rows"]
     labelled = log.sample(600, random_state=0)
     rng = np.random.default_rng(0)
     labels = pd.DataFrame(
@@ -180,6 +189,7 @@ def test_the_whole_loop_on_postgres_s3_and_dask(scale_stack: dict[str, Any], tmp
         "mlflow": f"{pg.url}/{prefix}_mlflow",
         "artifacts": f"s3://{store.bucket}/mlflow",
         "compute": "local:2",
+        "predictions": f"s3://{store.bucket}/predlog",
     }, state
 
     # rollback restores v1, served at once

@@ -164,3 +164,20 @@ def test_the_postgres_backend_takes_no_password_and_names_one_database_per_serve
         load_config(path, "dev", environ={"TOLLGATE__SERVERS__BACKEND": "postgres"})
     with pytest.raises(ConfigError, match=r"servers\.artifacts_uri.*AWS_"):
         load_config(path, "dev", environ={"TOLLGATE__SERVERS__ARTIFACTS_URI": "s3://key:secret@bucket/x"})
+
+
+def test_the_prediction_log_uri_is_an_s3_prefix_without_credentials(project_root: Path) -> None:
+    path = project_root / "configs" / "pipeline.yaml"
+    ok = load_config(path, "dev", environ={"TOLLGATE__SERVING__LOG_URI": "s3://bucket/predlog/"}).config
+    assert (
+        ok.serving.log_uri == "s3://bucket/predlog"
+        and load_config(path, "dev", environ={}).config.serving.log_uri is None
+    )
+    for bad, said in (
+        ("file:///tmp/log", "use s3://bucket/prefix"),
+        ("s3://b/p?endpoint_override=x", "s3_endpoint_url"),
+    ):
+        with pytest.raises(ConfigError, match=rf"serving\.log_uri.*{said}"):
+            load_config(path, "dev", environ={"TOLLGATE__SERVING__LOG_URI": bad})
+    with pytest.raises(ConfigError, match=r"serving\.log_uri.*AWS_"):
+        load_config(path, "dev", environ={"TOLLGATE__SERVING__LOG_URI": "s3://key:secret@bucket/x"})

@@ -38,6 +38,7 @@ def state_of(ctx: Context) -> dict[str, str]:
         else servers.database_url("mlflow") or f"sqlite {paths.mlflow_db}",
         "artifacts": (servers.artifacts_uri or str(paths.mlflow_artifacts)) if local_mlflow else "the MLflow server's",
         "compute": ctx.config.compute.dask_address or "in process",
+        "predictions": ctx.config.serving.log_uri or str(paths.prediction_log),
     }
 
 
