@@ -318,9 +318,12 @@ def test_on_the_worker_a_killed_terminal_in_canary_detaches_follow_detaches_canc
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(12)
+        assert follow.stdout is not None
+        first = _line_within(follow.stdout, 90)  # its first line, however long the CLI takes to start (not 12 s)
+        time.sleep(2)  # following, not just started
         follow.send_signal(signal.SIGINT)
-        out, err = follow.communicate(timeout=60)
+        rest, err = follow.communicate(timeout=60)
+        out = first + rest
         assert follow.returncode == 130, out + err
         assert f"following flow run {rollout.flow_run}" in out and "detached" in err, out + err
         cancel = _cli(gateway, "rollout", "cancel", v2.version, "--reason", "from the worker")
@@ -338,3 +341,15 @@ def asyncio_run_state(flow_run_id: str) -> str:
     from tollgate.app.worker_runs import read_run
 
     return str(read_run(flow_run_id).state.type.value)
+
+
+def _line_within(stream: Any, seconds: float) -> str:
+    """The next line of a child's text stream, or fail after `seconds` (a thread reads; the test does not block)."""
+    import threading
+
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert got and got[0], f"no line from the child in {seconds} s"
+    return got[0]
