@@ -137,10 +137,28 @@ def expected_auc(q: np.ndarray, scores: np.ndarray) -> float:
     return concordant / pairs if pairs > 0 else float("nan")
 
 
+NORMAL_FROM = 2_000  # rows from which simulated_aucs draws (sum of positive ranks, positives) jointly normal
+
+
 def simulated_aucs(q: np.ndarray, scores: np.ndarray, draws: int = DRAWS, seed: int = 0) -> np.ndarray:
-    """The AUC of `draws` label sets drawn from Bernoulli(q) for these scores (NaN for a draw with one class)."""
+    """The AUC of `draws` label sets drawn from Bernoulli(q) for these scores (NaN for a draw with one class).
+
+    The AUC of a label set is (S - n1 (n1 + 1) / 2) / (n1 n0), S the sum of the positives' ranks and n1 their
+    count. Both are sums of independent terms, so from NORMAL_FROM rows on (S, n1) is drawn from its exact mean
+    and covariance as a bivariate normal (the central limit theorem; two numbers per draw instead of a pass over
+    the rows, which made 1M rows cost 5 s); below that, each draw is a pass over the rows."""
     ranks = rankdata(scores)  # average ranks: ties count a half, as in the AUC
     rng = np.random.default_rng(seed)
+    n = len(q)
+    if n >= NORMAL_FROM:
+        var = q * (1 - q)
+        mean = [float(ranks @ q), float(q.sum())]
+        cov = [[float((ranks * ranks) @ var), float(ranks @ var)], [float(ranks @ var), float(var.sum())]]
+        s, n1 = rng.multivariate_normal(mean, cov, size=draws, method="cholesky").T
+        n0 = n - n1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aucs = (s - n1 * (n1 + 1) / 2) / (n1 * n0)
+        return np.where((n1 >= 1) & (n0 >= 1), aucs, np.nan)
     out = np.empty(draws)
     for d in range(draws):  # one pass over the rows per draw: memory stays one row vector
         y = rng.random(len(q)) < q

@@ -339,3 +339,17 @@ def test_the_drift_command_says_what_the_estimate_means() -> None:
     assert _estimate_text({"status": "none", "why": "estimates follow prediction time"}).endswith(
         "none (estimates follow prediction time)"
     )
+
+
+def test_large_windows_draw_the_auc_from_its_normal_limit_with_the_same_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From NORMAL_FROM rows the simulated AUCs come from (sum of positive ranks, positives) drawn jointly normal;
+    their interval matches the one of label sets drawn row by row."""
+    import tollgate.estimation as estimation
+
+    rng = np.random.default_rng(12)
+    scores = rng.random(5000).round(3)  # ties included
+    q = np.clip(scores * 0.9 + 0.05, 0, 1)
+    normal = np.percentile(simulated_aucs(q, scores, draws=400, seed=1), [2.5, 50, 97.5])
+    monkeypatch.setattr(estimation, "NORMAL_FROM", 10**9)
+    rows = np.percentile(simulated_aucs(q, scores, draws=400, seed=1), [2.5, 50, 97.5])
+    np.testing.assert_allclose(normal, rows, atol=0.003)
