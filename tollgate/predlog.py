@@ -420,7 +420,14 @@ def part_frames(
             if not path.exists():
                 return
     if isinstance(path, Path) and path.suffix == ".parquet":
-        parquet = pq.ParquetFile(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except FileNotFoundError:  # shipped to the remote store between listing and reading: read it there
+            target = read_remote(path.parent)["upload_to"]
+            if not target:
+                raise
+            yield from part_frames(remote_uri(target, path.name), since, chunk_rows, columns)
+            return
         present = None if wanted is None else [c for c in wanted if c in parquet.schema_arrow.names]
         frames = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows, columns=present))
     for frame in frames:
