@@ -16,7 +16,7 @@ from tasks.common import tollgate_task
 from tollgate.config import DatasetConfig
 from tollgate.context import Context
 from tollgate.estimation import DRAWS, METHODS, Estimator, MulticlassEstimator, estimator_from_dict, fit_estimator_for
-from tollgate.objective import Objective
+from tollgate.objective import PRIMARY, Objective
 from tollgate.release import Release, load_release
 from tollgate.segments import segment_groups
 
@@ -214,7 +214,7 @@ def estimate_now(
     }
 
 
-METHODS_BY_METRIC = {"auc": METHODS["binary"], "auc_ovr": METHODS["multiclass"], "rmse": METHODS["regression"]}
+METHODS_BY_METRIC = {PRIMARY[task]: method for task, method in METHODS.items()}
 
 
 def champion_rows(result: dict[str, Any], version: str) -> list[dict[str, Any]]:
