@@ -11,7 +11,7 @@ import httpx
 import psutil
 
 from flows.deploy import deploy_model
-from tests.integration.live import Traffic, running_gateway, train, wait_for
+from tests.integration.live import Traffic, records, running_gateway, train, wait_for
 from tests.integration.test_supervision import Load
 from tollgate.app.supervise import restart_count
 from tollgate.predlog import log_parts, part_name, read_log
@@ -88,7 +88,10 @@ def test_two_replicas_share_the_port_the_log_and_every_change(live_stack: dict[s
         answer = client.rollback(v1.version, "replica test", who="tester")
         assert answer["served"] is True and _served(urls) == {(v1.version, None, "off")}
 
-        # counters: each replica's own /metrics, summed by /admin/state and by `tollgate status`
+        # counters: each replica's own /metrics, summed by /admin/state and by `tollgate status`. The restarted
+        # replica's counter starts again at zero and a keep-alive client stays on one replica, so each is asked once.
+        for url in urls.values():
+            assert httpx.post(f"{url}/predict", json={"records": records(3, 0)}, timeout=30).status_code == 200
         state = client.state()
         per_replica = [r["predictions"] for r in state["replicas"]]
         assert all(n > 0 for n in per_replica) and sum(state["predictions"].values()) == sum(per_replica)
