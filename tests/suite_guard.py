@@ -86,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
 FILE_SECONDS = {
     "tests/integration/test_rollout_controller.py": 550.0,
     "tests/integration/test_rollout.py": 330.0,
-    "tests/scale/test_postgres_s3.py": 210.0,
+    "tests/scale/test_postgres_s3.py": 330.0,
     "tests/integration/test_monitoring.py": 150.0,
     "tests/integration/test_alerts.py": 150.0,
     "tests/integration/test_stack.py": 120.0,

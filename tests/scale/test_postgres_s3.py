@@ -4,15 +4,18 @@ server), both started here (tests/scale/engines.py). Through the CLI, as a user 
 `tollgate up` (Prefect and MLflow on Postgres, MLflow's artifacts in the bucket) -> train -> deploy v1 ->
 traffic -> train v2 -> deploy v2 through shadow and canary under traffic -> drift on Dask -> backfill on Dask ->
 rollback to v1 -> down. Then the state is where the config said: flow runs, runs and model versions in Postgres,
-the models' files in the bucket, no SQLite file of either server in the state folder. Slow because it is the
-whole loop on a stack of its own (~3 min); it is the one test of it."""
+the models' files in the bucket, no SQLite file of either server in the state folder. Then the Prefect server on
+Postgres is killed and started again in the middle of a rollout. Slow because it is the whole loop on a stack of its
+own (~3 min, and ~2 min for the restart); each is the one test of it."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import ROOT
-from tests.integration.live import records
+from tests.integration.live import records, wait_for
 from tests.integration.monitoring_support import period
 from tests.scale.engines import PG_PASSWORD, S3_ENV, Postgres, postgres, s3, s3_keys
 from tollgate.paths import StatePaths
@@ -205,3 +208,96 @@ def test_the_whole_loop_on_postgres_s3_and_dask(
     paths = StatePaths(scale_stack["home"])
     assert not paths.mlflow_db.exists() and not (paths.prefect_home / "prefect.db").exists()
     assert not any(paths.mlflow_artifacts.rglob("MLmodel")) if paths.mlflow_artifacts.exists() else True
+
+
+def _kill_group(pid_file: Path) -> None:
+    """kill -9 a stack service's whole process group (a crash, not a shutdown), and wait until it is gone."""
+    pid = int(json.loads(pid_file.read_text())["pid"])
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process group {pid} outlived SIGKILL")
+
+
+def test_a_prefect_server_restart_mid_rollout_leaves_one_production_version(
+    scale_stack: dict[str, Any],
+) -> None:
+    """The Postgres-backed Prefect server is killed while a rollout's shadow phase waits for traffic, the phase's
+    traffic arrives while it is down, and it is started again: the rollout goes on or fails closed, and at no
+    moment are there two Production versions or none; the gateway ends serving the one Production version."""
+    user, env, pg = scale_stack["user"], scale_stack["env"], scale_stack["pg"]
+    prefix = env["TOLLGATE__SERVERS__POSTGRES_DB_PREFIX"]
+    url = f"http://127.0.0.1:{env['TOLLGATE__SERVERS__GATEWAY_PORT']}"
+    production_sql = (
+        f"SELECT version FROM model_versions WHERE name = '{MODEL}' AND current_stage = 'Production' ORDER BY version"
+    )
+    if httpx.get(f"{url}/health").json()["champion"] is None:  # run alone: a champion for the rollout to shadow
+        user.run("deploy", str(user.json("train", "--allow-dirty")["version"]), "--in-terminal")
+    before = httpx.get(f"{url}/health").json()["champion"]
+    assert [str(r[0]) for r in _query(pg, f"{prefix}_mlflow", production_sql)] == [before]
+    traffic = period("none", rows=1000)
+    new = user.json("train", "--allow-dirty")
+    assert new["stage"] == "Staging", new
+    version = str(new["version"])
+
+    watched: list[list[str]] = []  # the Production versions, read from MLflow's database all along
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            watched.append([str(r[0]) for r in _query(pg, f"{prefix}_mlflow", production_sql)])
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    deploy = subprocess.Popen(
+        [TOLLGATE, "deploy", version, "--in-terminal"],
+        env={**env, "TOLLGATE__ROLLOUT__SHADOW_REQUESTS": "500", "TOLLGATE__ROLLOUT__CANARY_REQUESTS": "500"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # no traffic yet: the shadow phase waits for it; then the Prefect server dies and the traffic comes
+        wait_for(lambda: httpx.get(f"{url}/health").json()["mode"] == "shadow", 180, "the shadow phase")
+        _kill_group(StatePaths(scale_stack["home"]).pid_file("prefect-server"))
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{env['TOLLGATE__SERVERS__PREFECT_PORT']}/api/health", timeout=2)
+        _replay(url, traffic)
+        time.sleep(5)
+        user.run("up", "--no-deployments", timeout=400)
+        _replay(url, traffic, until=deploy)
+        out, _ = deploy.communicate(timeout=300)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+            deploy.wait(30)
+        done.set()
+        watcher.join(30)
+    print(f"tollgate deploy exit {deploy.returncode}:\n{out[-3000:]}")
+
+    # never two Production versions, never none; the one at the end is the new version exactly when deploy succeeded
+    assert watched and all(len(seen) == 1 for seen in watched), [s for s in watched if len(s) != 1][:5]
+    final = watched[-1][0]
+    assert final == (version if deploy.returncode == 0 else before), (final, deploy.returncode, out[-3000:])
+    assert "Traceback" not in out, out[-3000:]
+    # the gateway serves it, with no challenger left behind (a failed rollout turns it off, or its lease lapses)
+    wait_for(
+        lambda: (lambda h: (h["champion"], h["mode"]))(httpx.get(f"{url}/health").json()) == (final, "off"),
+        90,
+        "the gateway serving the one Production version alone",
+    )
+    # and the run's state on the restarted server is final (no rollout shown in flight)
+    states = _query(
+        pg,
+        f"{prefix}_prefect",
+        "SELECT fr.state_type FROM flow_run fr JOIN flow f ON f.id = fr.flow_id "
+        f"WHERE f.name = 'deploy_model' AND fr.parameters->>'version' = '{version}'",
+    )
+    assert [s[0] for s in states] == ["COMPLETED" if deploy.returncode == 0 else "FAILED"], states
