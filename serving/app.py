@@ -17,7 +17,6 @@ the connection guards of serving/connections.py (header deadline and size, conne
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import socket
 import time
@@ -153,11 +152,6 @@ class Gateway:
             self.unavailable = f"nothing loadable is served: {exc}"
             self.metrics.error("untrusted_release" if isinstance(exc, UntrustedRelease) else "reload")
         self._lease_watch = asyncio.create_task(self._watch_leases())
-        # The heap after start-up (MLflow, pandas, scikit-learn, the models: ~1M objects) is kept for good: frozen,
-        # the cyclic collector never walks it again. A full collection over it took 150-280 ms, and one landing in
-        # a request was the serving benchmark's p99 tail (issue 13).
-        gc.collect()
-        gc.freeze()
 
     async def shutdown(self) -> None:
         """Stop watching leases, finish the batch being scored, score pending shadow rows, close the log."""
@@ -181,7 +175,6 @@ class Gateway:
         for version in set(self.leases.deadlines) - {routing.challenger.version if routing.challenger else ""}:
             self.leases.forget(version)
         self.metrics.served(routing.describe())
-        gc.freeze()  # the releases just loaded join the frozen heap (a constant-time move, no collection)
         log.warning("serving %s", routing.describe())
         model = self.cfg.project.registered_model
         return {**routing.describe(), "model": model, **({"refused": list(refused)} if refused else {})}
