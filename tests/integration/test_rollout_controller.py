@@ -30,7 +30,7 @@ from tollgate.registry import ROLLOUT_MODE_TAG
 
 AUTO = {"rollout": {"auto_approve": True}}
 LEASE_S = 8.0  # the beat is 2 s; small enough to wait for, large enough for a CLI to see the orphan first
-LEASE_S_WORKER = 20.0  # the beat is 5 s: room for two CLI processes to start and read the orphan on a busy machine
+LEASE_S_WORKER = 30.0  # the beat is 5 s: 25 s at least for two CLI processes to start and read the orphan when busy
 
 
 @pytest.fixture()
@@ -279,7 +279,7 @@ def test_a_killed_flow_run_process_on_the_worker_loses_the_canary_within_its_lea
         off = wait_for(lambda: _health(gateway)["mode"] == "off", LEASE_S_WORKER + 5, "the canary outlived its lease")
         assert off - killed <= LEASE_S_WORKER + 5
         (orphan, orphan_err), (stack, stack_err) = (c.communicate(timeout=120) for c in checks)
-        # read while the lease still ran (a beat is 5 s, the lease 20 s): the orphan is named, exit 1
+        # read while the lease still ran (a beat is 5 s, the lease 30 s): the orphan is named, exit 1
         assert checks[0].returncode == 1, orphan + orphan_err
         assert [(r["version"], r["orphaned"]) for r in json.loads(orphan)] == [(v2.version, True)]
         assert checks[1].returncode == 1 and f"ORPHANED rollout: v{v2.version}" in stack_err, stack_err
