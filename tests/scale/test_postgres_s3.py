@@ -33,7 +33,7 @@ from tests.integration.monitoring_support import period
 from tests.scale.engines import PG_PASSWORD, S3_ENV, Postgres, postgres, s3, s3_keys
 from tollgate.paths import StatePaths
 from tollgate.predlog import read_log
-from tollgate.procs import free_port
+from tollgate.procs import free_port, group_pids
 
 TOLLGATE = str(Path(sys.executable).parent / "tollgate")
 MODEL = "churn-classifier"  # the bundled config's registered model
@@ -214,14 +214,7 @@ def _kill_group(pid_file: Path) -> None:
     """kill -9 a stack service's whole process group (a crash, not a shutdown), and wait until it is gone."""
     pid = int(json.loads(pid_file.read_text())["pid"])
     os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"process group {pid} outlived SIGKILL")
+    wait_for(lambda: not group_pids(pid), 30, f"process group {pid} gone after SIGKILL")
 
 
 def test_a_prefect_server_restart_mid_rollout_leaves_one_production_version(
