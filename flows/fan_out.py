@@ -37,9 +37,31 @@ def dask_runner(address: str) -> Any:
                 "processes": True,
                 "dashboard_address": None,
                 "silence_logs": logging.WARNING,
+                # each worker process runs this module's dask_setup (distributed's worker preload)
+                "preload": [__name__],
             },
         )
     return DaskTaskRunner(address=address)
+
+
+class _HeartbeatAtClose(logging.Filter):
+    """Drops distributed's "Failed to communicate with scheduler during heartbeat" error (with its traceback) when
+    the worker is already closing: a heartbeat in flight when the cluster stops reads from the connection pool the
+    closing worker has just shut, which is the end of a run that succeeded, not a fault. While the worker runs,
+    the same error still shows."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        closing = self.worker.status.name in ("closing", "closing_gracefully", "closed")  # distributed's Status
+        return not (closing and record.getMessage().startswith("Failed to communicate with scheduler during heartbeat"))
+
+
+def dask_setup(worker: Any) -> None:
+    """distributed's preload hook, run in each worker process of a `local:N` cluster as it starts."""
+    logging.getLogger("distributed.worker").addFilter(_HeartbeatAtClose(worker))
 
 
 def over_parts(address: str, task: Any, count: int, per_task: int, **shared: Any) -> list[Any]:
