@@ -17,6 +17,12 @@ chunk (a rerun writes the same rows under the same name; readers de-duplicate by
 
 A chunk in which more than batch.max_reject_share of the rows fail the rules stops the run (TooManyRejects) with
 its rejects file written and nothing of it scored or logged; the chunks before it stay done.
+
+Where it runs (flows/batch.py): in one process, or, with compute.dask_address set and a Parquet input of more
+than one chunk, as Dask tasks of compute.parts_per_task chunks each (`score_chunks`: a task loads the release
+and reads only its chunks' row groups, `tasks.validation.parquet_chunks`). Part k holds the same rows and bytes
+either way. On Dask, a chunk over the reject limit fails its task and the run as above; chunks of other tasks
+may be done too, and a rerun keeps them. A CSV input is read in order, in the calling process.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ import pandas as pd
 
 from tasks.common import run_logger, tollgate_task
 from tasks.data import file_md5
-from tasks.validation import iter_table
+from tasks.validation import iter_table, parquet_chunks
+from tollgate.config import LoadedConfig
 from tollgate.context import Context
+from tollgate.paths import StatePaths
 from tollgate.predlog import FEATURE_PREFIX, write_part
 from tollgate.procs import usable_cores
 from tollgate.registry import proven_serving
@@ -107,19 +115,57 @@ def output_folder(ctx: Context, output: str | None) -> Path:
     return Path(ctx.resolve(ctx.config.batch.output)) / datetime.now(UTC).strftime("%Y-%m-%d")
 
 
-def score_file(
+@dataclass(frozen=True)
+class BatchPlan:
+    """One run's settled facts, small and picklable (a Dask worker rebuilds the context from them): the config,
+    the state folder, the input, the OUTPUT folder (claimed), the release's version and the chunking."""
+
+    loaded: LoadedConfig
+    home: Path
+    src: Path
+    out: Path
+    version: str
+    manifest: dict[str, Any]
+    rows: int | None  # the Parquet footer's count; None for CSV (read in order)
+    chunk_rows: int
+    began: float  # perf_counter when the run began (setup is measured from it)
+
+    @property
+    def splittable(self) -> bool:
+        """Any span of chunks can be read by itself: a Parquet file of more than one chunk (CSV is read in order)."""
+        return self.rows is not None and self.rows > self.chunk_rows
+
+    @property
+    def chunks(self) -> int:
+        """Chunks the spans cover: a file read in order is one span of every chunk it holds."""
+        return -(-self.rows // self.chunk_rows) if self.rows is not None and self.splittable else 1
+
+    def context(self) -> Context:
+        return Context(loaded=self.loaded, paths=StatePaths(self.home))
+
+
+@dataclass
+class SpanResult:
+    """What scoring a span of chunks did: counts, the rejects files written or found, seconds per phase."""
+
+    rows: int = 0
+    scored: int = 0
+    parts: int = 0
+    skipped: int = 0
+    rejects: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def plan_file(
     ctx: Context,
     path: str | Path,
     output: str | Path,
     version: str | None = None,
     stage: str = "Production",
     chunk_rows: int | None = None,
-    say: Callable[[str], None] | None = None,
-) -> BatchResult:
-    """Score the table at `path` into the folder `output` (see the module docstring); returns what it did.
-    BatchError, TooManyRejects, DataReadError (tasks.validation) and RegistryError say why nothing (more) was
-    written."""
-    say = say or run_logger().info
+) -> tuple[BatchPlan, Release]:
+    """Check the input and the chunking, choose the release, claim OUTPUT (see the module docstring). BatchError
+    and RegistryError say why nothing was written."""
     began = time.perf_counter()
     src, out = Path(path), Path(output)
     if not src.is_file():
@@ -138,18 +184,32 @@ def score_file(
         "chunk_rows": rows_per_chunk,
     }
     _claim(out, manifest)
-    scorer = _Scorer(ctx, release, manifest, out)
-    result = BatchResult(release.model_name, release.version, str(src), str(out))
     total = _row_count(src)
-    result.scoring = scorer.scoring
-    say(
-        f"scoring {src} with {release.model_name} v{release.version} ({scorer.scoring}) in chunks of "
-        f"{rows_per_chunk:,} rows" + (f" ({total:,} rows)" if total is not None else "") + f" into {out}"
-    )
+    plan = BatchPlan(ctx.loaded, ctx.paths.home, src, out, release.version, manifest, total, rows_per_chunk, began)
+    return plan, release
+
+
+def score_span(
+    plan: BatchPlan,
+    release: Release,
+    first: int,
+    last: int,
+    say: Callable[[str], None] | None = None,
+    scorer: ChunkScorer | None = None,
+) -> SpanResult:
+    """Check, score, log and write chunks first..last-1 of the plan's input (a chunk whose part exists was done
+    by an earlier run and is counted, not scored again). TooManyRejects stops at the first chunk over the limit."""
+    say = say or run_logger().info
+    scorer = scorer or ChunkScorer(plan.context(), release, plan.manifest, plan.out)
+    result = SpanResult()
+    total, rows_per_chunk = plan.rows, plan.chunk_rows
+    if plan.splittable:
+        frames = parquet_chunks(plan.src, rows_per_chunk, first, last)
+    else:
+        frames = iter_table(plan.src, rows_per_chunk)
     started = clock = time.perf_counter()
-    setup = started - began
-    start = 0
-    for part, chunk in enumerate(iter_table(src, rows_per_chunk)):
+    start = first * rows_per_chunk
+    for part, chunk in enumerate(frames, start=first):
         scorer._lap("read", clock)
         n = len(chunk)
         done = scorer.part_path(part)
@@ -162,49 +222,64 @@ def score_file(
         rejects = scorer.rejects_path(part)
         if rejects.exists():
             result.rejects.append(str(rejects))
-        result.rows, result.scored, result.rejected, result.parts = (
-            result.rows + n,
-            result.scored + scored,
-            result.rejected + n - scored,
-            result.parts + 1,
-        )
+        result.rows, result.scored, result.parts = result.rows + n, result.scored + scored, result.parts + 1
         start += n
         del chunk
         elapsed = time.perf_counter() - started
-        share = f"{result.rows / total:4.0%} " if total else ""
+        share = f"{start / total:4.0%} " if total else ""
+        span = f" (chunks {first}..{last - 1})" if plan.splittable and (first, last) != (0, plan.chunks) else ""
         say(
-            f"{share}{result.rows:,}{f'/{total:,}' if total else ''} rows: {result.scored:,} scored, "
-            f"{result.rejected:,} rejected; {result.rows / max(elapsed, 1e-9):,.0f} rows/s"
+            f"{share}{start:,}{f'/{total:,}' if total else ''} rows{span}: {result.scored:,} scored, "
+            f"{result.rows - result.scored:,} rejected; {result.rows / max(elapsed, 1e-9):,.0f} rows/s"
             + (" (this part was done by an earlier run)" if earlier else "")
         )
         clock = time.perf_counter()
-    if result.rows == 0:
-        raise BatchError(f"{src}: no rows to score")
-    result.seconds = round(time.perf_counter() - started, 3)
-    result.phases = {k: round(v, 3) for k, v in {"setup": setup, **scorer.seconds}.items()}
-    # what the folder holds, the same bytes however many runs it took (no times, no paths of this folder)
-    kept = ("model", "version", "input", "rows", "scored", "rejected", "parts")
-    body = {**{k: getattr(result, k) for k in kept}, "rejects": [Path(p).name for p in result.rejects]}
-    _write_json(out / SUMMARY, body)
+    result.seconds = scorer.seconds
     return result
 
 
 @tollgate_task
-def score_table(
-    ctx: Context,
-    path: str | None,
-    output: str | None,
-    version: str | None,
-    stage: str,
-    chunk_rows: int | None,
-) -> BatchResult:
-    """batch_inference's one step: `path` (default batch.input) into `output` (default batch.output/<date>)."""
-    src = Path(ctx.resolve(path or ctx.config.batch.input))
-    return score_file(ctx, src, output_folder(ctx, output), version, stage, chunk_rows)
+def score_chunks(plan: BatchPlan, first: int, last: int) -> SpanResult:
+    """One Dask task of a fanned-out run (compute.dask_address): the release loaded here, chunks first..last-1."""
+    ctx = plan.context()
+    return score_span(plan, load_release(ctx.config, ctx.registry, version=plan.version), first, last)
 
 
-class _Scorer:
-    """Scores chunks of one run: rules, model, output part, rejects file, log part."""
+def finish(plan: BatchPlan, release: Release, spans: list[SpanResult], scoring: str, setup: float) -> BatchResult:
+    """The spans' sums; summary.json written last (the same bytes however many runs, or workers, it took)."""
+    result = BatchResult(release.model_name, release.version, str(plan.src), str(plan.out), scoring=scoring)
+    phases = {"setup": setup}
+    for span in spans:
+        result.rows += span.rows
+        result.scored += span.scored
+        result.parts += span.parts
+        result.skipped += span.skipped
+        result.rejects += span.rejects
+        for phase, took in span.seconds.items():
+            phases[phase] = phases.get(phase, 0.0) + took
+    result.rejected = result.rows - result.scored
+    if result.rows == 0:
+        raise BatchError(f"{plan.src}: no rows to score")
+    result.seconds = round(time.perf_counter() - plan.began - setup, 3)
+    result.phases = {k: round(v, 3) for k, v in phases.items()}
+    # what the folder holds, the same bytes however many runs it took (no times, no paths of this folder)
+    kept = ("model", "version", "input", "rows", "scored", "rejected", "parts")
+    body = {**{k: getattr(result, k) for k in kept}, "rejects": [Path(p).name for p in result.rejects]}
+    _write_json(plan.out / SUMMARY, body)
+    return result
+
+
+def announce(plan: BatchPlan, release: Release, scoring: str, where: str, say: Callable[[str], None]) -> None:
+    """The run's first progress line: input, release, scoring path, chunking, output and where it runs."""
+    total = plan.rows
+    say(
+        f"scoring {plan.src} with {release.model_name} v{release.version} ({scoring}) in chunks of "
+        f"{plan.chunk_rows:,} rows" + (f" ({total:,} rows)" if total is not None else "") + f" into {plan.out}{where}"
+    )
+
+
+class ChunkScorer:
+    """Scores chunks of one run: rules, model (loaded once), output part, rejects file, log part."""
 
     def __init__(self, ctx: Context, release: Release, manifest: dict[str, Any], out: Path):
         self.release, self.out = release, out

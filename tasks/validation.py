@@ -459,7 +459,6 @@ def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     chunk is read whole, by `read_table`, and yielded once); DataReadError as `read_table` raises it."""
     p = Path(path)
     if p.suffix.lower() == ".parquet" and p.is_file() and p.stat().st_size:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
@@ -468,15 +467,7 @@ def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         except Exception:  # unreadable: read_table names the cause
             rows = 0
         if rows > chunk_rows:
-            schema = pf.schema_arrow  # with the pandas metadata: the same dtypes pd.read_parquet gives
-            for batch in pf.iter_batches(batch_size=chunk_rows):
-                table = pa.Table.from_batches([batch], schema=schema)
-                del batch
-                # Arrow's buffers freed column by column as pandas takes them over: one copy of the chunk at a time.
-                frame = table.to_pandas(split_blocks=True, self_destruct=True).reset_index(drop=True)
-                del table
-                yield frame
-                del frame
+            yield from parquet_chunks(p, chunk_rows, 0, -(-rows // chunk_rows))
             return
     if p.suffix.lower() == ".csv" and p.is_file() and p.stat().st_size:
         head = read_table(p, nrows=chunk_rows + 1)
@@ -490,6 +481,58 @@ def iter_table(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             raise DataReadError(f"{p}: not a readable CSV file: {exc}") from None
         return
     yield read_table(p)
+
+
+def parquet_chunks(path: str | Path, chunk_rows: int, first: int, last: int) -> Iterator[pd.DataFrame]:
+    """Chunks first..last-1 of a Parquet file cut every `chunk_rows` rows (chunk k: rows k*chunk_rows onwards),
+    as `iter_table` yields them, reading only the row groups that hold them: any span of chunks can be read by
+    itself (a Dask task scoring its share of a batch run) and gives the same frames as one pass over the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    meta = pf.metadata
+    start, stop = first * chunk_rows, min(last * chunk_rows, meta.num_rows)
+    groups, at, offset = [], None, 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if offset + n > start and offset < stop:
+            groups.append(g)
+            at = offset if at is None else at
+        offset += n
+    if at is None:
+        return
+    schema = pf.schema_arrow  # with the pandas metadata: the same dtypes pd.read_parquet gives
+    pending: list[Any] = []  # record batches from row `at` on, not yet yielded
+    held = 0
+
+    def cut(rows: int) -> pd.DataFrame:
+        nonlocal pending, held
+        table = pa.Table.from_batches(pending, schema=schema)
+        rest = table.slice(rows)
+        table = table.slice(0, rows)
+        pending, held = rest.to_batches(), held - rows
+        # Arrow's buffers freed column by column as pandas takes them over: one copy of the chunk at a time.
+        return table.to_pandas(split_blocks=True, self_destruct=True).reset_index(drop=True)
+
+    for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=groups):
+        if at + batch.num_rows <= start:
+            at += batch.num_rows
+            continue
+        if at < start:
+            batch, at = batch.slice(start - at), start
+        pending.append(batch)
+        held += batch.num_rows
+        del batch
+        while held >= chunk_rows and at < stop:
+            frame = cut(min(chunk_rows, stop - at))
+            at += len(frame)
+            yield frame
+            del frame
+        if at >= stop:
+            return
+    if held and at < stop:
+        yield cut(min(held, stop - at))
 
 
 class _Merge:

@@ -317,15 +317,17 @@ DASK_ADDRESS = re.compile(r"local:[1-9][0-9]*|(tcp|tls)://[^\s/:]+:[0-9]+")
 
 
 class ComputeConfig(_Strict):
-    """Where the steps over the prediction log's parts run (drift_check's statistics, backfill's label join): in
-    this process, or fanned out over Dask workers by prefect-dask's DaskTaskRunner, one task per part. The
-    results are the same either way: partial counts and joins merge exactly."""
+    """Where the steps over the prediction log's parts run (drift_check's statistics, backfill's label join) and
+    where batch_inference scores a Parquet table's chunks: in this process, or fanned out over Dask workers by
+    prefect-dask's DaskTaskRunner. The results are the same either way: partial counts and joins merge exactly,
+    and a batch run's OUTPUT folder holds the same bytes."""
 
     # "": in this process; "local:N": a Dask LocalCluster of N worker processes started for the run and stopped
     # after it; "tcp://host:port": an existing Dask scheduler (its workers must run this project's code)
     dask_address: str = ""
     chunk_rows: int = Field(default=250_000, ge=1_000)  # rows of one log part in memory at a time (bounds memory)
-    # log parts one Dask task reads: each task run costs orchestration (Prefect records it), so a task reads a few
+    # log parts (or batch chunks) one Dask task reads: each task run costs orchestration (Prefect records it), and
+    # a batch task loads the release once, so a task takes a few
     parts_per_task: int = Field(default=4, ge=1)
 
     @field_validator("dask_address")

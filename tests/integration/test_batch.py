@@ -138,6 +138,39 @@ def test_a_rerun_after_a_crash_finishes_with_the_same_bytes(served: dict[str, An
     assert other.returncode == 2 and "differs in chunk_rows" in other.stderr, other.stderr
 
 
+def test_a_parquet_table_fanned_out_on_dask_leaves_the_same_bytes(served: dict[str, Any]) -> None:
+    """compute.dask_address local:2, one chunk per task: the four chunks are scored by Dask tasks that each read
+    only their rows, and the OUTPUT folder is byte for byte the in-process run's; a chunk over the reject limit
+    fails the run as it does in process, naming its rejects file."""
+    folder = served["folder"]
+    dask = {
+        "TOLLGATE__COMPUTE__DASK_ADDRESS": "local:2",
+        "TOLLGATE__COMPUTE__PARTS_PER_TASK": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",  # the progress lines (tests run Prefect at WARNING)
+    }
+    here, there = folder / "out-here", folder / "out-dask"
+    assert _predict(served, str(folder / "customers.parquet"), str(here), "--chunk-rows", str(CHUNK)).returncode == 0
+    done = _predict(served, str(folder / "customers.parquet"), str(there), "--chunk-rows", str(CHUNK), **dask)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "4 chunks in 4 Dask task(s) at local:2" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"scored {ROWS:,} of {ROWS:,} rows" in done.stdout
+    files = sorted(p.name for p in here.iterdir())
+    assert files == sorted(p.name for p in there.iterdir()) and "part-00003.parquet" in files
+    for name in files:
+        assert (here / name).read_bytes() == (there / name).read_bytes(), name
+
+    table = served["table"].copy()
+    table.loc[300:310, "plan"] = "platinum"  # 11 bad rows in the second chunk: over 1%
+    worse = folder / "worse-dask.parquet"
+    table.to_parquet(worse, index=False)
+    refused = _predict(served, str(worse), str(folder / "out-worse-dask"), "--chunk-rows", str(CHUNK), **dask)
+    assert refused.returncode == 1, refused.stderr[-4000:]
+    assert "over batch.max_reject_share 1.0%" in refused.stderr and "rejects-00001.csv" in refused.stderr
+    assert not (folder / "out-worse-dask" / "part-00001.parquet").exists()
+    assert not (folder / "out-worse-dask" / "summary.json").exists()
+
+
 def test_batch_rows_are_in_the_drift_check(served: dict[str, Any]) -> None:
     from flows.drift import drift_check
 

@@ -291,3 +291,34 @@ def test_a_valid_file_in_chunks_passes_and_keeps_the_conformed_table(tmp_path: P
     assert chunked.summary() == whole.summary()
     assert frame is not None and whole_frame is not None
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), whole_frame.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("row_group_rows", [100, 333, 5000])
+def test_any_span_of_parquet_chunks_reads_as_the_whole_pass_gives_it(tmp_path: Path, row_group_rows: int) -> None:
+    """A Dask task of a batch run reads only its chunks (tasks.validation.parquet_chunks): chunk k is the same
+    frame, values and dtypes, as the k-th chunk of one pass over the file, whatever the row groups."""
+    from tasks.validation import iter_table, parquet_chunks
+
+    rng = np.random.default_rng(7)
+    n = 2345
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": rng.random(n),
+            "plan": pd.Categorical(rng.choice(["basic", "pro", "team"], n)),
+            "note": rng.choice(["a", "b", None], n),
+            "at": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
+        }
+    )
+    path = tmp_path / "t.parquet"
+    frame.to_parquet(path, row_group_size=row_group_rows, index=False)
+    for chunk_rows in (100, 250, 777):
+        whole = list(iter_table(path, chunk_rows))
+        k = len(whole)
+        assert k == -(-n // chunk_rows)
+        for first, last in [(0, k), (1, k), (0, 1), (k - 1, k), (1, k - 1), (2, 3)]:
+            span = list(parquet_chunks(path, chunk_rows, first, last))
+            assert len(span) == last - first, (chunk_rows, first, last)
+            for got, want in zip(span, whole[first:last], strict=True):
+                pd.testing.assert_frame_equal(got, want)
+    pd.testing.assert_frame_equal(pd.concat(whole, ignore_index=True), pd.read_parquet(path))
