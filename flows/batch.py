@@ -66,7 +66,9 @@ def plan_batch(
         tasks = -(-plan.chunks // ctx.config.compute.parts_per_task)
         announce(plan, release, scorer.scoring, f", {plan.chunks} chunks in {tasks} Dask task(s) at {address}", say)
         return plan, release, scorer, address
-    why = f"; read in order here, not on Dask at {address} (CSV)" if address and plan.rows is None else ""
+    why = ""
+    if address:  # said, not silent: why this run does not use the configured cluster
+        why = f"; here, not on Dask at {address}: " + ("a CSV is read in order" if plan.rows is None else "one chunk")
     announce(plan, release, scorer.scoring, why, say)
     return plan, release, scorer, ""
 

@@ -160,6 +160,14 @@ def test_a_parquet_table_fanned_out_on_dask_leaves_the_same_bytes(served: dict[s
     for name in files:
         assert (here / name).read_bytes() == (there / name).read_bytes(), name
 
+    # a CSV cannot be split without reading it: scored in order here, and the run says so
+    csv = folder / "customers-dask.csv"
+    served["table"].to_csv(csv, index=False)
+    as_csv = _predict(served, str(csv), str(folder / "out-dask-csv"), "--chunk-rows", str(CHUNK), **dask)
+    assert as_csv.returncode == 0, as_csv.stderr[-4000:]
+    assert "here, not on Dask at local:2: a CSV is read in order" in as_csv.stdout + as_csv.stderr
+    assert np.allclose(_scored(folder / "out-dask-csv")["score"], _scored(there)["score"], rtol=0, atol=1e-12)
+
     table = served["table"].copy()
     table.loc[300:310, "plan"] = "platinum"  # 11 bad rows in the second chunk: over 1%
     worse = folder / "worse-dask.parquet"
