@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.validation import DataReadError, read_table, validate_frame
+from tasks.validation import DataReadError, _run_suite, read_table, validate_frame
 from tests.helpers import small_dataset_config, small_frame
 from tollgate.app.cli import main
 
@@ -91,6 +91,40 @@ def test_a_clean_frame_passes_and_builds_data_docs(tmp_path: Path) -> None:
     report = validate_frame(small_frame(), small_dataset_config(), tmp_path / "gx")
     assert report.passed, report.summary()
     assert Path(report.data_docs).exists() and Path(report.suite_path).exists()
+
+
+def test_one_state_folder_checks_what_the_schema_says_now_and_rewrites_nothing_unchanged(tmp_path: Path) -> None:
+    """The GX store of a state folder outlives a schema: a bound changed in config is what the next validation
+    checks (the stored suite, its validation definition and checkpoint replaced), an unchanged schema leaves the
+    stored files as they were, and a chunk's run (no Data Docs) beside them does not disturb the whole file's."""
+    ds, frame, root = small_dataset_config(), small_frame(), tmp_path / "gx"
+    stored = root / "gx"
+
+    def files() -> dict[str, int]:
+        return {str(p.relative_to(stored)): p.stat().st_mtime_ns for p in stored.glob("[!u]*/*.json")}
+
+    assert validate_frame(frame, ds, root).passed
+    before = files()
+    assert set(before) == {
+        "expectations/tollgate-dataset.json",
+        "validation_definitions/tollgate-dataset-validation.json",
+        "checkpoints/tollgate-dataset-checkpoint.json",
+    }
+    assert validate_frame(frame, ds, root).passed
+    assert files() == before  # nothing rewritten
+
+    col = "usage_gb"
+    top = float(frame[col].max())
+    tight = ds.model_copy(update={"columns": {**ds.columns, col: ds.columns[col].model_copy(update={"max": top / 2})}})
+    report = validate_frame(frame, tight, root)
+    assert not report.passed and any(f.column == col for f in report.failures), report.summary()
+    assert f"{top / 2}" in (root / "gx" / "expectations" / "tollgate-dataset.json").read_text()
+
+    results, _ = _run_suite(frame, ds, root, serving=False, row_count=False, docs=False)  # a chunk's run
+    assert all(r.success for r in results)
+    assert (stored / "checkpoints" / "tollgate-dataset-chunk-checkpoint.json").exists()
+    assert validate_frame(frame, ds, root).passed  # the whole file's suite again: the loose bound, row count
+    assert validate_frame(frame.head(5), ds, root).failures[0].expectation == "expect_table_row_count_to_be_between"
 
 
 @pytest.mark.parametrize("tz", [None, "UTC", "Europe/Zurich"])
