@@ -38,6 +38,10 @@ TYPE_LISTS: dict[str, list[str]] = {
 # is checked by dtype (see _gx_view).
 DATETIME_TYPES = [f"datetime64[{u}]" for u in ("ns", "us", "ms", "s")]
 SUITE_NAME = "tollgate-dataset"
+# The Data Docs index lists this many of the newest validation results (each one's page stays). Without a
+# limit, Great Expectations reads every stored result to rebuild the index after each validation: ~3 ms more
+# per validation for every earlier one (1.3 s -> 1.7 s over 150 validations of the bundled table).
+DATA_DOCS_INDEX_RESULTS = 100
 SERVING_SUITE_NAME = "tollgate-serving"
 
 
@@ -368,6 +372,8 @@ def _run_suite(
         fcntl.flock(lock, fcntl.LOCK_EX)
         ctx = gx.get_context(mode="file", project_root_dir=str(gx_root))
         ctx.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+        if docs:
+            _bound_docs_index(ctx)
         source_ = ctx.data_sources.add_or_update_pandas("tollgate")
         names = [a.name for a in source_.assets]
         asset = source_.get_asset("table") if "table" in names else source_.add_dataframe_asset("table")
@@ -432,6 +438,18 @@ def _stored_checkpoint(ctx: Any, suite: Any, batch: Any, docs: bool) -> Any:
             gx.Checkpoint(name=cp_name, validation_definitions=[vd], actions=actions, result_format="SUMMARY")
         )
     return checkpoint
+
+
+def _bound_docs_index(ctx: Any) -> None:
+    """Set the local Data Docs site's index to the newest DATA_DOCS_INDEX_RESULTS results (GX's own
+    `validation_results_limit`); the project config is written only when it changes."""
+    site = ctx.list_data_docs_sites().get("local_site")
+    if site is None:
+        return
+    index = dict(site.get("site_index_builder") or {"class_name": "DefaultSiteIndexBuilder"})
+    if index.get("validation_results_limit") != DATA_DOCS_INDEX_RESULTS:
+        index["validation_results_limit"] = DATA_DOCS_INDEX_RESULTS
+        ctx.update_data_docs_site("local_site", {**site, "site_index_builder": index})
 
 
 def _stored(factory: Any, name: str) -> Any:

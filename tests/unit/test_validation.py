@@ -127,6 +127,22 @@ def test_one_state_folder_checks_what_the_schema_says_now_and_rewrites_nothing_u
     assert validate_frame(frame.head(5), ds, root).failures[0].expectation == "expect_table_row_count_to_be_between"
 
 
+def test_the_data_docs_index_lists_only_the_newest_results_and_keeps_every_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rebuilding the index read every stored result (slower with each validation); it lists the newest few."""
+    import tasks.validation as validation
+
+    monkeypatch.setattr(validation, "DATA_DOCS_INDEX_RESULTS", 2)
+    root, frame, ds = tmp_path / "gx", small_frame(), small_dataset_config()
+    for _ in range(3):
+        report = validate_frame(frame, ds, root)
+    site = Path(report.data_docs).parent
+    pages = sorted(str(p.relative_to(site)) for p in (site / "validations").rglob("*.html"))
+    listed = [p for p in pages if p in Path(report.data_docs).read_text()]
+    assert len(pages) == 3 and listed == pages[-2:], (pages, listed)  # run names sort by time
+
+
 @pytest.mark.parametrize("tz", [None, "UTC", "Europe/Zurich"])
 def test_typed_timestamps_pass_naive_or_tz_aware(tmp_path: Path, tz: str | None) -> None:
     ds = small_dataset_config()
